@@ -1,0 +1,207 @@
+"""The training half of the loop: ingest, validate, train, compare with the champion, register.
+
+Run with the defaults: ``python -m flows.train`` (honours MLFLOW_TRACKING_URI and
+PREFECT_API_URL). Re-running on the same data, code and parameters registers nothing new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from mlops.settings import get_settings
+from tasks.dataset import ledger_entries
+from tasks.evaluate import PromotionCriteria, evaluate_against_champion, publish_comparison
+from tasks.ingest import (
+    accept_batch,
+    assemble_training_set,
+    list_new_batches,
+    quarantine_batch,
+    read_batch,
+    reference_data,
+)
+from tasks.lineage import git_commit, training_key
+from tasks.registry import keep_champion, register_candidate
+from tasks.tracking import run_url, version_url
+from tasks.train import Lineage, ModelFamily, TrainConfig, find_previous_training, train_candidate
+from tasks.validate import ValidationPolicy, unreadable_report, validate_batch
+
+
+class DataRejectedError(RuntimeError):
+    """New data failed validation; it was quarantined and nothing was trained."""
+
+
+class TrainParameters(BaseModel):
+    """Parameters of a training run (rendered as a form in the Prefect UI)."""
+
+    training: TrainConfig = Field(default_factory=TrainConfig)
+    criteria: PromotionCriteria = Field(default_factory=PromotionCriteria)
+    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a training run did.
+
+    Attributes:
+        status: ``registered`` (new version), ``kept`` (champion stays) or ``unchanged`` (same training ran before).
+        message: One line for people.
+        model_name: Registered model name.
+        version: The registered version, if any.
+        alias: ``champion`` or ``challenger`` for a registered version.
+        run_id: The MLflow run of the candidate.
+        run_url: Where to see the run in the MLflow UI.
+        version_url: Where to see the version in the MLflow UI.
+        accepted: Batches accepted in this run.
+        metrics: Candidate holdout metrics.
+    """
+
+    status: str
+    message: str
+    model_name: str
+    version: str | None = None
+    alias: str | None = None
+    run_id: str | None = None
+    run_url: str | None = None
+    version_url: str | None = None
+    accepted: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@flow(name="train", log_prints=True)
+def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
+    """Ingest new batches, validate them, and train a candidate that only registers if it beats the champion."""
+    params = params or TrainParameters()
+    settings = get_settings()
+    logger = get_run_logger()
+    model_name = params.model_name or settings.model_name
+    columns = [*settings.feature_columns, settings.target_column]
+    tracking = settings.tracking_uri
+
+    accepted: list[str] = []
+    rejected: list[str] = []
+    for batch in list_new_batches(settings.landing):
+        read = read_batch(batch)
+        if read.frame is None:
+            report = unreadable_report(batch.name, read.error or "unreadable")
+        else:
+            report = validate_batch(read.frame, batch.name, columns, reference_data(settings.data), params.validation)
+        if report.success and read.frame is not None:
+            accept_batch(batch, read.frame, settings.data, model_name, report.to_dict())
+            accepted.append(batch.name)
+        else:
+            where = quarantine_batch(batch, settings.data, model_name, report.to_dict())
+            rejected.append(f"{batch.name} quarantined at {where}: {report.reason}")
+    if rejected:
+        raise DataRejectedError("new data failed validation, nothing was trained: " + " | ".join(rejected))
+
+    frame, snapshot = assemble_training_set(settings.data)
+    commit = git_commit()
+    key = training_key(snapshot.digest, commit, params.training.model_dump(mode="json"))
+    previous = find_previous_training(tracking, settings.experiment_name, key)
+    if previous is not None:
+        outcome = previous["outcome"]
+        version = outcome.split(":", 1)[1] if outcome.startswith("registered:") else None
+        return _report(
+            TrainOutcome(
+                status="unchanged",
+                message=f"same data, code and parameters were trained before (run {previous['run_id']}): "
+                f"{previous.get('outcome_message', outcome)}; nothing new registered",
+                model_name=model_name,
+                version=version,
+                run_id=previous["run_id"],
+                run_url=run_url(tracking, previous["experiment_id"], previous["run_id"]),
+                version_url=version_url(tracking, model_name, version) if version else None,
+                accepted=tuple(accepted),
+            ),
+            logger,
+        )
+
+    reports = {entry["name"]: entry.get("validation", {}) for entry in ledger_entries(settings.data)}
+    expectations = sum(int(report.get("expectations", 0)) for report in reports.values())
+    lineage = Lineage(
+        dataset_digest=snapshot.digest,
+        dataset_uri=snapshot.uri,
+        git_commit=commit,
+        flow_run_id=str(flow_run.id or "none"),
+        validation=f"passed: {len(reports)} batch(es), {expectations} expectations",
+        training_key=key,
+    )
+    candidate = train_candidate(
+        frame,
+        snapshot,
+        list(settings.feature_columns),
+        settings.target_column,
+        params.training,
+        lineage,
+        tracking,
+        settings.experiment_name,
+        model_name,
+        reports,
+    )
+    comparison = evaluate_against_champion(
+        candidate,
+        frame,
+        list(settings.feature_columns),
+        settings.target_column,
+        params.training.holdout_fraction,
+        tracking,
+        model_name,
+        params.criteria,
+    )
+    publish_comparison(comparison, model_name)
+    common: dict[str, Any] = {
+        "model_name": model_name,
+        "run_id": candidate.run_id,
+        "run_url": run_url(tracking, candidate.experiment_id, candidate.run_id),
+        "accepted": tuple(accepted),
+        "metrics": candidate.metrics,
+    }
+    if not comparison.better:
+        message = keep_champion(candidate, comparison, tracking, model_name)
+        return _report(TrainOutcome(status="kept", message=message, **common), logger)
+    registration = register_candidate(candidate, comparison, lineage, tracking, model_name)
+    return _report(
+        TrainOutcome(
+            status="registered",
+            message=f"{model_name} version {registration.version} registered as {registration.alias}: {comparison.summary}",
+            version=registration.version,
+            alias=registration.alias,
+            version_url=version_url(tracking, model_name, registration.version),
+            **common,
+        ),
+        logger,
+    )
+
+
+def _report(outcome: TrainOutcome, logger: Any) -> TrainOutcome:
+    logger.info("%s", outcome.message)
+    return outcome
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the flow once with defaults (optionally another family or seed) and print the outcome."""
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
+    parser.add_argument("--family", choices=[family.value for family in ModelFamily], default=ModelFamily.RIDGE.value)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    params = TrainParameters(training=TrainConfig(family=ModelFamily(args.family), seed=args.seed))
+    try:
+        outcome = train_flow(params)
+    except Exception as error:  # the flow run already logged the traceback
+        print(f"training failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(outcome), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared infrastructure of the lifecycle: settings, managed server processes, the CLI."""

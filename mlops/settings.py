@@ -1,0 +1,110 @@
+"""Infrastructure settings: one class, read from the environment, behind a cached getter.
+
+What varies per run is a flow parameter; what varies per deployment sits in
+``prefect.yaml``; what this class holds is where things live and how to reach them.
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DIABETES_FEATURES: tuple[str, ...] = (
+    "age",
+    "sex",
+    "bmi",
+    "bp",
+    "s1",
+    "s2",
+    "s3",
+    "s4",
+    "s5",
+    "s6",
+)
+
+
+class Settings(BaseSettings):
+    """Where data, servers and models live. Every field is overridable as ``MLOPS_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="MLOPS_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".mlops"),
+        description="Root folder of the embedded defaults: data, server stores, logs.",
+    )
+    landing_uri: str | None = Field(
+        default=None, description="Folder or fsspec URI new batches land in (default: <home>/landing)."
+    )
+    data_uri: str | None = Field(
+        default=None,
+        description="Folder or fsspec URI for snapshots, processed and quarantined batches (default: <home>/data).",
+    )
+    model_name: str = "diabetes"
+    experiment_name: str = "diabetes-training"
+    target_column: str = "target"
+    feature_columns: tuple[str, ...] = DIABETES_FEATURES
+
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI"),
+        description="Tracking server the flows talk to (default: the embedded server's URL).",
+    )
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+    mlflow_backend_store_uri: str | None = Field(
+        default=None, description="SQLAlchemy URI of the tracking store (default: SQLite under <home>/mlflow)."
+    )
+    mlflow_artifacts_destination: str | None = Field(
+        default=None,
+        description="Where the server stores artifacts it proxies (default: <home>/mlflow/artifacts; s3://... for teams).",
+    )
+
+    prefect_api_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREFECT_API_URL", "MLOPS_PREFECT_API_URL"),
+        description="Prefect API the flows report to (default: the embedded server's URL).",
+    )
+    prefect_host: str = "127.0.0.1"
+    prefect_port: int = 4200
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def landing(self) -> str:
+        return self.landing_uri or str(self.resolved_home / "landing")
+
+    @property
+    def data(self) -> str:
+        return self.data_uri or str(self.resolved_home / "data")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.mlflow_host}:{self.mlflow_port}"
+
+    @property
+    def backend_store_uri(self) -> str:
+        return self.mlflow_backend_store_uri or f"sqlite:///{self.resolved_home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifacts_destination(self) -> str:
+        return self.mlflow_artifacts_destination or str(self.resolved_home / "mlflow" / "artifacts")
+
+    @property
+    def prefect_url(self) -> str:
+        return self.prefect_api_url or f"http://{self.prefect_host}:{self.prefect_port}/api"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.resolved_home / "logs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; ``get_settings.cache_clear()`` re-reads the environment."""
+    return Settings()

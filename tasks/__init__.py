@@ -1,0 +1,1 @@
+"""Reusable Prefect tasks, one module per stage of the lifecycle."""

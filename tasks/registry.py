@@ -1,0 +1,156 @@
+"""The MLflow model registry: register a better candidate, promote a version to champion.
+
+Aliases only (``champion``, ``challenger``), never the deprecated stages.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mlflow.exceptions import MlflowException
+from prefect import task
+
+from tasks.evaluate import CHALLENGER, CHAMPION, Comparison
+from tasks.events import emit
+from tasks.tracking import client
+from tasks.train import Candidate, Lineage, record_outcome
+
+
+class PromotionError(ValueError):
+    """A version cannot be promoted: it does not exist or did not pass validation."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered model version and the alias it received."""
+
+    model_name: str
+    version: str
+    alias: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """A move of the ``champion`` alias."""
+
+    model_name: str
+    version: str
+    previous: str | None
+    actor: str
+    reason: str
+    at: str
+
+
+@task(retries=2, retry_delay_seconds=2)
+def register_candidate(
+    candidate: Candidate, comparison: Comparison, lineage: Lineage, tracking_uri: str, model_name: str
+) -> Registration:
+    """Register a candidate that beat the champion as ``challenger`` (or as ``champion`` if there is none).
+
+    Raises:
+        ValueError: The comparison says the candidate is not better.
+    """
+    if not comparison.better:
+        raise ValueError(f"candidate of run {candidate.run_id} is not better than the champion: {comparison.summary}")
+    tracker = client(tracking_uri)
+    try:
+        tracker.get_registered_model(model_name)
+    except MlflowException:
+        tracker.create_registered_model(model_name, description="Managed by the mlops-loop training flow.")
+    tags = {
+        **lineage.tags(),
+        "run_id": candidate.run_id,
+        "model_family": candidate.family,
+        "metrics": json.dumps(candidate.metrics, sort_keys=True),
+        "metrics_vs_champion": json.dumps(comparison.to_dict(), sort_keys=True, default=str),
+        "champion_at_registration": comparison.champion_version or "none",
+    }
+    version = tracker.create_model_version(
+        model_name,
+        candidate.model_uri,
+        run_id=candidate.run_id,
+        tags=tags,
+        description=f"{candidate.family} trained on dataset {lineage.dataset_digest[:12]}: {comparison.summary}",
+    )
+    number = str(version.version)
+    if comparison.champion_version is None:
+        record_promotion(tracking_uri, model_name, number, "first model: no champion existed", "training-flow")
+        alias = CHAMPION
+    else:
+        tracker.set_registered_model_alias(model_name, CHALLENGER, number)
+        alias = CHALLENGER
+    record_outcome(tracking_uri, candidate.run_id, f"registered:{number}", f"{model_name} version {number} as {alias}")
+    emit(
+        "model.registered",
+        "model",
+        model_name,
+        {"version": number, "alias": alias, "run_id": candidate.run_id, **candidate.metrics},
+    )
+    return Registration(model_name, number, alias, candidate.run_id)
+
+
+@task(retries=2, retry_delay_seconds=2)
+def keep_champion(candidate: Candidate, comparison: Comparison, tracking_uri: str, model_name: str) -> str:
+    """Record that the candidate lost: nothing is registered, the champion stays.
+
+    Returns:
+        The message saying so, with the numbers.
+    """
+    message = f"champion kept: version {comparison.champion_version} stays; {comparison.summary}"
+    record_outcome(tracking_uri, candidate.run_id, "kept", message)
+    emit(
+        "model.kept",
+        "model",
+        model_name,
+        {"champion_version": comparison.champion_version, "run_id": candidate.run_id, "comparison": comparison.to_dict()},
+    )
+    return message
+
+
+def record_promotion(tracking_uri: str, model_name: str, version: str, reason: str, actor: str) -> Promotion:
+    """Move ``champion`` to the version and record who, why and when.
+
+    Raises:
+        PromotionError: The version does not exist or did not pass validation.
+    """
+    tracker = client(tracking_uri)
+    try:
+        model_version = tracker.get_model_version(model_name, version)
+    except MlflowException as error:
+        raise PromotionError(f"model {model_name!r} has no version {version!r}") from error
+    status = model_version.tags.get("validation_status")
+    if status != "passed":
+        raise PromotionError(
+            f"{model_name} version {version} cannot be promoted: its validation status is {status or 'missing'}"
+        )
+    try:
+        previous: str | None = str(tracker.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException:
+        previous = None
+    now = datetime.now(UTC).isoformat()
+    tracker.set_registered_model_alias(model_name, CHAMPION, version)
+    for key, value in {
+        "promoted_by": actor,
+        "promoted_at": now,
+        "promotion_reason": reason,
+        "previous_champion": previous or "none",
+    }.items():
+        tracker.set_model_version_tag(model_name, version, key, value)
+    if previous is not None and previous != version:
+        tracker.set_model_version_tag(model_name, previous, "superseded_by", version)
+    try:
+        if str(tracker.get_model_version_by_alias(model_name, CHALLENGER).version) == version:
+            tracker.delete_registered_model_alias(model_name, CHALLENGER)
+    except MlflowException:
+        pass  # no challenger alias: nothing to clear
+    return Promotion(model_name, version, previous, actor, reason, now)
+
+
+@task(retries=2, retry_delay_seconds=2)
+def promote(tracking_uri: str, model_name: str, version: str, reason: str, actor: str | None = None) -> Promotion:
+    """Make a validated version the champion, recording who promoted it, why and when."""
+    return record_promotion(tracking_uri, model_name, str(version), reason, actor or getpass.getuser())
