@@ -1,0 +1,1 @@
+"""Prefect deployments, automations, schedules and the Prefect server for the embedded default."""

@@ -23,6 +23,7 @@ from tasks.dataset import (
     accepted_snapshots,
     append_ledger,
     join_uri,
+    ledger_entries,
     load_snapshot,
     parse_table,
     read_bytes,
@@ -121,8 +122,15 @@ def quarantine_batch(batch: LandedBatch, data_uri: str, dataset: str, validation
 
 @task
 def accept_batch(batch: LandedBatch, frame: pd.DataFrame, data_uri: str, dataset: str, validation: dict[str, Any]) -> Snapshot:
-    """Store an accepted batch as a snapshot, archive its file, and append it (with its validation) to the ledger."""
+    """Store an accepted batch as a snapshot, archive its file, and append it (with its validation) to the ledger.
+
+    A file byte-identical to one already ingested is archived under ``processed/duplicates``
+    and not added again, so landing the same file twice does not duplicate training rows.
+    """
     snapshot = store_snapshot(frame, data_uri, batch.name)
+    if any(entry["source_sha256"] == batch.sha256 for entry in ledger_entries(data_uri)):
+        _move_unchanged(batch, join_uri(data_uri, PROCESSED, "duplicates", batch.name))
+        return snapshot
     _move_unchanged(batch, join_uri(data_uri, PROCESSED, batch.name))
     append_ledger(data_uri, snapshot, batch.sha256, validation)
     emit("data.accepted", "dataset", dataset, {"batch": batch.name, "digest": snapshot.digest, "rows": snapshot.rows})

@@ -73,6 +73,7 @@ def register_candidate(
         model_name,
         candidate.model_uri,
         run_id=candidate.run_id,
+        model_id=candidate.model_id,
         tags=tags,
         description=f"{candidate.family} trained on dataset {lineage.dataset_digest[:12]}: {comparison.summary}",
     )

@@ -98,6 +98,7 @@ class Candidate:
         run_id: The MLflow run that holds it.
         experiment_id: The run's experiment.
         model_uri: URI the model loads from.
+        model_id: MLflow's id of the logged model.
         family: Model family.
         best_params: Parameters the search chose.
         metrics: Holdout RMSE, MAE and R².
@@ -106,6 +107,7 @@ class Candidate:
     run_id: str
     experiment_id: str
     model_uri: str
+    model_id: str
     family: str
     best_params: dict[str, Any]
     metrics: dict[str, float]
@@ -254,13 +256,13 @@ def train_candidate(
         run_id=run.info.run_id,
         experiment_id=run.info.experiment_id,
         model_uri=info.model_uri,
+        model_id=info.model_id,
         family=config.family.value,
         best_params=dict(search.best_params_),
         metrics=metrics,
     )
 
 
-@task(retries=2, retry_delay_seconds=2)
 def record_outcome(tracking_uri: str, run_id: str, outcome: str, message: str) -> None:
     """Tag the run with what came of it (``registered:<version>`` or ``kept``); re-runs look for it."""
     tracker = client(tracking_uri)
@@ -268,6 +270,7 @@ def record_outcome(tracking_uri: str, run_id: str, outcome: str, message: str) -
     tracker.set_tag(run_id, "outcome_message", message)
 
 
+@task(retries=2, retry_delay_seconds=2)
 def find_previous_training(tracking_uri: str, experiment: str, key: str) -> dict[str, str] | None:
     """The tags of a finished run with the same training key and a recorded outcome, if one exists."""
     found = client(tracking_uri).get_experiment_by_name(experiment)

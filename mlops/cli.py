@@ -1,0 +1,149 @@
+"""The ``mlops`` command: bring the embedded stack up and down, land data, train, promote, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from mlops.settings import Settings, get_settings
+
+
+def _configure_clients(settings: Settings) -> None:
+    """Point MLflow and Prefect clients at the embedded servers unless the environment chose others."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect_url)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    get_settings.cache_clear()
+
+
+def up(settings: Settings) -> dict[str, str]:
+    """Start (or reuse) the MLflow and Prefect servers side by side."""
+    from deployments.prefect_server import start_prefect
+    from mlflow_server import MlflowServerConfig, start_mlflow
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        mlflow_started = pool.submit(start_mlflow, MlflowServerConfig.from_settings(settings))
+        prefect_started = pool.submit(start_prefect, settings)
+        states = {
+            "mlflow": "started" if mlflow_started.result() else "already running",
+            "prefect": "started" if prefect_started.result() else "already running",
+        }
+    print(f"MLflow  {states['mlflow']:>15}: {settings.tracking_uri}")
+    print(f"Prefect {states['prefect']:>15}: {settings.prefect_url.removesuffix('/api')}")
+    return states
+
+
+def down(settings: Settings) -> None:
+    from deployments.prefect_server import stop_prefect
+    from mlflow_server import MlflowServerConfig, stop_mlflow
+
+    for name, stopped in (
+        ("Prefect", stop_prefect(settings)),
+        ("MLflow", stop_mlflow(MlflowServerConfig.from_settings(settings))),
+    ):
+        print(f"{name}: {'stopped' if stopped else 'not running (nothing of ours to stop)'}")
+
+
+def land(settings: Settings, batches: list[int]) -> list[str]:
+    from tasks.sample_data import land_batches
+
+    written = land_batches(settings.landing, batches)
+    for uri in written:
+        print(f"landed {uri}")
+    return written
+
+
+def train(family: str, seed: int) -> Any:
+    from flows.train import TrainParameters, train_flow
+    from tasks.train import ModelFamily, TrainConfig
+
+    return train_flow(TrainParameters(training=TrainConfig(family=ModelFamily(family), seed=seed)))
+
+
+def demo(settings: Settings, family: str) -> int:
+    """Bring the stack up, land the first batch, train the first champion, land the rest, train a challenger."""
+    from tasks.dataset import ledger_entries
+    from tasks.sample_data import DEFAULT_BATCHES, batch_name
+
+    started = time.monotonic()
+    up(settings)
+    print(f"[{time.monotonic() - started:5.1f}s] servers ready")
+    ingested = {entry["name"] for entry in ledger_entries(settings.data)}
+    outcomes = []
+    for step, batches in (("first batch", [0]), ("later batches", list(range(1, DEFAULT_BATCHES)))):
+        fresh = [index for index in batches if batch_name(index) not in ingested]
+        if fresh:
+            land(settings, fresh)
+        print(f"[{time.monotonic() - started:5.1f}s] training on the {step} ...")
+        outcome = train(family, 42)
+        outcomes.append(outcome)
+        print(f"[{time.monotonic() - started:5.1f}s] {outcome.status}: {outcome.message}")
+    last = outcomes[-1]
+    print()
+    print(f"Done in {time.monotonic() - started:.1f}s. Where to look:")
+    print(f"  MLflow UI     {settings.tracking_uri}/#/models/{last.model_name}")
+    for outcome in outcomes:
+        if outcome.version_url:
+            print(f"  version {outcome.version} ({outcome.alias}) {outcome.version_url}")
+        print(f"  run {outcome.run_id}  {outcome.run_url}")
+    print(f"  Prefect UI    {settings.prefect_url.removesuffix('/api')}/runs")
+    print("Stop the servers with: uv run mlops down")
+    return 0
+
+
+def promote(model_name: str, version: str, reason: str) -> None:
+    from tasks.registry import promote as promote_task
+
+    promotion = promote_task(get_settings().tracking_uri, model_name, version, reason)
+    print(json.dumps(asdict(promotion), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlops", description="The model lifecycle on Prefect + MLflow.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo_parser = commands.add_parser("demo", help="start the servers and run the training loop on the default data")
+    demo_parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
+    commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
+    commands.add_parser("down", help="stop the servers this project started")
+    land_parser = commands.add_parser("land", help="land default diabetes batches in the landing folder")
+    land_parser.add_argument("batches", nargs="*", type=int, default=[0, 1, 2, 3], help="batch indices (0-3)")
+    train_parser = commands.add_parser("train", help="run the training flow once")
+    train_parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
+    train_parser.add_argument("--seed", type=int, default=42)
+    promote_parser = commands.add_parser("promote", help="make a registered version the champion")
+    promote_parser.add_argument("version")
+    promote_parser.add_argument("--reason", required=True)
+    promote_parser.add_argument("--model", default=None)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    if args.command in ("demo", "train", "promote"):
+        _configure_clients(settings)
+        settings = get_settings()
+    try:
+        if args.command == "demo":
+            return demo(settings, args.family)
+        if args.command == "up":
+            up(settings)
+        elif args.command == "down":
+            down(settings)
+        elif args.command == "land":
+            land(settings, args.batches)
+        elif args.command == "train":
+            print(json.dumps(asdict(train(args.family, args.seed)), indent=2))
+        elif args.command == "promote":
+            promote(args.model or settings.model_name, args.version, args.reason)
+    except Exception as error:  # a CLI reports the failure in one line; flows keep their tracebacks in logs
+        print(f"mlops {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
