@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 
 ResourceKind = Literal["model", "dataset"]
@@ -18,7 +19,12 @@ def resource_id(kind: ResourceKind, name: str) -> str:
 
 
 def emit(event: str, kind: ResourceKind, name: str, payload: dict[str, Any]) -> None:
-    """Emit a lifecycle event; a no-op where no Prefect API is configured."""
+    """Emit a lifecycle event from inside a flow or task run; outside one (a plain call) it does nothing.
+
+    Outside a run Prefect would start a temporary server just to deliver the event.
+    """
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return
     emit_event(
         event=event,
         resource={"prefect.resource.id": resource_id(kind, name), "prefect.resource.name": name},
