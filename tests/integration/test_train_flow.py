@@ -1,0 +1,157 @@
+"""The training flow against a real MLflow server (SQLite) and Prefect's test harness."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from flows.train import DataRejectedError, TrainParameters, train_flow
+from mlops.settings import Settings
+from tasks.registry import PromotionError, promote
+from tasks.sample_data import land_batches
+from tasks.train import ModelFamily, TrainConfig
+
+LINEAGE_TAGS = {
+    "dataset_digest",
+    "dataset_uri",
+    "git_commit",
+    "prefect_flow_run_id",
+    "validation_status",
+    "validation_summary",
+    "training_key",
+    "run_id",
+    "metrics",
+    "metrics_vs_champion",
+}
+# A ridge this regularised predicts little more than the mean: a champion any real model beats.
+WEAK = TrainParameters(training=TrainConfig(param_grid={"model__alpha": [10_000.0]}))
+DEFAULT = TrainParameters()
+
+
+def registry(settings: Settings) -> MlflowClient:
+    return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def aliases(settings: Settings) -> dict[str, str]:
+    return dict(registry(settings).get_registered_model(settings.model_name).aliases)
+
+
+def versions(settings: Settings) -> list[str]:
+    found = registry(settings).search_model_versions(f"name = '{settings.model_name}'")
+    return sorted(version.version for version in found)
+
+
+def test_first_champion_then_better_challenger_with_lineage(stack: Settings) -> None:
+    land_batches(stack.landing, [0, 1, 2, 3])
+    first = train_flow(WEAK)
+    assert (first.status, first.version, first.alias) == ("registered", "1", "champion")
+    assert aliases(stack) == {"champion": "1"}
+    assert len(first.accepted) == 4
+
+    second = train_flow(DEFAULT)
+    assert (second.status, second.version, second.alias) == ("registered", "2", "challenger")
+    assert aliases(stack) == {"champion": "1", "challenger": "2"}
+    tags = registry(stack).get_model_version(stack.model_name, "2").tags
+    assert LINEAGE_TAGS <= set(tags)
+    assert tags["validation_status"] == "passed"
+    columns = len(stack.feature_columns) + 1  # the first batch had no reference: structural checks only
+    expectations = (2 + 2 * columns) + 3 * (2 + 5 * columns)
+    assert tags["validation_summary"] == f"passed: 4 batch(es), {expectations} expectations"
+    assert len(tags["dataset_digest"]) == 64
+    assert tags["prefect_flow_run_id"] not in ("", "none")
+    comparison = json.loads(tags["metrics_vs_champion"])
+    assert comparison["champion_version"] == "1" and comparison["better"] is True
+    assert comparison["candidate"]["rmse"] < comparison["champion"]["rmse"]
+
+    run = registry(stack).get_run(second.run_id)
+    assert {"rmse", "mae", "r2", "champion_rmse"} <= set(run.data.metrics)
+    assert run.data.params["family"] == "ridge" and run.data.params["seed"] == "42"
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == tags["dataset_digest"][:36]
+    artifacts = {item.path for item in registry(stack).list_artifacts(second.run_id)}
+    assert {"feature_importance.png", "comparison.json", "environment", "validation"} <= artifacts
+
+
+def test_worse_candidate_registers_nothing_and_rerun_is_idempotent(stack: Settings) -> None:
+    land_batches(stack.landing, [0, 1, 2, 3])
+    assert train_flow(DEFAULT).alias == "champion"
+    worse = train_flow(WEAK)
+    assert worse.status == "kept" and worse.version is None
+    assert worse.message.startswith("champion kept: version 1 stays; rmse ")
+    assert registry(stack).get_run(worse.run_id).data.tags["outcome"] == "kept"
+
+    again = train_flow(DEFAULT)
+    assert again.status == "unchanged" and again.version == "1"
+    assert versions(stack) == ["1"]
+    assert aliases(stack) == {"champion": "1"}
+
+
+def test_rejected_batch_is_quarantined_and_nothing_is_trained(stack: Settings) -> None:
+    land_batches(stack.landing, [0, 1])
+    train_flow(DEFAULT)
+    land_batches(stack.landing, [2])
+    landed = Path(stack.landing) / "diabetes_batch_002.csv"
+    lines = landed.read_text().splitlines()
+    header = lines[0].split(",")
+    bmi = header.index("bmi")
+    broken = [lines[0]] + [",".join(v if i != bmi else "" for i, v in enumerate(row.split(","))) for row in lines[1:]]
+    landed.write_text("\n".join(broken) + "\n")
+    original = landed.read_bytes()
+
+    with pytest.raises(DataRejectedError, match=r"diabetes_batch_002.csv quarantined at .*bmi: nulls"):
+        train_flow(DEFAULT)
+    quarantined = Path(stack.data) / "quarantine" / "diabetes_batch_002.csv"
+    assert hashlib.sha256(quarantined.read_bytes()).digest() == hashlib.sha256(original).digest()
+    report = json.loads(Path(str(quarantined) + ".validation.json").read_text())
+    assert report["success"] is False and report["failures"][0]["column"] == "bmi"
+    assert not landed.exists()
+    assert versions(stack) == ["1"] and aliases(stack) == {"champion": "1"}
+
+
+def test_promote_moves_champion_and_records_why(stack: Settings) -> None:
+    land_batches(stack.landing, [0, 1, 2, 3])
+    train_flow(WEAK)
+    train_flow(DEFAULT)
+    promotion = promote.fn(stack.tracking_uri, stack.model_name, "2", "beat champion offline", actor="alice")
+    assert (promotion.version, promotion.previous) == ("2", "1")
+    assert aliases(stack) == {"champion": "2"}
+    tags = registry(stack).get_model_version(stack.model_name, "2").tags
+    assert (tags["promoted_by"], tags["promotion_reason"], tags["previous_champion"]) == (
+        "alice",
+        "beat champion offline",
+        "1",
+    )
+    assert registry(stack).get_model_version(stack.model_name, "1").tags["superseded_by"] == "2"
+
+
+def test_promote_refuses_missing_and_unvalidated_versions(stack: Settings) -> None:
+    land_batches(stack.landing, [0, 1, 2, 3])
+    train_flow(WEAK)
+    train_flow(DEFAULT)
+    with pytest.raises(PromotionError, match="has no version '9'"):
+        promote.fn(stack.tracking_uri, stack.model_name, "9", "typo")
+    registry(stack).set_model_version_tag(stack.model_name, "2", "validation_status", "failed")
+    with pytest.raises(PromotionError, match="validation status is failed"):
+        promote.fn(stack.tracking_uri, stack.model_name, "2", "should not happen")
+    assert aliases(stack) == {"champion": "1", "challenger": "2"}
+
+
+@pytest.mark.parametrize("family", [ModelFamily.RANDOM_FOREST, ModelFamily.GRADIENT_BOOSTING])
+def test_tree_families_train_and_register(stack: Settings, family: ModelFamily) -> None:
+    land_batches(stack.landing, [0, 1, 2, 3])
+    outcome = train_flow(TrainParameters(training=TrainConfig(family=family)))
+    assert outcome.status == "registered" and outcome.alias == "champion"
+    assert registry(stack).get_model_version(stack.model_name, "1").tags["model_family"] == family.value
+    import mlflow
+
+    model = mlflow.sklearn.load_model(f"models:/{stack.model_name}@champion")
+    assert type(model.steps[-1][1]).__name__.lower().startswith(family.value.split("_")[0])
+
+
+def test_unknown_model_name_has_no_champion(stack: Settings) -> None:
+    with pytest.raises(MlflowException):
+        registry(stack).get_model_version_by_alias(stack.model_name, "champion")
