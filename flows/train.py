@@ -172,7 +172,8 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     return _report(
         TrainOutcome(
             status="registered",
-            message=f"{model_name} version {registration.version} registered as {registration.alias}: {comparison.summary}",
+            message=f"{model_name} version {registration.version} registered as {registration.alias}: "
+            f"{comparison.summary}",
             version=registration.version,
             alias=registration.alias,
             version_url=version_url(tracking, model_name, registration.version),

@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     )
     mlflow_artifacts_destination: str | None = Field(
         default=None,
-        description="Where the server stores artifacts it proxies (default: <home>/mlflow/artifacts; s3://... for teams).",
+        description="Where the server stores the artifacts it proxies "
+        "(default: <home>/mlflow/artifacts; s3://... for teams).",
     )
 
     prefect_api_url: str | None = Field(

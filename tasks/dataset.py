@@ -146,7 +146,11 @@ def accepted_snapshots(data_uri: str) -> list[Snapshot]:
     """Accepted batches in order of arrival."""
     return [
         Snapshot(
-            name=entry["name"], uri=entry["uri"], digest=entry["digest"], rows=entry["rows"], columns=tuple(entry["columns"])
+            name=entry["name"],
+            uri=entry["uri"],
+            digest=entry["digest"],
+            rows=entry["rows"],
+            columns=tuple(entry["columns"]),
         )
         for entry in ledger_entries(data_uri)
     ]

@@ -58,13 +58,21 @@ class Comparison:
         return {**asdict(self), "summary": self.summary}
 
 
-def compare(candidate: dict[str, float], champion: dict[str, float], criteria: PromotionCriteria) -> tuple[bool, tuple[dict[str, Any], ...]]:
+def compare(
+    candidate: dict[str, float], champion: dict[str, float], criteria: PromotionCriteria
+) -> tuple[bool, tuple[dict[str, Any], ...]]:
     """Apply the criteria; lower RMSE/MAE and higher R² are better."""
     checks = [
-        ("rmse", candidate["rmse"] <= champion["rmse"] * (1 - criteria.min_rmse_improvement),
-         f"<= champion x {1 - criteria.min_rmse_improvement:g}"),
-        ("mae", candidate["mae"] <= champion["mae"] * (1 + criteria.max_mae_regression),
-         f"<= champion x {1 + criteria.max_mae_regression:g}"),
+        (
+            "rmse",
+            candidate["rmse"] <= champion["rmse"] * (1 - criteria.min_rmse_improvement),
+            f"<= champion x {1 - criteria.min_rmse_improvement:g}",
+        ),
+        (
+            "mae",
+            candidate["mae"] <= champion["mae"] * (1 + criteria.max_mae_regression),
+            f"<= champion x {1 + criteria.max_mae_regression:g}",
+        ),
         ("r2", candidate["r2"] >= champion["r2"] - criteria.max_r2_drop, f">= champion - {criteria.max_r2_drop:g}"),
     ]
     rows = tuple(
@@ -118,7 +126,9 @@ def evaluate_against_champion(
     if comparison.champion:
         tracker.log_batch(
             candidate.run_id,
-            metrics=[mlflow.entities.Metric(f"champion_{key}", value, 0, 0) for key, value in comparison.champion.items()],
+            metrics=[
+                mlflow.entities.Metric(f"champion_{key}", value, 0, 0) for key, value in comparison.champion.items()
+            ],
         )
     return comparison
 

@@ -121,7 +121,9 @@ def quarantine_batch(batch: LandedBatch, data_uri: str, dataset: str, validation
 
 
 @task
-def accept_batch(batch: LandedBatch, frame: pd.DataFrame, data_uri: str, dataset: str, validation: dict[str, Any]) -> Snapshot:
+def accept_batch(
+    batch: LandedBatch, frame: pd.DataFrame, data_uri: str, dataset: str, validation: dict[str, Any]
+) -> Snapshot:
     """Store an accepted batch as a snapshot, archive its file, and append it (with its validation) to the ledger.
 
     A file byte-identical to one already ingested is archived under ``processed/duplicates``

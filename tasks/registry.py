@@ -107,7 +107,11 @@ def keep_champion(candidate: Candidate, comparison: Comparison, tracking_uri: st
         "model.kept",
         "model",
         model_name,
-        {"champion_version": comparison.champion_version, "run_id": candidate.run_id, "comparison": comparison.to_dict()},
+        {
+            "champion_version": comparison.champion_version,
+            "run_id": candidate.run_id,
+            "comparison": comparison.to_dict(),
+        },
     )
     return message
 

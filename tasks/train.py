@@ -11,6 +11,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import task
 from pydantic import BaseModel, Field
@@ -43,7 +44,11 @@ class ModelFamily(StrEnum):
 
 DEFAULT_GRIDS: dict[ModelFamily, dict[str, list[Any]]] = {
     ModelFamily.RIDGE: {"model__alpha": [0.01, 0.1, 1.0, 10.0]},
-    ModelFamily.RANDOM_FOREST: {"model__n_estimators": [100], "model__max_depth": [4, 8], "model__min_samples_leaf": [1, 5]},
+    ModelFamily.RANDOM_FOREST: {
+        "model__n_estimators": [100],
+        "model__max_depth": [4, 8],
+        "model__min_samples_leaf": [1, 5],
+    },
     ModelFamily.GRADIENT_BOOSTING: {
         "model__n_estimators": [100, 200],
         "model__learning_rate": [0.05, 0.1],
@@ -57,7 +62,9 @@ class TrainConfig(BaseModel):
 
     family: ModelFamily = Field(ModelFamily.RIDGE, description="Model family.")
     seed: int = Field(42, description="Seed of the search's folds and of randomised models.")
-    holdout_fraction: float = Field(0.2, gt=0, lt=0.5, description="Share of rows held out, chosen by a hash of each row.")
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="Share of rows held out, chosen by a hash of each row."
+    )
     cv_folds: int = Field(5, ge=2, le=10, description="Folds of the grid search.")
     param_grid: dict[str, list[Any]] | None = Field(
         None, description="Grid over pipeline parameters (e.g. {'model__alpha': [1, 10]}); default per family."
@@ -223,7 +230,7 @@ def train_candidate(
             }
         )
         mlflow.log_metrics({**metrics, "cv_rmse": float(-search.best_score_)})
-        dataset = mlflow.data.from_pandas(
+        dataset = from_pandas(
             frame, source=snapshot.uri, targets=target, name=f"{experiment}-training", digest=snapshot.digest[:36]
         )
         mlflow.log_input(dataset, context="training")
@@ -285,4 +292,3 @@ def find_previous_training(tracking_uri: str, experiment: str, key: str) -> dict
         if "outcome" in run.data.tags:
             return {**run.data.tags, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
     return None
-

@@ -35,9 +35,15 @@ CHECK_NAMES = {
 class ValidationPolicy(BaseModel):
     """How strict validation is; distribution bounds are relative to the reference data."""
 
-    range_margin: float = Field(0.5, ge=0, description="Allowed overshoot of the reference min/max, as a share of its range.")
-    mean_tolerance: float = Field(0.5, gt=0, description="Allowed shift of a column mean, in reference standard deviations.")
-    stdev_ratio: float = Field(2.0, gt=1, description="Allowed factor between a batch's and the reference's standard deviation.")
+    range_margin: float = Field(
+        0.5, ge=0, description="Allowed overshoot of the reference min/max, as a share of its range."
+    )
+    mean_tolerance: float = Field(
+        0.5, gt=0, description="Allowed shift of a column mean, in reference standard deviations."
+    )
+    stdev_ratio: float = Field(
+        2.0, gt=1, description="Allowed factor between a batch's and the reference's standard deviation."
+    )
     min_rows: int = Field(2, ge=1, description="Fewest rows a batch may have.")
 
 
@@ -187,7 +193,9 @@ def _describe(result: Any) -> Failure:
         return Failure(column=column, check=check, detail="; ".join(parts) or "columns differ")
     if "observed_value" in outcome:
         bounds = f"[{config.kwargs.get('min_value')}, {config.kwargs.get('max_value')}]"
-        return Failure(column=column, check=check, detail=f"observed {outcome['observed_value']}, expected within {bounds}")
+        return Failure(
+            column=column, check=check, detail=f"observed {outcome['observed_value']}, expected within {bounds}"
+        )
     examples = outcome.get("partial_unexpected_list", [])[:5]
     count = outcome.get("unexpected_count")
     detail = f"{count} unexpected value(s), e.g. {examples}"

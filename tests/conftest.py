@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
 from mlops.settings import Settings, get_settings
 from tasks.sample_data import diabetes_batches
 
@@ -48,3 +49,19 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def mlflow_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServerConfig]:
+    """A real `mlflow server` on SQLite in a temp dir, artifacts proxied, for the whole session."""
+    root: Path = tmp_path_factory.mktemp("mlflow")
+    config = MlflowServerConfig(
+        host="127.0.0.1",
+        port=free_port(),
+        backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
+        artifacts_destination=str(root / "artifacts"),
+        state_dir=root / "logs",
+    )
+    assert start_mlflow(config) is True
+    yield config
+    stop_mlflow(config)
