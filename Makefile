@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
+#   make run    install the locked environment, start MLflow + Prefect, run the training loop
+#   make test   install the locked environment, lint, type-check and run every test
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+UV := python3 -m uv
+
+.PHONY: run test down sync uv lint
+
+uv:
+	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+
+sync: uv
+	$(UV) sync --locked
+
+run: sync
+	$(UV) run --locked mlops demo
+
+lint: sync
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+	$(UV) run --locked mypy
+
+test: lint
+	$(UV) run --locked pytest
+
+down: uv
+	$(UV) run --locked mlops down
