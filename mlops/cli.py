@@ -93,7 +93,7 @@ def demo(settings: Settings, family: str) -> int:
             print(f"  version {outcome.version} ({outcome.alias}) {outcome.version_url}")
         print(f"  run {outcome.run_id}  {outcome.run_url}")
     print(f"  Prefect UI    {settings.prefect_url.removesuffix('/api')}/runs")
-    print("Stop the servers with: uv run mlops down")
+    print("Stop the servers with: make down (or: uv run mlops down)")
     return 0
 
 

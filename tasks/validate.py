@@ -217,14 +217,18 @@ def _batch_definition() -> Any:
     return asset.add_batch_definition_whole_dataframe("whole")
 
 
-def run_suite(
+@task
+def validate_batch(
     frame: pd.DataFrame,
     batch: str,
     columns: list[str],
     reference: pd.DataFrame | None,
     policy: ValidationPolicy,
 ) -> ValidationReport:
-    """Validate a frame against the suite built from the reference (None: structural checks only)."""
+    """Validate a frame against the suite built from the reference (None: structural checks only).
+
+    The caller quarantines a batch whose report is not a success.
+    """
     profile = learn_profile(reference, columns) if reference is not None and len(reference) > 1 else None
     definition = _batch_definition()  # the suite needs a live context before it is built
     suite = _build_suite(columns, profile, policy)
@@ -237,18 +241,6 @@ def run_suite(
         failures=failures,
         reference_rows=profile.rows if profile else 0,
     )
-
-
-@task
-def validate_batch(
-    frame: pd.DataFrame,
-    batch: str,
-    columns: list[str],
-    reference: pd.DataFrame | None,
-    policy: ValidationPolicy,
-) -> ValidationReport:
-    """Run the batch suite; the caller quarantines a batch whose report is not a success."""
-    return run_suite(frame, batch, columns, reference, policy)
 
 
 def unreadable_report(batch: str, error: str) -> ValidationReport:

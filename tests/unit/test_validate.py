@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from mlops.settings import Settings
-from tasks.validate import ValidationPolicy, run_suite, unreadable_report
+from tasks.validate import ValidationPolicy, unreadable_report, validate_batch
 
 COLUMNS = [*Settings().feature_columns, "target"]
 
@@ -21,7 +21,7 @@ def good(batches: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def check(frame: pd.DataFrame, reference: pd.DataFrame | None):
-    return run_suite(frame, "batch.csv", COLUMNS, reference, ValidationPolicy())
+    return validate_batch.fn(frame, "batch.csv", COLUMNS, reference, ValidationPolicy())
 
 
 def test_good_batch_passes(good: pd.DataFrame, reference: pd.DataFrame) -> None:
