@@ -29,7 +29,7 @@ from tasks.ingest import (
 )
 from tasks.lineage import git_commit, training_key
 from tasks.registry import keep_champion, register_candidate
-from tasks.tracking import run_url, version_url
+from tasks.tracking import check_tracking_server, run_url, version_url
 from tasks.train import Lineage, ModelFamily, TrainConfig, find_previous_training, train_candidate
 from tasks.validate import ValidationPolicy, unreadable_report, validate_batch
 
@@ -85,6 +85,7 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     model_name = params.model_name or settings.model_name
     columns = [*settings.feature_columns, settings.target_column]
     tracking = settings.tracking_uri
+    check_tracking_server(tracking)
 
     accepted: list[str] = []
     rejected: list[str] = []

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import httpx
 import mlflow
 from mlflow.tracking import MlflowClient
+from prefect import task
 
 
 def client(tracking_uri: str) -> MlflowClient:
@@ -18,3 +20,28 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 def version_url(tracking_uri: str, model_name: str, version: str) -> str:
     return f"{tracking_uri.rstrip('/')}/#/models/{model_name}/versions/{version}"
+
+
+class TrackingServerUnavailable(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+@task(retries=2, retry_delay_seconds=2)
+def check_tracking_server(tracking_uri: str) -> None:
+    """Fail fast, with what to do, when an HTTP tracking server does not answer its health check.
+
+    MLflow's own client would otherwise retry each call for minutes before failing.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        response = httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=5.0)
+    except httpx.HTTPError as error:
+        raise TrackingServerUnavailable(
+            f"MLflow tracking server not reachable at {tracking_uri} ({error}); start it with "
+            "`uv run mlops up` or point MLFLOW_TRACKING_URI at a running server"
+        ) from error
+    if response.status_code != 200:
+        raise TrackingServerUnavailable(
+            f"MLflow tracking server at {tracking_uri} answered /health with HTTP {response.status_code}"
+        )
