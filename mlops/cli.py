@@ -13,6 +13,9 @@ from typing import Any
 
 from mlops.settings import Settings, get_settings
 
+# The values of tasks.train.ModelFamily, spelled out so `mlops --help` does not import scikit-learn.
+FAMILIES = ("ridge", "random_forest", "gradient_boosting")
+
 
 def _configure_clients(settings: Settings) -> None:
     """Point MLflow and Prefect clients at the embedded servers unless the environment chose others."""
@@ -108,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description="The model lifecycle on Prefect + MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="start the servers and run the training loop on the default data")
-    demo_parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
+    demo_parser.add_argument("--family", default="ridge", choices=FAMILIES)
     commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
     commands.add_parser("down", help="stop the servers this project started")
     land_parser = commands.add_parser("land", help="land default diabetes batches in the landing folder")
     land_parser.add_argument("batches", nargs="*", type=int, default=[0, 1, 2, 3], help="batch indices (0-3)")
     train_parser = commands.add_parser("train", help="run the training flow once")
-    train_parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
+    train_parser.add_argument("--family", default="ridge", choices=FAMILIES)
     train_parser.add_argument("--seed", type=int, default=42)
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
