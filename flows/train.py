@@ -1,4 +1,4 @@
-"""The training half of the loop: ingest, validate, train, compare with the champion, register.
+"""The training half of the loop: ingest, validate, train, export to ONNX, compare with the champion, register.
 
 Run with the defaults: ``python -m flows.train`` (honours MLFLOW_TRACKING_URI and
 PREFECT_API_URL). Re-running on the same data, code and parameters registers nothing new.
@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from mlops.settings import get_settings
 from tasks.dataset import ledger_entries
 from tasks.evaluate import PromotionCriteria, evaluate_against_champion, publish_comparison
+from tasks.export import ExportConfig, export_onnx
 from tasks.ingest import (
     accept_batch,
     assemble_training_set,
@@ -44,6 +45,7 @@ class TrainParameters(BaseModel):
     training: TrainConfig = Field(default_factory=TrainConfig)
     criteria: PromotionCriteria = Field(default_factory=PromotionCriteria)
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
 
 
@@ -148,6 +150,16 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
         model_name,
         reports,
     )
+    export = export_onnx(
+        candidate,
+        frame,
+        list(settings.feature_columns),
+        settings.target_column,
+        params.training.holdout_fraction,
+        tracking,
+        model_name,
+        params.export,
+    )
     comparison = evaluate_against_champion(
         candidate,
         frame,
@@ -169,7 +181,7 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     if not comparison.better:
         message = keep_champion(candidate, comparison, tracking, model_name)
         return _report(TrainOutcome(status="kept", message=message, **common), logger)
-    registration = register_candidate(candidate, comparison, lineage, tracking, model_name)
+    registration = register_candidate(candidate, comparison, lineage, export, tracking, model_name)
     return _report(
         TrainOutcome(
             status="registered",

@@ -15,6 +15,7 @@ from prefect import task
 
 from tasks.evaluate import CHALLENGER, CHAMPION, Comparison
 from tasks.events import emit
+from tasks.export import OnnxExport
 from tasks.tracking import client
 from tasks.train import Candidate, Lineage, record_outcome
 
@@ -47,13 +48,22 @@ class Promotion:
 
 @task(retries=2, retry_delay_seconds=2)
 def register_candidate(
-    candidate: Candidate, comparison: Comparison, lineage: Lineage, tracking_uri: str, model_name: str
+    candidate: Candidate,
+    comparison: Comparison,
+    lineage: Lineage,
+    export: OnnxExport,
+    tracking_uri: str,
+    model_name: str,
 ) -> Registration:
     """Register a candidate that beat the champion as ``challenger`` (or as ``champion`` if there is none).
 
     Raises:
         ValueError: The comparison says the candidate is not better.
     """
+    if not export.parity.passed:
+        raise ValueError(
+            f"candidate of run {candidate.run_id} has no ONNX export that passed parity: {export.parity.summary}"
+        )
     if not comparison.better:
         raise ValueError(f"candidate of run {candidate.run_id} is not better than the champion: {comparison.summary}")
     tracker = client(tracking_uri)
@@ -63,6 +73,7 @@ def register_candidate(
         tracker.create_registered_model(model_name, description="Managed by the mlops-loop training flow.")
     tags = {
         **lineage.tags(),
+        **export.tags(),
         "run_id": candidate.run_id,
         "model_family": candidate.family,
         "metrics": json.dumps(candidate.metrics, sort_keys=True),

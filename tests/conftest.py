@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
+from mlops.process import free_port
 from mlops.settings import Settings, get_settings
 from tasks.sample_data import diabetes_batches
 
@@ -25,12 +28,6 @@ QUIET_ENV = {
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(QUIET_ENV)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +62,32 @@ def mlflow_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     assert start_mlflow(config) is True
     yield config
     stop_mlflow(config)
+
+
+TINY_FEATURES = ("x1", "x2", "x3")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Any:
+    """A scaler + ridge pipeline on three synthetic features: small and exact in ONNX."""
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(200, 3)) * [1, 10, 100], columns=list(TINY_FEATURES))
+    y = 3 * x["x1"] - 0.5 * x["x2"] + 0.01 * x["x3"] + rng.normal(size=200)
+    return Pipeline([("scale", StandardScaler()), ("model", Ridge(alpha=0.1))]).fit(x, y)
+
+
+@pytest.fixture
+def tiny_bundle(tiny_model: Any, tmp_path: Path) -> Path:
+    """A serving bundle of ``tiny_model`` named ``tiny`` version 7."""
+    from serving.bundle import ModelMetadata, write_bundle
+    from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
+
+    onnx_bytes = to_onnx(tiny_model, len(TINY_FEATURES)).SerializeToString()
+    metadata = ModelMetadata(
+        "tiny", "7", TINY_FEATURES, INPUT_NAME, OUTPUT_NAME, hashlib.sha256(onnx_bytes).hexdigest(), run_id="r1"
+    )
+    return write_bundle(tmp_path / "bundle", onnx_bytes, metadata)

@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from deployments.prefect_server import start_prefect, stop_prefect
 from mlflow_server import MlflowServerConfig
+from mlops.process import free_port
 from mlops.settings import Settings
 from tasks.sample_data import land_batches
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

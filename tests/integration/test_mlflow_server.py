@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from mlflow_server import MlflowServerConfig, start_mlflow
-from mlops.process import PortInUseError
-from tests.conftest import free_port
+from mlops.process import PortInUseError, free_port
 
 
 def test_starting_twice_reuses_the_running_server(mlflow_config: MlflowServerConfig) -> None:

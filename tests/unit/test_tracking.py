@@ -1,7 +1,7 @@
 import pytest
 
+from mlops.process import free_port
 from tasks.tracking import TrackingServerUnavailable, check_tracking_server
-from tests.conftest import free_port
 
 
 def test_unreachable_tracking_server_says_what_to_do() -> None:

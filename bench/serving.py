@@ -1,0 +1,217 @@
+"""Serving benchmark: this ONNX server vs ``mlflow models serve`` on the same model, plus in-process figures.
+
+Not a test: prints tables. Needs ``wrk`` (Debian: ``apt-get install wrk``). Usage::
+
+    uv run python bench/serving.py [--duration 10] [--concurrency 1 8 32]
+
+1. HTTP: one-row MLflow ``dataframe_split`` POSTs to ``/invocations`` with wrk (1 thread, on
+   the same 2 cores as the server), bounded by ``--duration`` per run: ``mlflow models serve
+   --env-manager local``, this server, and this server with request collection on.
+2. In process: scikit-learn ``predict`` vs onnxruntime per model family and batch size.
+3. Cold start (process start to ``/v2/health/ready`` = 200) and RSS of the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlops.process import free_port  # noqa: E402
+from serving.bundle import ModelMetadata, write_bundle  # noqa: E402
+from tasks.export import measure_latency, session  # noqa: E402
+from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx  # noqa: E402
+from tasks.sample_data import diabetes_frame  # noqa: E402
+from tasks.train import ModelFamily, build_pipeline  # noqa: E402
+
+FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{body}'
+"""
+LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def fitted(family: ModelFamily) -> tuple[object, pd.DataFrame]:
+    frame = diabetes_frame()
+    model = build_pipeline(family, 42).fit(frame[FEATURES], frame["target"])
+    return model, frame
+
+
+def write_models(workdir: Path) -> tuple[Path, Path, str]:
+    """A ridge pipeline saved as an MLflow model and as an ONNX bundle; returns both dirs and a request body."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    model, frame = fitted(ModelFamily.RIDGE)
+    x = frame[FEATURES]
+    mlflow_dir = workdir / "mlflow-model"
+    mlflow.sklearn.save_model(model, str(mlflow_dir), signature=infer_signature(x, model.predict(x)))  # type: ignore[attr-defined]
+    onnx_bytes = to_onnx(model, len(FEATURES)).SerializeToString()
+    import hashlib
+
+    bundle = write_bundle(
+        workdir / "bundle",
+        onnx_bytes,
+        ModelMetadata(
+            "diabetes", "1", tuple(FEATURES), INPUT_NAME, OUTPUT_NAME, hashlib.sha256(onnx_bytes).hexdigest()
+        ),
+    )
+    row = x.iloc[0].tolist()
+    body = '{"dataframe_split": {"columns": %s, "data": [%s]}}' % (str(FEATURES).replace("'", '"'), row)
+    return mlflow_dir, bundle, body
+
+
+def rss_mb(pid: int) -> float:
+    total = 0.0
+    for child in [pid, *_children(pid)]:
+        try:
+            text = Path(f"/proc/{child}/status").read_text()
+        except FileNotFoundError:
+            continue
+        match = re.search(r"VmRSS:\s+(\d+) kB", text)
+        total += int(match[1]) / 1024 if match else 0
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    kids = [int(line) for line in result.stdout.split()]
+    return kids + [grandchild for kid in kids for grandchild in _children(kid)]
+
+
+@contextmanager
+def server(command: list[str], health: str, env: dict[str, str]) -> Iterator[tuple[float, float]]:
+    """Start a server; yield (seconds to healthy, RSS MB once healthy); stop it."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = started + 120
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(
+                    f"{command[:4]} exited: {process.stderr.read().decode()[-2000:] if process.stderr else ''}"
+                )
+            try:
+                if httpx.get(health, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"{command[:4]} not healthy within 120 s")
+            time.sleep(0.05)
+        yield time.perf_counter() - started, rss_mb(process.pid)
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(30)
+
+
+def wrk(url: str, script: Path, concurrency: int, duration: int) -> dict[str, float]:
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+        check=True,
+    )
+    out = result.stdout
+    latencies = {int(m[1]): float(m[2]) * UNITS[m[3]] for m in LATENCY.finditer(out)}
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    return {
+        "rps": rate,
+        "p50": latencies.get(50, float("nan")),
+        "p99": latencies.get(99, float("nan")),
+        "errors": errors,
+    }
+
+
+def http_table(args: argparse.Namespace, workdir: Path) -> None:
+    mlflow_dir, bundle, body = write_models(workdir)
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=body))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    port = free_port()
+    targets = [
+        ("mlflow models serve", [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(mlflow_dir),
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], "/ping"),
+        ("onnx server", [sys.executable, "-m", "serving", str(bundle), "--port", str(port)], "/v2/health/ready"),
+        ("onnx server + collection", [sys.executable, "-m", "serving", str(bundle), "--port", str(port),
+                                      "--collect-dir", str(workdir / "collected")], "/v2/health/ready"),
+    ]  # fmt: skip
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    starts: list[tuple[str, float, float]] = []
+    for name, command, health in targets:
+        with server(command, f"http://127.0.0.1:{port}{health}", env) as (cold, rss):
+            starts.append((name, cold, rss))
+            for concurrency in args.concurrency:
+                results[(name, concurrency)] = wrk(
+                    f"http://127.0.0.1:{port}/invocations", script, concurrency, args.duration
+                )
+    print(f"\nHTTP, one-row POST /invocations, wrk -t1, {args.duration} s per run (req/s · p50 ms · p99 ms · errors)")
+    print(f"{'server':<26} {'c':>3} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}")
+    for (name, concurrency), figures in results.items():
+        print(
+            f"{name:<26} {concurrency:>3} {figures['rps']:>9.0f} {figures['p50']:>8.2f} {figures['p99']:>8.2f} "
+            f"{figures['errors']:>7.0f}"
+        )
+    top = max(args.concurrency)
+    base = results[("mlflow models serve", top)]["rps"]
+    for name in ("onnx server", "onnx server + collection"):
+        print(f"{name} / mlflow models serve at c={top}: {results[(name, top)]['rps'] / base:.1f}x")
+    cost = 1 - results[("onnx server + collection", top)]["rps"] / results[("onnx server", top)]["rps"]
+    print(f"collection cost at c={top}: {cost:.1%} of throughput")
+    print("\nCold start (process start to healthy) and RSS once healthy")
+    for name, cold, rss in starts:
+        print(f"{name:<26} {cold:6.2f} s {rss:8.1f} MB")
+
+
+def inprocess_table() -> None:
+    print("\nIn process, median µs per call (scikit-learn vs onnxruntime, 1 intra-op thread)")
+    print(f"{'family':<18} {'rows':>6} {'sklearn':>10} {'onnx':>10} {'speed-up':>9}")
+    for family in ModelFamily:
+        model, frame = fitted(family)
+        inference = session(to_onnx(model, len(FEATURES)).SerializeToString())
+        figures = measure_latency(inference, model, frame[FEATURES], [1, 100, 10_000], 0.5)
+        for rows in (1, 100, 10_000):
+            sk, ox = figures[f"sklearn.{rows}"], figures[f"onnx.{rows}"]
+            print(f"{family.value:<18} {rows:>6} {sk:>10.1f} {ox:>10.1f} {sk / ox:>8.1f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_http and shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: install it (Debian: apt-get install wrk) or pass --skip-http")
+    np.random.seed(0)
+    if not args.skip_http:
+        with tempfile.TemporaryDirectory() as workdir:
+            http_table(args, Path(workdir))
+    inprocess_table()
+
+
+if __name__ == "__main__":
+    main()

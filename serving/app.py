@@ -1,0 +1,330 @@
+"""The ASGI app: Open Inference Protocol v2 and MLflow's ``/invocations`` over one ONNX model.
+
+A plain ASGI callable with a small router rather than a framework: on the one-row request that
+dominates online traffic, framework request/response objects cost more than the model does.
+Small requests are scored inline on the event loop (faster than a thread hop); large ones in a
+worker thread (onnxruntime releases the GIL), so health checks stay answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.collector import CollectorConfig, RequestCollector
+from serving.config import ServerConfig
+from serving.metrics import ServerMetrics
+from serving.model import OnnxModel
+from serving.protocols import RequestError, mlflow_matrix, v2_matrix
+
+SERVER_NAME = "mlops-onnx-server"
+SERVER_VERSION = "1"
+JSON = b"application/json"
+logger = logging.getLogger("serving")
+
+Style = Literal["v2", "mlflow"]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a handler sees: path parameters, headers, and the body (read lazily, within limits)."""
+
+    scope: Scope
+    receive: Receive
+    params: dict[str, str]
+    request_id: str
+    max_body_bytes: int
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return str(value.decode("latin-1"))
+        return None
+
+    async def body(self) -> bytes:
+        declared = self.header(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
+        body = b""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise RequestError(400, "client disconnected before sending the whole body")
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                raise RequestError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+            if not message.get("more_body", False):
+                return body
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    method: str
+    handler: Handler
+    style: Style = "v2"
+    protected: bool = True
+
+
+def dumps(content: Any) -> bytes:
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_reply(style: Style, status: int, message: str) -> Reply:
+    """KServe/OIP clients read ``error``; MLflow clients read ``error_code`` and ``message``."""
+    if style == "mlflow":
+        code = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST", 413: "BAD_REQUEST"}
+        return Reply(status, dumps({"error_code": code.get(status, "INTERNAL_ERROR"), "message": message}))
+    return Reply(status, dumps({"error": message}))
+
+
+class ServingApp:
+    """ASGI app serving one loaded model. ``collector`` defaults to one in ``config.collect_dir`` (if set)."""
+
+    def __init__(self, model: OnnxModel, config: ServerConfig, collector: RequestCollector | None = None) -> None:
+        self.model, self.config = model, config
+        self.meta = model.metadata
+        self.features = list(self.meta.features)
+        self.metrics = ServerMetrics(self.meta.name, self.meta.version, self.meta.sha256)
+        if collector is None and config.collect_dir is not None:
+            collector = RequestCollector(
+                CollectorConfig(
+                    config.collect_dir,
+                    queue_size=config.collect_queue,
+                    file_rows=config.collect_file_rows,
+                    file_seconds=config.collect_file_seconds,
+                ),
+                self.meta.name,
+                self.meta.version,
+                self.features,
+            )
+        self.collector = collector
+        if collector is not None:
+            self.metrics.watch(collector)
+        self._auth = f"Bearer {config.token}".encode() if config.token else None
+        self._executor: ThreadPoolExecutor | None = None
+        live = Endpoint("live", "GET", self.live, protected=False)
+        ready = Endpoint("ready", "GET", self.ready, protected=False)
+        self._static = {
+            "/v2/health/live": live,
+            "/livez": live,
+            "/v2/health/ready": ready,
+            "/readyz": ready,
+            "/ping": ready,
+            "/health": ready,
+            "/v2": Endpoint("server_metadata", "GET", self.server_metadata),
+            "/invocations": Endpoint("invocations", "POST", self.invocations, style="mlflow"),
+            "/metrics": Endpoint("metrics", "GET", self.prometheus),
+        }
+        self._model_routes = {
+            (): Endpoint("model_metadata", "GET", self.model_metadata),
+            ("ready",): Endpoint("ready", "GET", self.ready, protected=False),
+            ("infer",): Endpoint("v2_infer", "POST", self.v2_infer),
+        }
+
+    # --- ASGI -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        request_id = ""
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+        request_id = request_id or os.urandom(16).hex()
+        endpoint, params = self._route(scope["path"])
+        name, style = (endpoint.name, endpoint.style) if endpoint else ("not_found", "v2")
+        try:
+            if endpoint is None:
+                raise RequestError(404, f"no endpoint at {scope['path']}")
+            if scope["method"] != endpoint.method:
+                raise RequestError(405, f"{scope['method']} is not allowed on {scope['path']}; use {endpoint.method}")
+            if endpoint.protected and self._auth is not None:
+                self._authorize(scope)
+            reply = await endpoint.handler(Request(scope, receive, params, request_id, self.config.max_body_bytes))
+        except RequestError as error:
+            reply = error_reply(style, error.status, error.message)
+        except Exception:
+            logger.exception("request %s to %s failed", request_id, scope["path"])
+            reply = error_reply(style, 500, f"internal error on request {request_id}; see the server log")
+        headers = [
+            (b"content-type", reply.content_type),
+            (b"content-length", str(len(reply.body)).encode()),
+            (b"x-request-id", request_id.encode("latin-1")),
+        ]
+        if reply.status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+        self.metrics.observe(name, reply.status, time.perf_counter() - start)
+
+    def _route(self, path: str) -> tuple[Endpoint | None, dict[str, str]]:
+        endpoint = self._static.get(path)
+        if endpoint is not None:
+            return endpoint, {}
+        parts = path.strip("/").split("/")
+        if len(parts) < 3 or parts[:2] != ["v2", "models"]:
+            return None, {}
+        params = {"name": parts[2]}
+        rest = parts[3:]
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            params["version"] = rest[1]
+            rest = rest[2:]
+        return self._model_routes.get(tuple(rest)), params
+
+    def _authorize(self, scope: Scope) -> None:
+        given = next((value for key, value in scope["headers"] if key == b"authorization"), None)
+        if given is None:
+            raise RequestError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        if self._auth is None or not hmac.compare_digest(given, self._auth):
+            raise RequestError(401, "invalid bearer token")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def startup(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
+        if self.collector is not None:
+            self.collector.start()
+        self.metrics.ready.set(1 if self.model.ready else 0)
+        logger.info("serving %s version %s (sha256 %s)", self.meta.name, self.meta.version, self.meta.sha256[:12])
+
+    def shutdown(self) -> None:
+        """Runs after uvicorn has let in-flight requests finish: flush collection, stop threads."""
+        self.model.ready = False
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self.collector is not None:
+            self.collector.close()
+            logger.info(
+                "collection closed: %d rows written, %d dropped",
+                self.collector.written_rows,
+                self.collector.dropped_rows,
+            )
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    async def score(self, matrix: np.ndarray, request_id: str) -> np.ndarray:
+        if len(matrix) > self.config.inline_rows:
+            loop = asyncio.get_running_loop()
+            predictions = await loop.run_in_executor(self._executor, self.model.predict, matrix)
+        else:
+            predictions = self.model.predict(matrix)
+        self.metrics.rows.inc(len(predictions))
+        if self.collector is not None:
+            self.collector.submit(request_id, matrix, predictions)
+        return predictions
+
+    def check_model(self, params: dict[str, str]) -> None:
+        if params["name"] != self.meta.name:
+            raise RequestError(404, f"unknown model {params['name']!r}; this server serves {self.meta.name!r}")
+        version = params.get("version")
+        if version is not None and version != self.meta.version:
+            raise RequestError(
+                404, f"{self.meta.name} has no version {version!r} here; this server serves {self.meta.version}"
+            )
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    async def live(self, request: Request) -> Reply:
+        return Reply(200, b'{"live":true}')
+
+    async def ready(self, request: Request) -> Reply:
+        if "name" in request.params:
+            self.check_model(request.params)
+        ready = self.model.ready
+        return Reply(200 if ready else 503, dumps({"ready": ready}))
+
+    async def server_metadata(self, request: Request) -> Reply:
+        return Reply(200, dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}))
+
+    async def model_metadata(self, request: Request) -> Reply:
+        self.check_model(request.params)
+        meta = self.meta
+        return Reply(
+            200,
+            dumps(
+                {
+                    "name": meta.name,
+                    "versions": [meta.version],
+                    "platform": "onnxruntime_onnx",
+                    "inputs": [{"name": meta.input_name, "datatype": "FP64", "shape": [-1, len(self.features)]}],
+                    "outputs": [{"name": meta.output_name, "datatype": "FP64", "shape": [-1, 1]}],
+                    "parameters": {"features": self.features, "sha256": meta.sha256, "run_id": meta.run_id},
+                }
+            ),
+        )
+
+    async def v2_infer(self, request: Request) -> Reply:
+        self.check_model(request.params)
+        matrix, given_id = v2_matrix(await request.body(), self.features, self.config.max_rows)
+        predictions = await self.score(matrix, request.request_id)
+        output = {
+            "name": self.meta.output_name,
+            "datatype": "FP64",
+            "shape": [len(predictions), 1],
+            "data": predictions,
+        }
+        return Reply(
+            200,
+            dumps(
+                {
+                    "model_name": self.meta.name,
+                    "model_version": self.meta.version,
+                    "id": str(given_id) if given_id is not None else request.request_id,
+                    "outputs": [output],
+                }
+            ),
+        )
+
+    async def invocations(self, request: Request) -> Reply:
+        body = await request.body()
+        content_type = request.header(b"content-type") or "application/json"
+        matrix = mlflow_matrix(body, content_type, self.features, self.config.max_rows)
+        return Reply(200, dumps({"predictions": await self.score(matrix, request.request_id)}))
+
+    async def prometheus(self, request: Request) -> Reply:
+        self.metrics.ready.set(1 if self.model.ready else 0)
+        return Reply(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())
+
+
+def create_app(model: OnnxModel, config: ServerConfig, collector: RequestCollector | None = None) -> ServingApp:
+    """The ASGI app for a loaded model."""
+    return ServingApp(model, config, collector)

@@ -1,0 +1,117 @@
+"""A serving bundle: a directory with ``model.onnx`` and ``metadata.json`` that describes it.
+
+The export task writes bundles, the server reads them, and the image build bakes them in.
+Only the standard library is used here, so every side can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle is missing, malformed or does not match its recorded checksum."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What the server needs to know about the model it serves.
+
+    Attributes:
+        name: Registered model name (the name clients address).
+        version: Registered model version, or ``unregistered`` before registration.
+        features: Input feature names, in the order of the model's input columns.
+        input_name: Name of the ONNX graph's single input (a float64 matrix ``[rows, len(features)]``).
+        output_name: Name of the ONNX graph's output (one prediction per row).
+        sha256: Checksum of ``model.onnx``; the server refuses to start if it differs.
+        run_id: The MLflow run that trained the model.
+        family: Model family (ridge, random_forest, ...).
+        extra: Anything else worth carrying (parity, git commit); not read by the server.
+    """
+
+    name: str
+    version: str
+    features: tuple[str, ...]
+    input_name: str
+    output_name: str
+    sha256: str
+    run_id: str = ""
+    family: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT_VERSION, **asdict(self), "features": list(self.features)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = METADATA_FILE) -> ModelMetadata:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise BundleError(f"{source} is not valid JSON: {error}") from error
+        if not isinstance(raw, dict):
+            raise BundleError(f"{source} must hold a JSON object")
+        if raw.get("format") != FORMAT_VERSION:
+            raise BundleError(f"{source} has format {raw.get('format')!r}; this server reads format {FORMAT_VERSION}")
+        missing = [
+            key for key in ("name", "version", "features", "input_name", "output_name", "sha256") if key not in raw
+        ]
+        if missing:
+            raise BundleError(f"{source} lacks {', '.join(missing)}")
+        features = raw["features"]
+        if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+            raise BundleError(f"{source}: features must be a non-empty list of names")
+        return cls(
+            name=str(raw["name"]),
+            version=str(raw["version"]),
+            features=tuple(features),
+            input_name=str(raw["input_name"]),
+            output_name=str(raw["output_name"]),
+            sha256=str(raw["sha256"]),
+            run_id=str(raw.get("run_id", "")),
+            family=str(raw.get("family", "")),
+            extra=dict(raw.get("extra") or {}),
+        )
+
+
+def write_bundle(directory: Path, onnx_bytes: bytes, metadata: ModelMetadata) -> Path:
+    """Write ``model.onnx`` and ``metadata.json`` into ``directory`` (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MODEL_FILE).write_bytes(onnx_bytes)
+    (directory / METADATA_FILE).write_text(metadata.to_json() + "\n")
+    return directory
+
+
+def read_bundle(directory: Path) -> tuple[Path, ModelMetadata]:
+    """The model file and metadata of a bundle, checked against the recorded sha256.
+
+    Raises:
+        BundleError: A file is missing, the metadata is malformed, or the checksum differs.
+    """
+    model_file, metadata_file = directory / MODEL_FILE, directory / METADATA_FILE
+    for path in (model_file, metadata_file):
+        if not path.is_file():
+            raise BundleError(f"{path} not found: a serving bundle holds {MODEL_FILE} and {METADATA_FILE}")
+    metadata = ModelMetadata.from_json(metadata_file.read_text(), str(metadata_file))
+    actual = file_sha256(model_file)
+    if actual != metadata.sha256:
+        raise BundleError(
+            f"{model_file} has sha256 {actual}, but {metadata_file} records {metadata.sha256}: "
+            "the model file was changed or swapped; refusing to serve it"
+        )
+    return model_file, metadata

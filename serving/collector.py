@@ -1,0 +1,186 @@
+"""Request collection off the request path: a bounded queue, a writer thread, rolling JSONL files.
+
+Each scored request becomes one JSON line (encoded by orjson straight from the numpy arrays,
+so the writer holds the GIL for microseconds, not per row)::
+
+    {"request_id": "...", "time": "2026-11-22T10:00:00.123456+00:00", "model": "diabetes",
+     "model_version": "3", "features": ["age", ...], "inputs": [[59.0, ...]], "predictions": [151.2]}
+
+:func:`iter_collected` turns them back into one record per row.
+
+A file is written as ``requests-<start>-<pid>-<n>.jsonl.part`` and renamed to ``.jsonl`` when it
+rolls (by rows or age) or the server shuts down, so readers only ever see whole files. When the
+queue is full the request is still answered and its rows are counted as dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+SUFFIX = ".jsonl"
+PARTIAL = ".part"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Where and how collected requests are written.
+
+    Attributes:
+        directory: Folder of the rolling files.
+        queue_size: Requests waiting to be written before new ones are dropped.
+        file_rows: Rows per file before it rolls.
+        file_seconds: Age of a file before it rolls.
+        flush_seconds: How often the writer wakes to write what has been queued.
+    """
+
+    directory: Path
+    queue_size: int = 10_000
+    file_rows: int = 100_000
+    file_seconds: float = 300.0
+    flush_seconds: float = 0.1
+
+
+@dataclass(frozen=True)
+class Scored:
+    request_id: str
+    time: float
+    matrix: np.ndarray
+    predictions: np.ndarray
+
+
+class RequestCollector:
+    """Writes scored requests in a background thread; ``close()`` flushes and finishes the open file."""
+
+    def __init__(self, config: CollectorConfig, model: str, version: str, features: Sequence[str]) -> None:
+        self.config = config
+        self.model, self.version, self.features = model, version, list(features)
+        self.written_rows = 0
+        self.dropped_rows = 0
+        self._queue: deque[Scored] = deque()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._file_rows = 0
+        self._file_started = 0.0
+        self._sequence = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> RequestCollector:
+        self.config.directory.mkdir(parents=True, exist_ok=True)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="request-collector", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, request_id: str, matrix: np.ndarray, predictions: np.ndarray) -> bool:
+        """Queue a scored request without blocking; False (and counted as dropped) when the queue is full."""
+        if len(self._queue) >= self.config.queue_size:
+            self.dropped_rows += len(predictions)
+            return False
+        self._queue.append(Scored(request_id, time.time(), matrix, predictions))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, close the open file and stop the writer."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.flush_seconds):
+            self._drain()
+            self._roll_if_old()
+        self._drain()
+        self._finish_file()
+
+    def _drain(self) -> None:
+        lines = bytearray()
+        rows = 0
+        while self._queue:
+            item = self._queue.popleft()
+            record = {
+                "request_id": item.request_id,
+                "time": datetime.fromtimestamp(item.time, UTC).isoformat(),
+                "model": self.model,
+                "model_version": self.version,
+                "features": self.features,
+                "inputs": item.matrix,
+                "predictions": item.predictions,
+            }
+            lines += orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+            rows += len(item.predictions)
+            if rows >= self.config.file_rows - self._file_rows:
+                self._append(lines, rows)
+                lines, rows = bytearray(), 0
+        if rows:
+            self._append(lines, rows)
+
+    def _append(self, lines: bytearray, rows: int) -> None:
+        handle = self._open()
+        handle.write(lines)
+        handle.flush()
+        self._file_rows += rows
+        self.written_rows += rows
+        if self._file_rows >= self.config.file_rows:
+            self._finish_file()
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            self._sequence += 1
+            started = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+            name = f"requests-{started}-{os.getpid()}-{self._sequence:04d}{SUFFIX}{PARTIAL}"
+            self._path = self.config.directory / name
+            self._file = self._path.open("ab")
+            self._file_rows, self._file_started = 0, time.monotonic()
+        return self._file
+
+    def _roll_if_old(self) -> None:
+        if self._file is not None and time.monotonic() - self._file_started >= self.config.file_seconds:
+            self._finish_file()
+
+    def _finish_file(self) -> None:
+        if self._file is None or self._path is None:
+            return
+        self._file.close()
+        self._path.rename(self._path.with_name(self._path.name.removesuffix(PARTIAL)))
+        self._file, self._path = None, None
+
+
+def collected_files(directory: Path) -> list[Path]:
+    """Finished collection files, oldest first."""
+    return sorted(directory.glob(f"requests-*{SUFFIX}"))
+
+
+def iter_collected(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every collected row of the finished files: request id, time, model, version, row, features, prediction."""
+    for path in collected_files(directory):
+        with path.open("rb") as handle:
+            for line in handle:
+                request = orjson.loads(line)
+                head = {key: request[key] for key in ("request_id", "time", "model", "model_version")}
+                for number, (values, prediction) in enumerate(
+                    zip(request["inputs"], request["predictions"], strict=True)
+                ):
+                    yield {
+                        **head,
+                        "row": number,
+                        **dict(zip(request["features"], values, strict=True)),
+                        "prediction": prediction,
+                    }

@@ -1,0 +1,93 @@
+"""Server configuration: command-line flags over ``MLOPS_SERVING_*`` environment variables over defaults.
+
+Plain dataclasses and the standard library, so the serving image needs nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "MLOPS_SERVING_"
+
+
+class ConfigError(ValueError):
+    """An environment variable or flag holds a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server listens, what it accepts, and where it collects requests.
+
+    Attributes:
+        host: Interface to bind (loopback by default).
+        port: Port to bind.
+        max_body_bytes: Largest request body accepted (413 beyond).
+        max_rows: Most rows scored in one request (413 beyond).
+        token: Bearer token required on every endpoint but health; None disables auth.
+        collect_dir: Folder of collected requests; None disables collection.
+        collect_queue: Requests that may wait for the collection writer before rows are dropped.
+        collect_file_rows: Rows per collection file before it rolls.
+        collect_file_seconds: Age of a collection file before it rolls.
+        inline_rows: Requests up to this many rows are scored on the event loop; larger ones in a thread.
+        threads: onnxruntime intra-op threads.
+        graceful_timeout: Seconds in-flight requests get to finish on SIGTERM.
+        log_level: uvicorn log level.
+        access_log: Whether uvicorn logs every request (costs throughput).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_rows: int = 10_000
+    token: str | None = None
+    collect_dir: Path | None = None
+    collect_queue: int = 10_000
+    collect_file_rows: int = 100_000
+    collect_file_seconds: float = 300.0
+    inline_rows: int = 256
+    threads: int = 1
+    graceful_timeout: float = 30.0
+    log_level: str = "info"
+    access_log: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+        """Defaults, then ``MLOPS_SERVING_<FIELD>`` variables, then non-None overrides.
+
+        Raises:
+            ConfigError: A variable cannot be read as its field's type.
+        """
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            name = ENV_PREFIX + item.name.upper()
+            if name in environ:
+                values[item.name] = _convert(name, environ[name], hints[item.name])
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+
+def _convert(name: str, raw: str, kind: Any) -> Any:
+    text = raw.strip()
+    kinds = set(getattr(kind, "__args__", (kind,)))
+    if type(None) in kinds and text == "":
+        return None
+    try:
+        if bool in kinds:
+            if text.lower() not in {"1", "0", "true", "false", "yes", "no"}:
+                raise ValueError("expected true or false")
+            return text.lower() in {"1", "true", "yes"}
+        if int in kinds:
+            return int(text)
+        if float in kinds:
+            return float(text)
+        if Path in kinds:
+            return Path(text)
+        return text
+    except ValueError as error:
+        raise ConfigError(f"{name}={raw!r}: {error}") from error

@@ -1,0 +1,70 @@
+"""The served model: an onnxruntime session over a checked bundle, ready after a warm-up call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.bundle import BundleError, ModelMetadata, read_bundle
+
+
+class OnnxModel:
+    """One ONNX model from a serving bundle.
+
+    ``load()`` verifies the checksum, opens the session, checks the graph matches the metadata
+    and runs one warm-up prediction; only then is ``ready`` true. ``predict()`` takes a float64
+    matrix with the metadata's feature order.
+    """
+
+    def __init__(self, bundle_dir: Path, intra_op_threads: int = 1) -> None:
+        self.bundle_dir = bundle_dir
+        self.intra_op_threads = intra_op_threads
+        self.ready = False
+        self._session: ort.InferenceSession | None = None
+        self._metadata: ModelMetadata | None = None
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        if self._metadata is None:
+            raise RuntimeError("model not loaded yet: call load() first")
+        return self._metadata
+
+    def load(self) -> OnnxModel:
+        """Load and warm up.
+
+        Raises:
+            BundleError: Missing files, checksum mismatch, or a graph that does not match the metadata.
+        """
+        model_file, metadata = read_bundle(self.bundle_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        # Spinning worker threads burn the core the event loop needs; a one-row model gains nothing from them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            raise BundleError(f"onnxruntime cannot load {model_file}: {error}") from error
+        inputs = {node.name: node for node in session.get_inputs()}
+        if metadata.input_name not in inputs or len(inputs) != 1:
+            raise BundleError(
+                f"{model_file} inputs are {sorted(inputs)}; metadata expects only {metadata.input_name!r}"
+            )
+        if inputs[metadata.input_name].type != "tensor(double)":
+            raise BundleError(f"{model_file} input {metadata.input_name!r} is {inputs[metadata.input_name].type}")
+        if metadata.output_name not in {node.name for node in session.get_outputs()}:
+            raise BundleError(f"{model_file} has no output {metadata.output_name!r}")
+        self._session, self._metadata = session, metadata
+        self.predict(np.zeros((1, len(metadata.features)), dtype=np.float64))
+        self.ready = True
+        return self
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """One prediction per row of a float64 ``[rows, features]`` matrix."""
+        if self._session is None:
+            raise RuntimeError("model not loaded yet: call load() first")
+        meta = self.metadata
+        output = self._session.run([meta.output_name], {meta.input_name: matrix})[0]
+        return np.asarray(output, dtype=np.float64).reshape(-1)
