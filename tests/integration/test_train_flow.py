@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from mlflow.tracking import MlflowClient
 
 from flows.train import DataRejectedError, TrainParameters, train_flow
 from mlops.settings import Settings
+from tasks.export import ExportConfig, ParityError
 from tasks.registry import PromotionError, promote
+from tasks.serving_bundle import fetch_bundle
 from tasks.sample_data import land_batches
 from tasks.train import ModelFamily, TrainConfig
 
@@ -73,7 +76,26 @@ def test_first_champion_then_better_challenger_with_lineage(stack: Settings) -> 
     assert run.data.params["family"] == "ridge" and run.data.params["seed"] == "42"
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == tags["dataset_digest"][:36]
     artifacts = {item.path for item in registry(stack).list_artifacts(second.run_id)}
-    assert {"feature_importance.png", "comparison.json", "environment", "validation"} <= artifacts
+    assert {"feature_importance.png", "comparison.json", "environment", "validation", "onnx"} <= artifacts
+    assert_exported(stack, "2", second.run_id)
+
+
+def assert_exported(settings: Settings, version: str, run_id: str) -> None:
+    """The version carries its ONNX export: sha256, parity within tolerance, latency, and a bundle that matches."""
+    tags = registry(settings).get_model_version(settings.model_name, version).tags
+    assert tags["onnx_parity"] == "passed"
+    assert float(tags["onnx_parity_max_abs_error"]) <= float(tags["onnx_parity_tolerance"])
+    assert tags["onnx_uri"] == f"runs:/{run_id}/onnx"
+    for engine in ("onnx", "sklearn"):
+        for rows in (1, 100, 10_000):
+            assert float(tags[f"latency_us.{engine}.{rows}"]) > 0
+    with tempfile.TemporaryDirectory() as scratch:
+        model_file, metadata = fetch_bundle(
+            settings.tracking_uri, f"models:/{settings.model_name}/{version}", Path(scratch)
+        )
+        assert hashlib.sha256(model_file.read_bytes()).hexdigest() == tags["onnx_sha256"] == metadata.sha256
+        assert (metadata.name, metadata.version) == (settings.model_name, version)
+        assert list(metadata.features) == list(settings.feature_columns)
 
 
 def test_worse_candidate_registers_nothing_and_rerun_is_idempotent(stack: Settings) -> None:
@@ -150,6 +172,23 @@ def test_tree_families_train_and_register(stack: Settings, family: ModelFamily) 
 
     model = mlflow.sklearn.load_model(f"models:/{stack.model_name}@champion")
     assert type(model.steps[-1][1]).__name__.lower().startswith(family.value.split("_")[0])
+    assert_exported(stack, "1", outcome.run_id or "")
+
+
+def test_an_export_that_fails_parity_blocks_registration(stack: Settings) -> None:
+    land_batches(stack.landing, [0, 1, 2, 3])
+    strict = TrainParameters(
+        training=TrainConfig(family=ModelFamily.RANDOM_FOREST, param_grid={"model__max_depth": [4]}),
+        export=ExportConfig(parity_tolerance=1e-12),
+    )
+    with pytest.raises(ParityError, match="ONNX export of run .* blocked: parity FAILED"):
+        train_flow(strict)
+    assert versions(stack) == []
+    experiment = registry(stack).get_experiment_by_name(stack.experiment_name)
+    assert experiment is not None
+    [run] = registry(stack).search_runs([experiment.experiment_id])
+    assert run.data.tags["onnx_parity"] == "failed"
+    assert "outcome" not in run.data.tags
 
 
 def test_unknown_model_name_has_no_champion(stack: Settings) -> None:

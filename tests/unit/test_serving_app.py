@@ -130,8 +130,18 @@ BAD = [
         400,
         "unknown feature(s) zz",
     ),
-    ("/invocations", json.dumps({"instances": [[1.0, 2.0, 3.0]] * 101}).encode(), 413, "101 rows exceed the limit of 100"),
-    ("/invocations", b'{"instances": [' + b"[1.0, 2.0, 3.0]," * 2000 + b"[1, 2, 3]]}", 413, "exceeds the limit of 20000"),
+    (
+        "/invocations",
+        json.dumps({"instances": [[1.0, 2.0, 3.0]] * 101}).encode(),
+        413,
+        "101 rows exceed the limit of 100",
+    ),
+    (
+        "/invocations",
+        b'{"instances": [' + b"[1.0, 2.0, 3.0]," * 2000 + b"[1, 2, 3]]}",
+        413,
+        "exceeds the limit of 20000",
+    ),
     ("/v2/models/tiny/infer", json.dumps({"inputs": []}).encode(), 400, "non-empty 'inputs'"),
     (
         "/v2/models/tiny/infer",
