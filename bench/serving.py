@@ -14,6 +14,8 @@ Not a test: prints tables. Needs ``wrk`` (Debian: ``apt-get install wrk``). Usag
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -65,7 +67,6 @@ def write_models(workdir: Path) -> tuple[Path, Path, str]:
     mlflow_dir = workdir / "mlflow-model"
     mlflow.sklearn.save_model(model, str(mlflow_dir), signature=infer_signature(x, model.predict(x)))  # type: ignore[attr-defined]
     onnx_bytes = to_onnx(model, len(FEATURES)).SerializeToString()
-    import hashlib
 
     bundle = write_bundle(
         workdir / "bundle",
@@ -75,7 +76,7 @@ def write_models(workdir: Path) -> tuple[Path, Path, str]:
         ),
     )
     row = x.iloc[0].tolist()
-    body = '{"dataframe_split": {"columns": %s, "data": [%s]}}' % (str(FEATURES).replace("'", '"'), row)
+    body = json.dumps({"dataframe_split": {"columns": FEATURES, "data": [row]}})
     return mlflow_dir, bundle, body
 
 

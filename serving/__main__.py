@@ -66,14 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             port=config.port,
             log_level=config.log_level,
             access_log=config.access_log,
-            timeout_graceful_shutdown=config.graceful_timeout,
+            timeout_graceful_shutdown=round(config.graceful_timeout),
             server_header=False,
             proxy_headers=False,
         )
     )
-    print(
-        f"serving {model.metadata.name} v{model.metadata.version} on http://{config.host}:{config.port} pid {os.getpid()}"
-    )
+    meta = model.metadata
+    print(f"serving {meta.name} v{meta.version} on http://{config.host}:{config.port} (pid {os.getpid()})")
     server.run()
     return 0
 

@@ -50,7 +50,7 @@ class ServerConfig:
     collect_file_seconds: float = 300.0
     inline_rows: int = 256
     threads: int = 1
-    graceful_timeout: float = 30.0
+    graceful_timeout: int = 30
     log_level: str = "info"
     access_log: bool = False
 

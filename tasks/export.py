@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ class Parity:
     @property
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
+        ratio = self.tolerance / self.target_range
         return (
             f"parity {verdict}: max |onnx - sklearn| {self.max_abs_error:.3g} on {self.rows} holdout rows, "
-            f"allowed {self.tolerance:.3g} ({self.tolerance / self.target_range:.0e} x target range {self.target_range:g})"
+            f"allowed {self.tolerance:.3g} ({ratio:.0e} x target range {self.target_range:g})"
         )
 
 
@@ -144,10 +146,8 @@ def measure_latency(
     for size in sizes:
         rows = features.iloc[rng.integers(0, len(features), size)].reset_index(drop=True)
         matrix = rows.to_numpy(dtype=np.float64)
-        figures[f"sklearn.{size}"] = median_microseconds(lambda rows=rows: model.predict(rows), budget)
-        figures[f"onnx.{size}"] = median_microseconds(
-            lambda matrix=matrix: inference.run(None, {INPUT_NAME: matrix}), budget
-        )
+        figures[f"sklearn.{size}"] = median_microseconds(partial(model.predict, rows), budget)
+        figures[f"onnx.{size}"] = median_microseconds(partial(inference.run, None, {INPUT_NAME: matrix}), budget)
     return figures
 
 

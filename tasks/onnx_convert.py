@@ -65,13 +65,13 @@ def to_onnx(model: Any, n_features: int) -> onnx.ModelProto:
 
 
 def _convert(model: Any, input_type: Any, input_name: str, output_name: str) -> onnx.ModelProto:
-    converted = convert_sklearn(
+    converted: onnx.ModelProto = convert_sklearn(
         model,
         initial_types=[(input_name, input_type)],
         final_types=[(output_name, type(input_type)([None, 1]))],
         target_opset=TARGET_OPSET,
     )
-    return converted  # type: ignore[no-any-return]
+    return converted
 
 
 def _chain_through_float32(preprocessing: onnx.ModelProto | None, tree: onnx.ModelProto, n: int) -> onnx.ModelProto:

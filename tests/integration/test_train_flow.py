@@ -15,8 +15,8 @@ from flows.train import DataRejectedError, TrainParameters, train_flow
 from mlops.settings import Settings
 from tasks.export import ExportConfig, ParityError
 from tasks.registry import PromotionError, promote
-from tasks.serving_bundle import fetch_bundle
 from tasks.sample_data import land_batches
+from tasks.serving_bundle import fetch_bundle
 from tasks.train import ModelFamily, TrainConfig
 
 LINEAGE_TAGS = {
@@ -181,7 +181,7 @@ def test_an_export_that_fails_parity_blocks_registration(stack: Settings) -> Non
         training=TrainConfig(family=ModelFamily.RANDOM_FOREST, param_grid={"model__max_depth": [4]}),
         export=ExportConfig(parity_tolerance=1e-12),
     )
-    with pytest.raises(ParityError, match="ONNX export of run .* blocked: parity FAILED"):
+    with pytest.raises(ParityError, match=r"ONNX export of run .* blocked: parity FAILED"):
         train_flow(strict)
     assert versions(stack) == []
     experiment = registry(stack).get_experiment_by_name(stack.experiment_name)

@@ -19,6 +19,7 @@ from serving.model import OnnxModel
 from tests.conftest import TINY_FEATURES
 
 ROWS = [[0.5, -3.0, 120.0], [1.5, 2.0, -40.0], [-0.25, 0.0, 7.5]]
+FLAT = [value for row in ROWS for value in row]
 TOKEN = "s3cret"
 
 
@@ -71,7 +72,7 @@ def test_invocations_accepts_csv(client: TestClient, tiny_model: Any) -> None:
 
 
 V2_BODIES = {
-    "one flat tensor": {"inputs": [{"name": "input-0", "shape": [3, 3], "datatype": "FP64", "data": sum(ROWS, [])}]},
+    "one flat tensor": {"inputs": [{"name": "input-0", "shape": [3, 3], "datatype": "FP64", "data": FLAT}]},
     "one nested tensor": {"inputs": [{"name": "input", "shape": [3, 3], "datatype": "FP32", "data": ROWS}]},
     "a tensor per feature": {
         "inputs": [

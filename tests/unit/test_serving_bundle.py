@@ -35,7 +35,7 @@ def test_a_changed_model_file_is_refused(tiny_bundle: Path) -> None:
 
 def test_a_bundle_without_metadata_is_refused(tiny_bundle: Path) -> None:
     (tiny_bundle / METADATA_FILE).unlink()
-    with pytest.raises(BundleError, match="metadata.json not found"):
+    with pytest.raises(BundleError, match=r"metadata\.json not found"):
         read_bundle(tiny_bundle)
 
 
