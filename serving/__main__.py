@@ -8,12 +8,13 @@ separate process, so this process never imports MLflow. Flags override ``MLOPS_S
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -21,6 +22,7 @@ from serving.app import create_app
 from serving.bundle import BundleError
 from serving.config import ConfigError, ServerConfig
 from serving.model import OnnxModel
+from serving.worker import BUNDLE_ENV, configure_logging
 
 
 def fetch(model_uri: str, dest: Path) -> Path:
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--max-body-bytes", type=int, default=None)
     parser.add_argument("--bundle-dir", type=Path, default=None, help="where a models:/ URI is fetched to")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes sharing the port")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         config = ServerConfig.from_env(
             host=args.host,
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             collect_dir=args.collect_dir,
             max_rows=args.max_rows,
             max_body_bytes=args.max_body_bytes,
+            workers=args.workers,
         )
         bundle = Path(args.model)
         if args.model.startswith("models:/"):
@@ -58,22 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, ConfigError) as error:
         print(f"not serving: {error}", file=sys.stderr)
         return 2
-    app = create_app(model, config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level,
-            access_log=config.access_log,
-            timeout_graceful_shutdown=round(config.graceful_timeout),
-            server_header=False,
-            proxy_headers=False,
-        )
-    )
     meta = model.metadata
-    print(f"serving {meta.name} v{meta.version} on http://{config.host}:{config.port} (pid {os.getpid()})")
-    server.run()
+    print(
+        f"serving {meta.name} v{meta.version} on http://{config.host}:{config.port} "
+        f"(pid {os.getpid()}, {config.workers} worker(s))",
+        flush=True,
+    )
+    options: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "log_level": config.log_level,
+        "access_log": config.access_log,
+        "timeout_graceful_shutdown": config.graceful_timeout,
+        "server_header": False,
+        "proxy_headers": False,
+    }
+    if config.workers == 1:
+        uvicorn.Server(uvicorn.Config(create_app(model, config), **options)).run()
+        return 0
+    with tempfile.TemporaryDirectory(prefix="mlops-metrics-") as scratch:
+        shared = replace(config, metrics_dir=config.metrics_dir or Path(scratch))
+        os.environ.update({**shared.to_env(), BUNDLE_ENV: str(bundle.resolve())})
+        uvicorn.run("serving.worker:app", factory=True, workers=config.workers, **options)
     return 0
 
 

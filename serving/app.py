@@ -109,7 +109,9 @@ class ServingApp:
         self.model, self.config = model, config
         self.meta = model.metadata
         self.features = list(self.meta.features)
-        self.metrics = ServerMetrics(self.meta.name, self.meta.version, self.meta.sha256)
+        self.metrics = ServerMetrics(
+            self.meta.name, self.meta.version, self.meta.sha256, lambda: model.ready, config.metrics_dir
+        )
         if collector is None and config.collect_dir is not None:
             collector = RequestCollector(
                 CollectorConfig(
@@ -223,7 +225,7 @@ class ServingApp:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="score")
         if self.collector is not None:
             self.collector.start()
-        self.metrics.ready.set(1 if self.model.ready else 0)
+        self.metrics.start_publishing()
         logger.info("serving %s version %s (sha256 %s)", self.meta.name, self.meta.version, self.meta.sha256[:12])
 
     def shutdown(self) -> None:
@@ -233,6 +235,8 @@ class ServingApp:
             self._executor.shutdown(wait=True)
         if self.collector is not None:
             self.collector.close()
+        self.metrics.stop_publishing()
+        if self.collector is not None:
             logger.info(
                 "collection closed: %d rows written, %d dropped",
                 self.collector.written_rows,
@@ -247,7 +251,7 @@ class ServingApp:
             predictions = await loop.run_in_executor(self._executor, self.model.predict, matrix)
         else:
             predictions = self.model.predict(matrix)
-        self.metrics.rows.inc(len(predictions))
+        self.metrics.rows += len(predictions)
         if self.collector is not None:
             self.collector.submit(request_id, matrix, predictions)
         return predictions
@@ -321,7 +325,6 @@ class ServingApp:
         return Reply(200, dumps({"predictions": await self.score(matrix, request.request_id)}))
 
     async def prometheus(self, request: Request) -> Reply:
-        self.metrics.ready.set(1 if self.model.ready else 0)
         return Reply(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())
 
 

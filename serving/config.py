@@ -33,7 +33,10 @@ class ServerConfig:
         collect_file_rows: Rows per collection file before it rolls.
         collect_file_seconds: Age of a collection file before it rolls.
         inline_rows: Requests up to this many rows are scored on the event loop; larger ones in a thread.
-        threads: onnxruntime intra-op threads.
+        threads: onnxruntime intra-op threads per worker.
+        workers: Worker processes sharing the port (one core each is the sweet spot).
+        metrics_dir: Where workers share their counters so any of them can answer ``/metrics``
+            for all; a temporary folder is used when ``workers`` > 1 and this is unset.
         graceful_timeout: Seconds in-flight requests get to finish on SIGTERM.
         log_level: uvicorn log level.
         access_log: Whether uvicorn logs every request (costs throughput).
@@ -50,6 +53,8 @@ class ServerConfig:
     collect_file_seconds: float = 300.0
     inline_rows: int = 256
     threads: int = 1
+    workers: int = 1
+    metrics_dir: Path | None = None
     graceful_timeout: int = 30
     log_level: str = "info"
     access_log: bool = False
@@ -70,6 +75,18 @@ class ServerConfig:
                 values[item.name] = _convert(name, environ[name], hints[item.name])
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` rebuild this config (for worker processes)."""
+        return {
+            ENV_PREFIX + item.name.upper(): ""
+            if value is None
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for item in fields(self)
+            for value in [getattr(self, item.name)]
+        }
 
 
 def _convert(name: str, raw: str, kind: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+SMALL_ROWS = 4
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 NUMERIC_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -136,10 +137,29 @@ def rows_matrix(
 def numeric_array(rows: list[Any], names: Sequence[str], where: str, bools: bool = True) -> np.ndarray:
     """Rows of plain numbers → float64; anything else (booleans, strings, nulls, ragged or nested rows,
     non-finite values) is refused with its position."""
+    if len(rows) <= SMALL_ROWS:
+        return _small_matrix(rows, names, where)
     array = _try_array(rows, bools)
     if array is None or array.ndim != 2 or array.shape[1] != len(names) or array.dtype.kind not in "iuf":
         raise _describe_bad_rows(rows, names, where)
     return _finite(array.astype(np.float64, copy=False), names, where)
+
+
+def _small_matrix(rows: list[Any], names: Sequence[str], where: str) -> np.ndarray:
+    """The one-row request that dominates online traffic: checking values in Python beats four numpy calls."""
+    width = len(names)
+    for row in rows:
+        if type(row) is not list or len(row) != width:
+            raise _describe_bad_rows(rows, names, where)
+        for value in row:
+            kind = type(value)
+            if kind is not float and kind is not int:
+                raise _describe_bad_rows(rows, names, where)
+    try:
+        matrix = np.array(rows, dtype=np.float64)
+    except OverflowError as error:
+        raise RequestError(400, f"{where}: a value does not fit a 64-bit float") from error
+    return _finite(matrix, names, where)
 
 
 def _try_array(values: list[Any], bools: bool) -> np.ndarray | None:

@@ -123,6 +123,7 @@ BAD = [
     ("/invocations", b'{"instances": [[1.0, 2.0, NaN]]}', 400, "feature 'x3': value nan is not finite"),
     ("/invocations", b'{"instances": [[1.0, 2.0, 3.0], [1.0, -Infinity, 2.0]]}', 400, "row 1, feature 'x2'"),
     ("/invocations", b'{"instances": [[1.0, 1e999, 2.0]]}', 400, "value inf is not finite"),
+    ("/invocations", b'{"instances": [[1, 1' + b"0" * 400 + b", 2]]}", 400, "does not fit a 64-bit float"),
     ("/invocations", json.dumps({"instances": []}).encode(), 400, "non-empty list of rows"),
     ("/invocations", json.dumps({"dataframe_records": [{"x1": 1, "x2": 2}]}).encode(), 400, "missing feature(s) x3"),
     (

@@ -1,0 +1,57 @@
+"""Several worker processes on one port: every worker answers, /metrics sums them, SIGTERM flushes them all."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from mlops.process import free_port
+from serving.collector import iter_collected
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUESTS = 60
+
+
+def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, tmp_path: Path) -> None:
+    port, collected = free_port(), tmp_path / "collected"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", str(tiny_bundle), "--port", str(port), "--workers", "2"]
+        + ["--collect-dir", str(collected)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "not ready in 60 s"
+            time.sleep(0.1)
+        for _ in range(REQUESTS):  # a new connection each time, so the kernel spreads them over both workers
+            answer = httpx.post(f"{url}/invocations", json={"instances": [[1.0, 2.0, 3.0]]})
+            assert answer.status_code == 200
+        time.sleep(2.5)  # workers publish their counters every second
+        for _ in range(4):  # whichever worker answers, it reports the sum
+            metrics = httpx.get(f"{url}/metrics").text
+            scored = re.search(r'mlops_serving_rows_scored_total\{model="tiny",version="7"\} ([\d.]+)', metrics)
+            assert scored is not None and float(scored[1]) == REQUESTS
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    rows = list(iter_collected(collected))
+    assert len(rows) == REQUESTS
+    writers = {path.name.split("-")[2] for path in collected.glob("requests-*.jsonl")}
+    assert len(writers) == 2, f"expected both workers to have served and collected: {writers}\n{stderr[-2000:]}"
