@@ -186,7 +186,7 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
         TrainOutcome(
             status="registered",
             message=f"{model_name} version {registration.version} registered as {registration.alias}: "
-            f"{comparison.summary}",
+            f"{comparison.summary}; ONNX {export.parity.summary}",
             version=registration.version,
             alias=registration.alias,
             version_url=version_url(tracking, model_name, registration.version),

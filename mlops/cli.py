@@ -100,6 +100,19 @@ def demo(settings: Settings, family: str) -> int:
     return 0
 
 
+def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
+    """Replace this process with the ONNX server for a registered version (default: the champion)."""
+    uri = model_uri or f"models:/{settings.model_name}@champion"
+    name = uri.removeprefix("models:/").replace("@", "/").replace("/", "-") if uri.startswith("models:/") else "bundle"
+    home = settings.resolved_home
+    command = [sys.executable, "-m", "serving", uri, "--collect-dir", str(home / "requests" / settings.model_name)]
+    if uri.startswith("models:/"):
+        command += ["--bundle-dir", str(home / "bundles" / name)]
+    sys.stdout.flush()
+    os.execv(sys.executable, [*command, *extra])
+    return 0  # not reached: execv replaces the process
+
+
 def promote(model_name: str, version: str, reason: str) -> None:
     from tasks.registry import promote as promote_task
 
@@ -119,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     train_parser = commands.add_parser("train", help="run the training flow once")
     train_parser.add_argument("--family", default="ridge", choices=FAMILIES)
     train_parser.add_argument("--seed", type=int, default=42)
+    serve_parser = commands.add_parser(
+        "serve", help="serve a registered version with the ONNX server (flags after -- go to python -m serving)"
+    )
+    serve_parser.add_argument("model_uri", nargs="?", default=None, help="default: models:/<MLOPS_MODEL_NAME>@champion")
+    serve_parser.add_argument("extra", nargs=argparse.REMAINDER, help="e.g. -- --port 8081 --workers 2")
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -126,12 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command in ("demo", "train", "promote"):
+    if args.command in ("demo", "train", "promote", "serve"):
         _configure_clients(settings)
         settings = get_settings()
     try:
         if args.command == "demo":
             return demo(settings, args.family)
+        if args.command == "serve":
+            return serve(settings, args.model_uri, [arg for arg in args.extra if arg != "--"])
         if args.command == "up":
             up(settings)
         elif args.command == "down":

@@ -20,9 +20,9 @@ REQUESTS = 60
 
 def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, tmp_path: Path) -> None:
     port, collected = free_port(), tmp_path / "collected"
+    command = [sys.executable, "-m", "serving", str(tiny_bundle), "--port", str(port), "--workers", "2"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving", str(tiny_bundle), "--port", str(port), "--workers", "2"]
-        + ["--collect-dir", str(collected)],
+        [*command, "--collect-dir", str(collected)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
