@@ -41,6 +41,8 @@ from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx  # noqa: E402
 from tasks.sample_data import diabetes_frame  # noqa: E402
 from tasks.train import ModelFamily, build_pipeline  # noqa: E402
 
+MLFLOW, MLFLOW_2 = "mlflow models serve", "mlflow models serve -w 2"
+ONNX, ONNX_COLLECT, ONNX_2 = "onnx server", "onnx server + collection", "onnx, 2 workers + collection"
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -153,12 +155,29 @@ def http_table(args: argparse.Namespace, workdir: Path) -> None:
     script.write_text(WRK_SCRIPT.format(body=body))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     port = free_port()
+    mlflow_serve = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        str(mlflow_dir),
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    onnx_serve = [sys.executable, "-m", "serving", str(bundle), "--port", str(port)]
+    collect = ["--collect-dir", str(workdir / "collected")]
     targets = [
-        ("mlflow models serve", [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(mlflow_dir),
-                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], "/ping"),
-        ("onnx server", [sys.executable, "-m", "serving", str(bundle), "--port", str(port)], "/v2/health/ready"),
-        ("onnx server + collection", [sys.executable, "-m", "serving", str(bundle), "--port", str(port),
-                                      "--collect-dir", str(workdir / "collected")], "/v2/health/ready"),
+        (MLFLOW, [*mlflow_serve, "-w", "1"], "/ping"),
+        (MLFLOW_2, [*mlflow_serve, "-w", "2"], "/ping"),
+        (ONNX, onnx_serve, "/v2/health/ready"),
+        (ONNX_COLLECT, [*onnx_serve, *collect], "/v2/health/ready"),
+        (ONNX_2, [*onnx_serve, *collect, "--workers", "2"], "/v2/health/ready"),
     ]  # fmt: skip
     results: dict[tuple[str, int], dict[str, float]] = {}
     starts: list[tuple[str, float, float]] = []
@@ -170,21 +189,21 @@ def http_table(args: argparse.Namespace, workdir: Path) -> None:
                     f"http://127.0.0.1:{port}/invocations", script, concurrency, args.duration
                 )
     print(f"\nHTTP, one-row POST /invocations, wrk -t1, {args.duration} s per run (req/s · p50 ms · p99 ms · errors)")
-    print(f"{'server':<26} {'c':>3} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}")
+    print(f"{'server':<30} {'c':>3} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}")
     for (name, concurrency), figures in results.items():
         print(
-            f"{name:<26} {concurrency:>3} {figures['rps']:>9.0f} {figures['p50']:>8.2f} {figures['p99']:>8.2f} "
+            f"{name:<30} {concurrency:>3} {figures['rps']:>9.0f} {figures['p50']:>8.2f} {figures['p99']:>8.2f} "
             f"{figures['errors']:>7.0f}"
         )
     top = max(args.concurrency)
-    base = results[("mlflow models serve", top)]["rps"]
-    for name in ("onnx server", "onnx server + collection"):
-        print(f"{name} / mlflow models serve at c={top}: {results[(name, top)]['rps'] / base:.1f}x")
-    cost = 1 - results[("onnx server + collection", top)]["rps"] / results[("onnx server", top)]["rps"]
-    print(f"collection cost at c={top}: {cost:.1%} of throughput")
+    for ours, theirs in ((ONNX, MLFLOW), (ONNX_COLLECT, MLFLOW), (ONNX_2, MLFLOW_2)):
+        ratio = results[(ours, top)]["rps"] / results[(theirs, top)]["rps"]
+        print(f"{ours} / {theirs} at c={top}: {ratio:.1f}x")
+    cost = 1 - results[(ONNX_COLLECT, top)]["rps"] / results[(ONNX, top)]["rps"]
+    print(f"collection cost at c={top} (1 worker): {cost:.1%} of throughput")
     print("\nCold start (process start to healthy) and RSS once healthy")
     for name, cold, rss in starts:
-        print(f"{name:<26} {cold:6.2f} s {rss:8.1f} MB")
+        print(f"{name:<30} {cold:6.2f} s {rss:8.1f} MB")
 
 
 def inprocess_table() -> None:

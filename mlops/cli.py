@@ -132,11 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     train_parser = commands.add_parser("train", help="run the training flow once")
     train_parser.add_argument("--family", default="ridge", choices=FAMILIES)
     train_parser.add_argument("--seed", type=int, default=42)
-    serve_parser = commands.add_parser(
-        "serve", help="serve a registered version with the ONNX server (flags after -- go to python -m serving)"
-    )
+    serve_parser = commands.add_parser("serve", help="serve a registered version with the ONNX server")
     serve_parser.add_argument("model_uri", nargs="?", default=None, help="default: models:/<MLOPS_MODEL_NAME>@champion")
-    serve_parser.add_argument("extra", nargs=argparse.REMAINDER, help="e.g. -- --port 8081 --workers 2")
+    for flag, kind in (("--host", str), ("--port", int), ("--workers", int)):
+        serve_parser.add_argument(flag, type=kind, default=None, help="passed to python -m serving")
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -151,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return demo(settings, args.family)
         if args.command == "serve":
-            return serve(settings, args.model_uri, [arg for arg in args.extra if arg != "--"])
+            flags = {"--host": args.host, "--port": args.port, "--workers": args.workers}
+            return serve(settings, args.model_uri, [str(x) for k, v in flags.items() if v is not None for x in (k, v)])
         if args.command == "up":
             up(settings)
         elif args.command == "down":

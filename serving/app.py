@@ -2,8 +2,9 @@
 
 A plain ASGI callable with a small router rather than a framework: on the one-row request that
 dominates online traffic, framework request/response objects cost more than the model does.
-Small requests are scored inline on the event loop (faster than a thread hop); large ones in a
-worker thread (onnxruntime releases the GIL), so health checks stay answered meanwhile.
+Small requests are scored on the event loop (faster than a thread hop), those arriving together
+in one model call (``serving.batching``); large ones in a worker thread (onnxruntime releases the
+GIL), so health checks stay answered meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.batching import MicroBatcher
 from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
@@ -129,6 +131,8 @@ class ServingApp:
             self.metrics.watch(collector)
         self._auth = f"Bearer {config.token}".encode() if config.token else None
         self._executor: ThreadPoolExecutor | None = None
+        self.batcher = MicroBatcher(model.predict, max_rows=max(config.inline_rows, 1))
+        self.metrics.model_calls = lambda: self.batcher.calls
         live = Endpoint("live", "GET", self.live, protected=False)
         ready = Endpoint("ready", "GET", self.ready, protected=False)
         self._static = {
@@ -250,7 +254,7 @@ class ServingApp:
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(self._executor, self.model.predict, matrix)
         else:
-            predictions = self.model.predict(matrix)
+            predictions = await self.batcher.predict(matrix)
         self.metrics.rows += len(predictions)
         if self.collector is not None:
             self.collector.submit(request_id, matrix, predictions)

@@ -1,12 +1,14 @@
 """Request collection off the request path: a bounded queue, a writer thread, rolling JSONL files.
 
-Each scored request becomes one JSON line (encoded by orjson straight from the numpy arrays,
-so the writer holds the GIL for microseconds, not per row)::
+A file starts with a header line naming what every line after it shares, then holds one line
+per scored request (encoded by orjson straight from the numpy arrays; time in epoch seconds)::
 
-    {"request_id": "...", "time": "2026-11-22T10:00:00.123456+00:00", "model": "diabetes",
-     "model_version": "3", "features": ["age", ...], "inputs": [[59.0, ...]], "predictions": [151.2]}
+    {"header": {"model": "diabetes", "model_version": "3", "features": ["age", ...], "format": 1}}
+    {"request_id": "...", "time": 1795386921.98, "inputs": [[59.0, ...]], "predictions": [151.2]}
 
-:func:`iter_collected` turns them back into one record per row.
+:func:`iter_collected` turns them back into one record per row. The writer yields the GIL
+every few requests, so a drain never holds up the event loop for more than a fraction of a
+millisecond.
 
 A file is written as ``requests-<start>-<pid>-<n>.jsonl.part`` and renamed to ``.jsonl`` when it
 rolls (by rows or age) or the server shuts down, so readers only ever see whole files. When the
@@ -29,6 +31,8 @@ import numpy as np
 import orjson
 
 SUFFIX = ".jsonl"
+FORMAT = 1
+YIELD_EVERY = 32  # requests encoded between GIL releases
 PARTIAL = ".part"
 
 
@@ -113,19 +117,21 @@ class RequestCollector:
     def _drain(self) -> None:
         lines = bytearray()
         rows = 0
+        options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+        encoded = 0
         while self._queue:
             item = self._queue.popleft()
             record = {
                 "request_id": item.request_id,
-                "time": datetime.fromtimestamp(item.time, UTC).isoformat(),
-                "model": self.model,
-                "model_version": self.version,
-                "features": self.features,
+                "time": item.time,
                 "inputs": item.matrix,
                 "predictions": item.predictions,
             }
-            lines += orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+            lines += orjson.dumps(record, option=options)
             rows += len(item.predictions)
+            encoded += 1
+            if encoded % YIELD_EVERY == 0:
+                time.sleep(0)  # let the event loop thread take the GIL
             if rows >= self.config.file_rows - self._file_rows:
                 self._append(lines, rows)
                 lines, rows = bytearray(), 0
@@ -149,6 +155,8 @@ class RequestCollector:
             self._path = self.config.directory / name
             self._file = self._path.open("ab")
             self._file_rows, self._file_started = 0, time.monotonic()
+            header = {"model": self.model, "model_version": self.version, "features": self.features, "format": FORMAT}
+            self._file.write(orjson.dumps({"header": header}, option=orjson.OPT_APPEND_NEWLINE))
         return self._file
 
     def _roll_if_old(self) -> None:
@@ -169,18 +177,21 @@ def collected_files(directory: Path) -> list[Path]:
 
 
 def iter_collected(directory: Path) -> Iterator[dict[str, Any]]:
-    """Every collected row of the finished files: request id, time, model, version, row, features, prediction."""
+    """Every collected row of the finished files: request id, time (ISO, UTC), model, version, row,
+    one key per feature, prediction."""
     for path in collected_files(directory):
         with path.open("rb") as handle:
+            header = orjson.loads(handle.readline())["header"]
+            features = header["features"]
             for line in handle:
                 request = orjson.loads(line)
-                head = {key: request[key] for key in ("request_id", "time", "model", "model_version")}
+                head = {
+                    "request_id": request["request_id"],
+                    "time": datetime.fromtimestamp(request["time"], UTC).isoformat(),
+                    "model": header["model"],
+                    "model_version": header["model_version"],
+                }
                 for number, (values, prediction) in enumerate(
                     zip(request["inputs"], request["predictions"], strict=True)
                 ):
-                    yield {
-                        **head,
-                        "row": number,
-                        **dict(zip(request["features"], values, strict=True)),
-                        "prediction": prediction,
-                    }
+                    yield {**head, "row": number, **dict(zip(features, values, strict=True)), "prediction": prediction}

@@ -49,6 +49,7 @@ class ServerMetrics(Collector):
         self._requests: dict[tuple[str, int], int] = {}
         self._latency: dict[str, list[float]] = {}  # bucket counts, then the sum of seconds
         self._collector: RequestCollector | None = None
+        self.model_calls: Callable[[], int] = lambda: 0
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -74,6 +75,7 @@ class ServerMetrics(Collector):
             "requests": [[endpoint, code, count] for (endpoint, code), count in self._requests.items()],
             "latency": {endpoint: list(values) for endpoint, values in self._latency.items()},
             "rows": self.rows,
+            "model_calls": self.model_calls(),
             "collected": collector.written_rows if collector else 0,
             "dropped": collector.dropped_rows if collector else 0,
             "pending": collector.pending if collector else 0,
@@ -123,7 +125,7 @@ class ServerMetrics(Collector):
             for endpoint, values in other["latency"].items():
                 mine = merged["latency"].setdefault(endpoint, [0.0] * len(values))
                 merged["latency"][endpoint] = [a + b for a, b in zip(mine, values, strict=True)]
-            for key in ("rows", "collected", "dropped", "pending"):
+            for key in ("rows", "model_calls", "collected", "dropped", "pending"):
                 merged[key] += other[key]
         merged["requests"] = [[endpoint, code, count] for (endpoint, code), count in requests.items()]
         return merged
@@ -162,13 +164,19 @@ class ServerMetrics(Collector):
             latency.add_metric([*identity, endpoint], buckets, values[-1])
         rows = CounterMetricFamily("mlops_serving_rows_scored", "Rows scored.", labels=labels)
         rows.add_metric(identity, figures["rows"])
+        calls = CounterMetricFamily(
+            "mlops_serving_model_calls",
+            "onnxruntime calls; fewer than requests when concurrent requests were batched.",
+            labels=labels,
+        )
+        calls.add_metric(identity, figures["model_calls"])
         info = GaugeMetricFamily(
             "mlops_serving_model_info", "The model this process serves.", labels=[*labels, "sha256"]
         )
         info.add_metric([*identity, self.sha256], 1)
         ready = GaugeMetricFamily("mlops_serving_ready", "1 once the model is loaded and warmed up.")
         ready.add_metric([], 1 if self._ready() else 0)
-        yield from (requests, errors, latency, rows, info, ready)
+        yield from (requests, errors, latency, rows, calls, info, ready)
         if self._collector is None:
             return
         written = CounterMetricFamily(
