@@ -31,7 +31,7 @@ from tasks.ingest import (
 from tasks.lineage import git_commit, training_key
 from tasks.registry import keep_champion, register_candidate
 from tasks.tracking import check_tracking_server, run_url, version_url
-from tasks.train import Lineage, ModelFamily, TrainConfig, find_previous_training, train_candidate
+from tasks.train import Lineage, ModelFamily, TrainConfig, TrainingSet, find_previous_training, train_candidate
 from tasks.validate import ValidationPolicy, unreadable_report, validate_batch
 
 
@@ -150,26 +150,9 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
         model_name,
         reports,
     )
-    export = export_onnx(
-        candidate,
-        frame,
-        list(settings.feature_columns),
-        settings.target_column,
-        params.training.holdout_fraction,
-        tracking,
-        model_name,
-        params.export,
-    )
-    comparison = evaluate_against_champion(
-        candidate,
-        frame,
-        list(settings.feature_columns),
-        settings.target_column,
-        params.training.holdout_fraction,
-        tracking,
-        model_name,
-        params.criteria,
-    )
+    data = TrainingSet(frame, list(settings.feature_columns), settings.target_column, params.training.holdout_fraction)
+    export = export_onnx(candidate, data, tracking, model_name, params.export)
+    comparison = evaluate_against_champion(candidate, data, tracking, model_name, params.criteria)
     publish_comparison(comparison, model_name)
     common: dict[str, Any] = {
         "model_name": model_name,

@@ -6,14 +6,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
 from tasks.tracking import client
-from tasks.train import Candidate, regression_metrics, split
+from tasks.train import Candidate, TrainingSet, regression_metrics
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -102,16 +101,13 @@ def champion_version(tracking_uri: str, model_name: str) -> str | None:
 @task(retries=2, retry_delay_seconds=2)
 def evaluate_against_champion(
     candidate: Candidate,
-    frame: pd.DataFrame,
-    features: list[str],
-    target: str,
-    holdout_fraction: float,
+    data: TrainingSet,
     tracking_uri: str,
     model_name: str,
     criteria: PromotionCriteria,
 ) -> Comparison:
     """Score the champion on the candidate's holdout and apply the promotion criteria."""
-    _, _, x_holdout, y_holdout = split(frame, features, target, holdout_fraction)
+    _, _, x_holdout, y_holdout = data.split()
     version = champion_version(tracking_uri, model_name)
     if version is None:
         comparison = Comparison(True, None, candidate.metrics, {}, ())

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from serving.bundle import ModelMetadata, write_bundle
 from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, ExportError, to_onnx
 from tasks.tracking import client
-from tasks.train import Candidate, split
+from tasks.train import Candidate, TrainingSet
 
 ONNX_ARTIFACT_DIR = "onnx"
 UNREGISTERED = "unregistered"
@@ -154,10 +154,7 @@ def measure_latency(
 @task
 def export_onnx(
     candidate: Candidate,
-    frame: pd.DataFrame,
-    features: list[str],
-    target: str,
-    holdout_fraction: float,
+    data: TrainingSet,
     tracking_uri: str,
     model_name: str,
     config: ExportConfig,
@@ -171,7 +168,8 @@ def export_onnx(
     """
     tracker = client(tracking_uri)
     model = mlflow.sklearn.load_model(candidate.model_uri)
-    _, y_train, x_holdout, _ = split(frame, features, target, holdout_fraction)
+    _, y_train, x_holdout, _ = data.split()
+    features = data.features
     onnx_bytes = to_onnx(model, len(features)).SerializeToString()
     inference = session(onnx_bytes)
     target_range = float(y_train.max() - y_train.min()) or 1.0
@@ -181,7 +179,7 @@ def export_onnx(
         tracker.set_tag(candidate.run_id, "onnx_parity_summary", parity.summary)
         raise ParityError(f"ONNX export of run {candidate.run_id} ({candidate.family}) blocked: {parity.summary}")
     latency = measure_latency(
-        inference, model, frame[features], config.latency_batch_sizes, config.latency_budget_seconds
+        inference, model, data.frame[features], config.latency_batch_sizes, config.latency_budget_seconds
     )
     with tempfile.TemporaryDirectory() as scratch:
         bundle = Path(scratch) / ONNX_ARTIFACT_DIR

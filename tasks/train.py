@@ -157,6 +157,19 @@ def split(
     return train[features], train[target], holdout[features], holdout[target]
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """The data a candidate was trained on, and how its holdout is chosen (shared by export and evaluation)."""
+
+    frame: pd.DataFrame
+    features: list[str]
+    target: str
+    holdout_fraction: float
+
+    def split(self) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
+        return split(self.frame, self.features, self.target, self.holdout_fraction)
+
+
 def regression_metrics(y_true: pd.Series, y_pred: np.ndarray) -> dict[str, float]:
     return {
         "rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
