@@ -8,17 +8,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
 from mlops.process import free_port
 from serving.collector import iter_collected
+from tests.conftest import TINY_FEATURES
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 60
 
 
-def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, tmp_path: Path) -> None:
+def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, tiny_model: Any, tmp_path: Path) -> None:
     port, collected = free_port(), tmp_path / "collected"
     command = [sys.executable, "-m", "serving", str(tiny_bundle), "--port", str(port), "--workers", "2"]
     process = subprocess.Popen(
@@ -40,7 +45,13 @@ def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, tm
                 pass
             assert time.monotonic() < deadline, "not ready in 60 s"
             time.sleep(0.1)
-        for _ in range(REQUESTS):  # a new connection each time, so the kernel spreads them over both workers
+        # MLflow's own scoring-server client works unchanged (it sends a pandas dataframe_split).
+        rows = pd.DataFrame([[1.0, 2.0, 3.0], [-1.0, 0.5, 40.0]], columns=list(TINY_FEATURES))
+        mlflow_client = ScoringServerClient("127.0.0.1", port)
+        mlflow_client.wait_server_ready(timeout=10)
+        predictions = mlflow_client.invoke(rows).get_predictions()
+        assert np.allclose(np.asarray(predictions).ravel(), tiny_model.predict(rows), rtol=0, atol=1e-9)
+        for _ in range(REQUESTS - 2):  # a new connection each time, so the kernel spreads them over both workers
             answer = httpx.post(f"{url}/invocations", json={"instances": [[1.0, 2.0, 3.0]]})
             assert answer.status_code == 200
         time.sleep(2.5)  # workers publish their counters every second
