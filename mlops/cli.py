@@ -96,6 +96,7 @@ def demo(settings: Settings, family: str) -> int:
             print(f"  version {outcome.version} ({outcome.alias}) {outcome.version_url}")
         print(f"  run {outcome.run_id}  {outcome.run_url}")
     print(f"  Prefect UI    {settings.prefect_url.removesuffix('/api')}/runs")
+    print("Serve the champion with: uv run mlops serve --port 8080   (ONNX server; Ctrl-C stops it)")
     print("Stop the servers with: make down (or: uv run mlops down)")
     return 0
 
