@@ -59,6 +59,18 @@ class ServerConfig:
     log_level: str = "info"
     access_log: bool = False
 
+    def __post_init__(self) -> None:
+        positive = ("max_body_bytes", "max_rows", "workers", "threads", "collect_file_rows", "collect_file_seconds")
+        problems = [f"{name} must be > 0 (got {getattr(self, name)})" for name in positive if getattr(self, name) <= 0]
+        not_negative = ("collect_queue", "inline_rows", "graceful_timeout")
+        problems += [
+            f"{name} must be >= 0 (got {getattr(self, name)})" for name in not_negative if getattr(self, name) < 0
+        ]
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be 0-65535 (got {self.port})")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
         """Defaults, then ``MLOPS_SERVING_<FIELD>`` variables, then non-None overrides.

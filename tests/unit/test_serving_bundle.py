@@ -86,7 +86,16 @@ def test_config_reads_environment_and_flags_override_it() -> None:
     assert ServerConfig.from_env({"MLOPS_SERVING_TOKEN": ""}).token is None
 
 
-@pytest.mark.parametrize(("name", "value"), [("MLOPS_SERVING_PORT", "eighty"), ("MLOPS_SERVING_ACCESS_LOG", "maybe")])
-def test_bad_config_values_are_named(name: str, value: str) -> None:
-    with pytest.raises(ConfigError, match=name):
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MLOPS_SERVING_PORT", "eighty", "MLOPS_SERVING_PORT='eighty'"),
+        ("MLOPS_SERVING_ACCESS_LOG", "maybe", "expected true or false"),
+        ("MLOPS_SERVING_WORKERS", "0", r"workers must be > 0 \(got 0\)"),
+        ("MLOPS_SERVING_MAX_ROWS", "-5", r"max_rows must be > 0 \(got -5\)"),
+        ("MLOPS_SERVING_PORT", "70000", "port must be 0-65535"),
+    ],
+)
+def test_bad_config_values_are_named(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         ServerConfig.from_env({name: value})
