@@ -239,7 +239,7 @@ def v2_matrix(body: bytes, features: Sequence[str], max_rows: int) -> tuple[np.n
 
 def _tensor_values(tensor: dict[str, Any], shape: list[int], names: Sequence[str], bools: bool) -> np.ndarray:
     name, datatype, data = tensor.get("name"), tensor.get("datatype"), tensor.get("data")
-    if datatype not in NUMERIC_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in NUMERIC_DATATYPES:
         raise RequestError(
             400,
             f"input {name!r} has datatype {datatype!r}; this model takes numbers "

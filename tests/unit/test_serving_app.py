@@ -297,3 +297,53 @@ def test_shutdown_clears_ready(tiny_bundle: Path) -> None:
     with TestClient(create_app(model, ServerConfig())) as test_client:
         assert test_client.get("/readyz").status_code == 200
     assert model.ready is False
+
+
+def random_json(rng: np.random.Generator, depth: int = 0) -> Any:
+    kind = rng.integers(0, 8 if depth < 3 else 5)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return bool(rng.integers(0, 2))
+    if kind == 2:
+        return float(rng.normal() * 10.0 ** int(rng.integers(-3, 300)))
+    if kind == 3:
+        return int(rng.integers(-(2**62), 2**62))
+    if kind == 4:
+        return "".join(rng.choice(list("ab1.,-eé[]{}"), rng.integers(0, 6)))
+    if kind in (5, 6):
+        return [random_json(rng, depth + 1) for _ in range(rng.integers(0, 5))]
+    keys = ["inputs", "instances", "dataframe_split", "dataframe_records", "columns", "data", "name", "shape",
+            "datatype", "x1", "x2", "x3", "params", "FP64"]  # fmt: skip
+    return {str(rng.choice(keys)): random_json(rng, depth + 1) for _ in range(rng.integers(0, 4))}
+
+
+def near_miss(rng: np.random.Generator) -> Any:
+    """Valid requests with one part replaced by something random."""
+    body = json.loads(json.dumps([*MLFLOW_BODIES.values(), *V2_BODIES.values()][rng.integers(0, 11)]))
+    node = body
+    while isinstance(node, dict | list) and node:
+        key = rng.choice(list(node)) if isinstance(node, dict) else int(rng.integers(0, len(node)))
+        if rng.random() < 0.4 or not isinstance(node[key], dict | list):
+            node[key] = random_json(rng)
+            break
+        node = node[key]
+    return body
+
+
+def test_no_input_takes_the_server_down_or_gets_a_500(client: TestClient) -> None:
+    rng = np.random.default_rng(20261122)
+    statuses: dict[int, int] = {}
+    for number in range(600):
+        body = near_miss(rng) if number % 2 else {"instances": random_json(rng)} if number % 3 else random_json(rng)
+        for path in ("/invocations", "/v2/models/tiny/infer"):
+            response = client.post(
+                path, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+            )
+            assert response.status_code in (200, 400, 413), (path, body, response.text)
+            assert response.json()
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+    raw = bytes(rng.integers(0, 256, 300, dtype=np.uint8))
+    assert client.post("/invocations", content=raw).status_code == 400
+    assert statuses.get(400, 0) > 500 and statuses.get(200, 0) > 0  # both refusals and near misses that still parse
+    assert client.get("/v2/health/ready").status_code == 200
