@@ -185,10 +185,15 @@ def http_table(args: argparse.Namespace, workdir: Path) -> None:
         with server(command, f"http://127.0.0.1:{port}{health}", env) as (cold, rss):
             starts.append((name, cold, rss))
             for concurrency in args.concurrency:
-                results[(name, concurrency)] = wrk(
-                    f"http://127.0.0.1:{port}/invocations", script, concurrency, args.duration
-                )
-    print(f"\nHTTP, one-row POST /invocations, wrk -t1, {args.duration} s per run (req/s · p50 ms · p99 ms · errors)")
+                runs = [
+                    wrk(f"http://127.0.0.1:{port}/invocations", script, concurrency, args.duration)
+                    for _ in range(args.repeat)
+                ]
+                results[(name, concurrency)] = {key: float(np.median([run[key] for run in runs])) for key in runs[0]}
+    print(
+        f"\nHTTP, one-row POST /invocations, wrk -t1, {args.duration} s per run, median of {args.repeat} "
+        "(req/s · p50 ms · p99 ms · errors)"
+    )
     print(f"{'server':<30} {'c':>3} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}")
     for (name, concurrency), figures in results.items():
         print(
@@ -222,6 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeat", type=int, default=3, help="wrk runs per server and concurrency (median shown)")
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
     if not args.skip_http and shutil.which("wrk") is None:
