@@ -2,11 +2,13 @@
 
 Not a test: prints tables. Needs ``wrk`` (Debian: ``apt-get install wrk``). Usage::
 
-    uv run python bench/serving.py [--duration 10] [--concurrency 1 8 32]
+    uv run python bench/serving.py [--duration 10] [--repeat 3] [--concurrency 1 8 32]
 
 1. HTTP: one-row MLflow ``dataframe_split`` POSTs to ``/invocations`` with wrk (1 thread, on
    the same 2 cores as the server), bounded by ``--duration`` per run: ``mlflow models serve
-   --env-manager local``, this server, and this server with request collection on.
+   --env-manager local`` with 1 and 2 workers, this server, this server with request collection
+   on, and 2 workers with collection. Each figure is the median of ``--repeat`` runs: on a
+   shared 2-core machine single runs vary by ±20 %.
 2. In process: scikit-learn ``predict`` vs onnxruntime per model family and batch size.
 3. Cold start (process start to ``/v2/health/ready`` = 200) and RSS of the server.
 """
