@@ -132,7 +132,10 @@ class ServingApp:
             self.metrics.watch(collector)
         self._auth = f"Bearer {config.token}".encode() if config.token else None
         self._executor: ThreadPoolExecutor | None = None
-        self.batcher = MicroBatcher(model.predict, max_rows=max(config.inline_rows, 1))
+        # Collection is told once per model call, not per request: one queue item per batch.
+        self.batcher = MicroBatcher(
+            model.predict, max_rows=max(config.inline_rows, 1), on_call=collector.submit_call if collector else None
+        )
         self.metrics.model_calls = lambda: self.batcher.calls
         live = Endpoint("live", "GET", self.live, protected=False)
         ready = Endpoint("ready", "GET", self.ready, protected=False)
@@ -258,11 +261,11 @@ class ServingApp:
         if len(matrix) > self.config.inline_rows:
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(self._executor, self.model.predict, matrix)
+            if self.collector is not None:
+                self.collector.submit(request_id, matrix, predictions)
         else:
-            predictions = await self.batcher.predict(matrix)
+            predictions = await self.batcher.predict(matrix, request_id)
         self.metrics.rows += len(predictions)
-        if self.collector is not None:
-            self.collector.submit(request_id, matrix, predictions)
         return predictions
 
     def check_model(self, params: dict[str, str]) -> None:

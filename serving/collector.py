@@ -1,14 +1,17 @@
 """Request collection off the request path: a bounded queue, a writer thread, rolling JSONL files.
 
 A file starts with a header line naming what every line after it shares, then holds one line
-per scored request (encoded by orjson straight from the numpy arrays; time in epoch seconds)::
+per model call — one request, or several that were micro-batched together — encoded by orjson
+straight from the numpy arrays (time in epoch seconds; ``rows`` says how many rows of
+``inputs``/``predictions`` belong to each request id, in order)::
 
-    {"header": {"model": "diabetes", "model_version": "3", "features": ["age", ...], "format": 1}}
-    {"request_id": "...", "time": 1795386921.98, "inputs": [[59.0, ...]], "predictions": [151.2]}
+    {"header": {"model": "diabetes", "model_version": "3", "features": ["age", ...], "format": 2}}
+    {"request_ids": ["a1", "b2"], "rows": [1, 2], "time": 1795386921.98, "inputs": [[59.0, ...], ...],
+     "predictions": [151.2, 80.1, 99.0]}
 
-:func:`iter_collected` turns them back into one record per row. The writer yields the GIL
-every few requests, so a drain never holds up the event loop for more than a fraction of a
-millisecond.
+:func:`iter_collected` turns them back into one record per row. Lines are encoded on the
+request path (one orjson call per model call); the writer thread only writes bytes, so it
+never holds the GIL the event loop needs.
 
 A file is written as ``requests-<start>-<pid>-<n>.jsonl.part`` and renamed to ``.jsonl`` when it
 rolls (by rows or age) or the server shuts down, so readers only ever see whole files. When the
@@ -31,8 +34,8 @@ import numpy as np
 import orjson
 
 SUFFIX = ".jsonl"
-FORMAT = 1
-YIELD_EVERY = 32  # requests encoded between GIL releases
+FORMAT = 2
+ENCODING = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 PARTIAL = ".part"
 
 
@@ -42,7 +45,7 @@ class CollectorConfig:
 
     Attributes:
         directory: Folder of the rolling files.
-        queue_size: Requests waiting to be written before new ones are dropped.
+        queue_size: Model calls (each one or more requests) waiting to be written before new ones are dropped.
         file_rows: Rows per file before it rolls.
         file_seconds: Age of a file before it rolls.
         flush_seconds: How often the writer wakes to write what has been queued.
@@ -55,14 +58,6 @@ class CollectorConfig:
     flush_seconds: float = 0.1
 
 
-@dataclass(frozen=True)
-class Scored:
-    request_id: str
-    time: float
-    matrix: np.ndarray
-    predictions: np.ndarray
-
-
 class RequestCollector:
     """Writes scored requests in a background thread; ``close()`` flushes and finishes the open file."""
 
@@ -71,7 +66,7 @@ class RequestCollector:
         self.model, self.version, self.features = model, version, list(features)
         self.written_rows = 0
         self.dropped_rows = 0
-        self._queue: deque[Scored] = deque()
+        self._queue: deque[tuple[bytes, int]] = deque()  # encoded line, rows
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._file: IO[bytes] | None = None
@@ -92,11 +87,24 @@ class RequestCollector:
         return self
 
     def submit(self, request_id: str, matrix: np.ndarray, predictions: np.ndarray) -> bool:
-        """Queue a scored request without blocking; False (and counted as dropped) when the queue is full."""
+        """Queue one scored request without blocking; False (and counted as dropped) when the queue is full."""
+        return self.submit_call([request_id], [len(predictions)], matrix, predictions)
+
+    def submit_call(self, request_ids: list[str], rows: list[int], matrix: np.ndarray, predictions: np.ndarray) -> bool:
+        """Queue one model call's requests (``rows[i]`` rows for ``request_ids[i]``) without blocking."""
         if len(self._queue) >= self.config.queue_size:
             self.dropped_rows += len(predictions)
             return False
-        self._queue.append(Scored(request_id, time.time(), matrix, predictions))
+        # Encoded here, on the event loop, in one orjson call per model call (microseconds): the writer
+        # thread then only does file I/O, which releases the GIL, instead of competing for it.
+        record = {
+            "request_ids": request_ids,
+            "rows": rows,
+            "time": time.time(),
+            "inputs": matrix,
+            "predictions": predictions,
+        }
+        self._queue.append((orjson.dumps(record, option=ENCODING), len(predictions)))
         return True
 
     def close(self, timeout: float = 30.0) -> None:
@@ -115,30 +123,19 @@ class RequestCollector:
         self._finish_file()
 
     def _drain(self) -> None:
-        lines = bytearray()
+        lines: list[bytes] = []
         rows = 0
-        options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-        encoded = 0
         while self._queue:
-            item = self._queue.popleft()
-            record = {
-                "request_id": item.request_id,
-                "time": item.time,
-                "inputs": item.matrix,
-                "predictions": item.predictions,
-            }
-            lines += orjson.dumps(record, option=options)
-            rows += len(item.predictions)
-            encoded += 1
-            if encoded % YIELD_EVERY == 0:
-                time.sleep(0)  # let the event loop thread take the GIL
+            line, count = self._queue.popleft()
+            lines.append(line)
+            rows += count
             if rows >= self.config.file_rows - self._file_rows:
-                self._append(lines, rows)
-                lines, rows = bytearray(), 0
+                self._append(b"".join(lines), rows)
+                lines, rows = [], 0
         if rows:
-            self._append(lines, rows)
+            self._append(b"".join(lines), rows)
 
-    def _append(self, lines: bytearray, rows: int) -> None:
+    def _append(self, lines: bytes, rows: int) -> None:
         handle = self._open()
         handle.write(lines)
         handle.flush()
@@ -184,14 +181,21 @@ def iter_collected(directory: Path) -> Iterator[dict[str, Any]]:
             header = orjson.loads(handle.readline())["header"]
             features = header["features"]
             for line in handle:
-                request = orjson.loads(line)
-                head = {
-                    "request_id": request["request_id"],
-                    "time": datetime.fromtimestamp(request["time"], UTC).isoformat(),
-                    "model": header["model"],
-                    "model_version": header["model_version"],
-                }
-                for number, (values, prediction) in enumerate(
-                    zip(request["inputs"], request["predictions"], strict=True)
-                ):
-                    yield {**head, "row": number, **dict(zip(features, values, strict=True)), "prediction": prediction}
+                call = orjson.loads(line)
+                stamp = datetime.fromtimestamp(call["time"], UTC).isoformat()
+                rows = iter(zip(call["inputs"], call["predictions"], strict=True))
+                for request_id, count in zip(call["request_ids"], call["rows"], strict=True):
+                    head = {
+                        "request_id": request_id,
+                        "time": stamp,
+                        "model": header["model"],
+                        "model_version": header["model_version"],
+                    }
+                    for number in range(count):
+                        values, prediction = next(rows)
+                        yield {
+                            **head,
+                            "row": number,
+                            **dict(zip(features, values, strict=True)),
+                            "prediction": prediction,
+                        }
