@@ -69,16 +69,19 @@ class Request:
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
-        body = b""
+        chunks: list[bytes] = []
+        size = 0
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise RequestError(400, "client disconnected before sending the whole body")
-            body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_body_bytes:
                 raise RequestError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
             if not message.get("more_body", False):
-                return body
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -247,13 +250,9 @@ class ServingApp:
             self._executor.shutdown(wait=True)
         if self.collector is not None:
             self.collector.close()
+            written, dropped = self.collector.written_rows, self.collector.dropped_rows
+            logger.info("collection closed: %d rows written, %d dropped", written, dropped)
         self.metrics.stop_publishing()
-        if self.collector is not None:
-            logger.info(
-                "collection closed: %d rows written, %d dropped",
-                self.collector.written_rows,
-                self.collector.dropped_rows,
-            )
 
     # --- scoring ----------------------------------------------------------------------------
 
