@@ -8,7 +8,6 @@ The server itself never imports MLflow; it runs this in a subprocess when given 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from mlops.settings import get_settings
 from serving.bundle import MODEL_FILE, BundleError, ModelMetadata, read_bundle, write_bundle
 from tasks.tracking import client
 
@@ -84,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", type=Path, required=True, help="directory to write model.onnx and metadata.json to")
     parser.add_argument("--tracking-uri", default=None, help="MLflow server (default: MLFLOW_TRACKING_URI / settings)")
     args = parser.parse_args(argv)
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if tracking_uri is None:
-        from mlops.settings import get_settings
-
-        tracking_uri = get_settings().tracking_uri
+    tracking_uri = args.tracking_uri or get_settings().tracking_uri
     try:
         _, metadata = fetch_bundle(tracking_uri, args.model_uri, args.dest)
     except (BundleNotFound, BundleError) as error:
