@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from mlops.process import free_port  # noqa: E402
 from serving.bundle import ModelMetadata, write_bundle  # noqa: E402
-from tasks.export import measure_latency, session  # noqa: E402
+from serving.model import open_session  # noqa: E402
+from tasks.export import measure_latency  # noqa: E402
 from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx  # noqa: E402
 from tasks.sample_data import diabetes_frame  # noqa: E402
 from tasks.train import ModelFamily, build_pipeline  # noqa: E402
@@ -218,7 +219,7 @@ def inprocess_table() -> None:
     print(f"{'family':<18} {'rows':>6} {'sklearn':>10} {'onnx':>10} {'speed-up':>9}")
     for family in ModelFamily:
         model, frame = fitted(family)
-        inference = session(to_onnx(model, len(FEATURES)).SerializeToString())
+        inference = open_session(to_onnx(model, len(FEATURES)).SerializeToString())
         figures = measure_latency(inference, model, frame[FEATURES], [1, 100, 10_000], 0.5)
         for rows in (1, 100, 10_000):
             sk, ox = figures[f"sklearn.{rows}"], figures[f"onnx.{rows}"]

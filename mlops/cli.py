@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -104,11 +105,11 @@ def demo(settings: Settings, family: str) -> int:
 def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
     """Replace this process with the ONNX server for a registered version (default: the champion)."""
     uri = model_uri or f"models:/{settings.model_name}@champion"
-    name = uri.removeprefix("models:/").replace("@", "/").replace("/", "-") if uri.startswith("models:/") else "bundle"
     home = settings.resolved_home
     command = [sys.executable, "-m", "serving", uri, "--collect-dir", str(home / "requests" / settings.model_name)]
-    if uri.startswith("models:/"):
-        command += ["--bundle-dir", str(home / "bundles" / name)]
+    if uri.startswith("models:/"):  # fetched to <home>/bundles/<name>-<alias or version>
+        folder = re.sub(r"[@/]", "-", uri.removeprefix("models:/"))
+        command += ["--bundle-dir", str(home / "bundles" / folder)]
     sys.stdout.flush()
     os.execv(sys.executable, [*command, *extra])
     return 0  # not reached: execv replaces the process

@@ -10,6 +10,16 @@ import onnxruntime as ort
 from serving.bundle import BundleError, ModelMetadata, read_bundle
 
 
+def open_session(model: str | bytes, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime CPU session (from a path or the model's bytes) as the server runs it."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Spinning worker threads burn the core the event loop needs; a one-row model gains nothing from them.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxModel:
     """One ONNX model from a serving bundle.
 
@@ -38,13 +48,8 @@ class OnnxModel:
             BundleError: Missing files, checksum mismatch, or a graph that does not match the metadata.
         """
         model_file, metadata = read_bundle(self.bundle_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = 1
-        # Spinning worker threads burn the core the event loop needs; a one-row model gains nothing from them.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+            session = open_session(str(model_file), self.intra_op_threads)
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise BundleError(f"onnxruntime cannot load {model_file}: {error}") from error
         inputs = {node.name: node for node in session.get_inputs()}

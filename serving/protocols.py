@@ -122,16 +122,12 @@ def rows_matrix(
     if not isinstance(rows, list) or not rows:
         raise RequestError(400, f"{where} must hold a non-empty list of rows")
     _check_rows(len(rows), max_rows)
-    names = list(features)
-    if columns is not None and columns != names:
-        if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
-            raise RequestError(400, f"{where} columns must be a list of feature names")
-        _check_names(columns, features, where)
-        names = columns
-    matrix = numeric_array(rows, names, where, bools)
-    if names is not features and names != list(features):
-        matrix = matrix[:, [names.index(name) for name in features]]
-    return matrix
+    if columns is None or columns == list(features):
+        return numeric_array(rows, features, where, bools)
+    if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
+        raise RequestError(400, f"{where} columns must be a list of feature names")
+    _check_names(columns, features, where)
+    return numeric_array(rows, columns, where, bools)[:, [columns.index(name) for name in features]]
 
 
 def numeric_array(rows: list[Any], names: Sequence[str], where: str, bools: bool = True) -> np.ndarray:
@@ -289,7 +285,7 @@ def _csv_matrix(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarr
     rows: list[list[Any]] = []
     for number, line in enumerate(reader):
         if len(rows) >= max_rows:
-            _check_rows(max_rows + 1, max_rows)
+            raise RequestError(413, f"more than {max_rows} rows exceed the limit of {max_rows} rows per request")
         try:
             rows.append([float(cell) for cell in line])
         except ValueError as error:

@@ -1,9 +1,10 @@
 """ONNX export of a logged candidate, gated on parity with the scikit-learn model it came from.
 
 The candidate is loaded back from MLflow (so what is exported is what was logged), converted,
-and both are scored on the holdout. The ONNX bundle (``model.onnx`` + ``metadata.json``) and a
-parity report are stored as artifacts of the candidate's run under ``onnx/``; its sha256,
-parity and latency figures become run tags, copied to the model version at registration.
+and both are scored on the holdout. The ONNX bundle (``model.onnx`` + ``metadata.json``, which
+carries the parity and latency figures) is stored as artifacts of the candidate's run under
+``onnx/``; its sha256, parity and latency figures become run tags, copied to the model version
+at registration.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PositiveInt
 
 from serving.bundle import ModelMetadata, write_bundle
+from serving.model import open_session
 from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, ExportError, to_onnx
 from tasks.tracking import client
 from tasks.train import Candidate, TrainingSet
@@ -39,7 +41,7 @@ class ExportConfig(BaseModel):
     parity_tolerance: float = Field(
         1e-5, gt=0, description="Allowed max |onnx - sklearn| on the holdout, as a fraction of the target's range."
     )
-    latency_batch_sizes: list[int] = Field(
+    latency_batch_sizes: list[PositiveInt] = Field(
         default_factory=lambda: [1, 100, 10_000], description="Rows per call for the latency figures."
     )
     latency_budget_seconds: float = Field(0.25, gt=0, description="Time spent timing each engine and batch size.")
@@ -109,13 +111,6 @@ class ParityError(ExportError):
     """The ONNX model's predictions differ from the scikit-learn model's beyond the tolerance."""
 
 
-def session(onnx_bytes: bytes, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-
-
 def check_parity(
     inference: ort.InferenceSession, model: Any, x_holdout: pd.DataFrame, target_range: float, tolerance: float
 ) -> Parity:
@@ -171,7 +166,7 @@ def export_onnx(
     _, y_train, x_holdout, _ = data.split()
     features = data.features
     onnx_bytes = to_onnx(model, len(features)).SerializeToString()
-    inference = session(onnx_bytes)
+    inference = open_session(onnx_bytes)  # timed and checked exactly as the server will run it
     target_range = float(y_train.max() - y_train.min()) or 1.0
     parity = check_parity(inference, model, x_holdout, target_range, config.parity_tolerance)
     if not parity.passed:

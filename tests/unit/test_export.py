@@ -9,7 +9,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mlops.settings import Settings
-from tasks.export import ExportConfig, Parity, check_parity, measure_latency, session
+from serving.model import open_session
+from tasks.export import ExportConfig, Parity, check_parity, measure_latency
 from tasks.onnx_convert import ExportError, to_onnx
 from tasks.train import ModelFamily, build_pipeline, split
 
@@ -30,7 +31,7 @@ def fit(model: Pipeline, frame: pd.DataFrame) -> tuple[Pipeline, pd.DataFrame, f
 @pytest.mark.parametrize("family", list(ModelFamily))
 def test_every_family_passes_the_default_parity_gate(family: ModelFamily, frame: pd.DataFrame) -> None:
     model, x_holdout, target_range = fit(build_pipeline(family, 42), frame)
-    inference = session(to_onnx(model, len(FEATURES)).SerializeToString())
+    inference = open_session(to_onnx(model, len(FEATURES)).SerializeToString())
     assert inference.get_inputs()[0].type == "tensor(double)"
     parity = check_parity(inference, model, x_holdout, target_range, ExportConfig().parity_tolerance)
     assert parity.passed, parity.summary
@@ -44,7 +45,7 @@ def test_trees_behind_a_scaler_keep_the_preprocessing_in_double(frame: pd.DataFr
     casts = [node for node in onnx_model.graph.node if node.op_type == "Cast"]
     assert casts, "trees take float32: the graph casts after the double-precision scaler"
     parity = check_parity(
-        session(onnx_model.SerializeToString()), model, x_holdout, target_range, ExportConfig().parity_tolerance
+        open_session(onnx_model.SerializeToString()), model, x_holdout, target_range, ExportConfig().parity_tolerance
     )
     assert parity.passed, parity.summary
 
@@ -52,7 +53,7 @@ def test_trees_behind_a_scaler_keep_the_preprocessing_in_double(frame: pd.DataFr
 def test_a_tolerance_tighter_than_float32_trees_fails_the_gate(frame: pd.DataFrame) -> None:
     model, x_holdout, target_range = fit(build_pipeline(ModelFamily.RANDOM_FOREST, 42), frame)
     parity = check_parity(
-        session(to_onnx(model, len(FEATURES)).SerializeToString()), model, x_holdout, target_range, 1e-12
+        open_session(to_onnx(model, len(FEATURES)).SerializeToString()), model, x_holdout, target_range, 1e-12
     )
     assert not parity.passed
     assert "parity FAILED" in parity.summary and "holdout rows" in parity.summary
@@ -74,7 +75,12 @@ def test_a_model_without_a_converter_gives_a_clear_error() -> None:
 def test_latency_figures_cover_both_engines_and_every_size(frame: pd.DataFrame) -> None:
     model, _, _ = fit(build_pipeline(ModelFamily.RIDGE, 42), frame)
     figures = measure_latency(
-        session(to_onnx(model, len(FEATURES)).SerializeToString()), model, frame[FEATURES], [1, 50], 0.01
+        open_session(to_onnx(model, len(FEATURES)).SerializeToString()), model, frame[FEATURES], [1, 50], 0.01
     )
     assert set(figures) == {"sklearn.1", "onnx.1", "sklearn.50", "onnx.50"}
     assert all(value > 0 for value in figures.values())
+
+
+def test_latency_batch_sizes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        ExportConfig(latency_batch_sizes=[1, 0])

@@ -347,3 +347,9 @@ def test_no_input_takes_the_server_down_or_gets_a_500(client: TestClient) -> Non
     assert client.post("/invocations", content=raw).status_code == 400
     assert statuses.get(400, 0) > 500 and statuses.get(200, 0) > 0  # both refusals and near misses that still parse
     assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_csv_is_bounded_by_rows_too(client: TestClient) -> None:
+    csv = "x1,x2,x3\n" + "1,2,3\n" * 101
+    response = client.post("/invocations", content=csv, headers={"content-type": "text/csv"})
+    assert response.status_code == 413 and "more than 100 rows" in response.json()["message"]
