@@ -72,6 +72,25 @@ class Settings(BaseSettings):
     prefect_host: str = "127.0.0.1"
     prefect_port: int = 4200
 
+    image_repository: str = Field(
+        default="mlops", description="Serving images are tagged <repository>/<model>:<version> and :git-<sha>."
+    )
+    image_registry: str | None = Field(
+        default=None,
+        description="Registry host[:port][/namespace] to push serving images to (default: build locally, no push).",
+    )
+    image_base: str = Field(
+        default="python:3.11-slim", description="Base image of the serving image (any Debian-like Python 3.11)."
+    )
+    image_ca_certs: Path | None = Field(
+        default=None,
+        description="A .crt file or folder of them that pip trusts while building (TLS-intercepting proxies); "
+        "used in the build stage only, never in the image.",
+    )
+    image_pip_index_url: str | None = Field(
+        default=None, description="Package index the image build installs from (default: PyPI)."
+    )
+
     @property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

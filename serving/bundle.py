@@ -30,6 +30,33 @@ def file_sha256(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class Example:
+    """A known request and the trained model's answer to it, checked against a fresh deployment.
+
+    Attributes:
+        inputs: Rows of feature values, in the order of ``ModelMetadata.features``.
+        predictions: The scikit-learn model's prediction for each row (not the ONNX model's).
+        tolerance: Largest allowed absolute difference (the export's parity tolerance).
+    """
+
+    inputs: tuple[tuple[float, ...], ...]
+    predictions: tuple[float, ...]
+    tolerance: float
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str) -> Example:
+        try:
+            inputs = tuple(tuple(float(value) for value in row) for row in raw["inputs"])
+            predictions = tuple(float(value) for value in raw["predictions"])
+            tolerance = float(raw["tolerance"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"{source}: example must hold inputs, predictions and tolerance: {error}") from error
+        if not inputs or len(inputs) != len(predictions):
+            raise BundleError(f"{source}: example needs one prediction per input row")
+        return cls(inputs, predictions, tolerance)
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """What the server needs to know about the model it serves.
 
@@ -42,6 +69,7 @@ class ModelMetadata:
         sha256: Checksum of ``model.onnx``; the server refuses to start if it differs.
         run_id: The MLflow run that trained the model.
         family: Model family (ridge, random_forest, ...).
+        example: A known request and answer, for smoke tests of a deployment.
         extra: Anything else worth carrying (parity, git commit); not read by the server.
     """
 
@@ -53,6 +81,7 @@ class ModelMetadata:
     sha256: str
     run_id: str = ""
     family: str = ""
+    example: Example | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -85,6 +114,7 @@ class ModelMetadata:
             sha256=str(raw["sha256"]),
             run_id=str(raw.get("run_id", "")),
             family=str(raw.get("family", "")),
+            example=None if raw.get("example") is None else Example.from_dict(raw["example"], f"{source}"),
             extra=dict(raw.get("extra") or {}),
         )
 

@@ -6,10 +6,12 @@ model.kept, rollout.*, drift.detected, performance.degraded. Automations react t
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
+from prefect.logging import get_run_logger
 
 ResourceKind = Literal["model", "dataset"]
 
@@ -18,12 +20,21 @@ def resource_id(kind: ResourceKind, name: str) -> str:
     return f"mlops.{kind}.{name}"
 
 
+def in_prefect_run() -> bool:
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter[Any]:
+    """The Prefect run logger inside a flow or task run (its lines reach the UI), else the module's logger."""
+    return get_run_logger() if in_prefect_run() else logging.getLogger(name)
+
+
 def emit(event: str, kind: ResourceKind, name: str, payload: dict[str, Any]) -> None:
     """Emit a lifecycle event from inside a flow or task run; outside one (a plain call) it does nothing.
 
     Outside a run Prefect would start a temporary server just to deliver the event.
     """
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+    if not in_prefect_run():
         return
     emit_event(
         event=event,

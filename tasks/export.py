@@ -25,7 +25,7 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, Field, PositiveInt
 
-from serving.bundle import ModelMetadata, write_bundle
+from serving.bundle import Example, ModelMetadata, write_bundle
 from serving.model import open_session
 from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, ExportError, to_onnx
 from tasks.tracking import client
@@ -33,6 +33,7 @@ from tasks.train import Candidate, TrainingSet
 
 ONNX_ARTIFACT_DIR = "onnx"
 UNREGISTERED = "unregistered"
+EXAMPLE_ROWS = 8
 
 
 class ExportConfig(BaseModel):
@@ -120,6 +121,17 @@ def check_parity(
     return Parity(error, tolerance * target_range, target_range, len(expected))
 
 
+def known_answer(model: Any, x_holdout: pd.DataFrame, tolerance: float, rows: int = EXAMPLE_ROWS) -> Example:
+    """A few holdout rows with the scikit-learn model's predictions: what any deployment must answer."""
+    sample = x_holdout.iloc[:rows]
+    predictions = np.asarray(model.predict(sample), dtype=np.float64).ravel()
+    return Example(
+        inputs=tuple(tuple(float(v) for v in row) for row in sample.to_numpy(dtype=np.float64)),
+        predictions=tuple(float(p) for p in predictions),
+        tolerance=tolerance,
+    )
+
+
 def median_microseconds(call: Callable[[], object], budget_seconds: float, max_calls: int = 1000) -> float:
     """Median wall time of ``call`` over as many calls as fit the budget (at least 3, after one warm-up)."""
     call()
@@ -187,6 +199,7 @@ def export_onnx(
             sha256=hashlib.sha256(onnx_bytes).hexdigest(),
             run_id=candidate.run_id,
             family=candidate.family,
+            example=known_answer(model, x_holdout, parity.tolerance),
             extra={"parity": {**asdict(parity), "summary": parity.summary}, "latency_us": latency},
         )
         write_bundle(bundle, onnx_bytes, metadata)

@@ -28,6 +28,13 @@ class BundleNotFound(LookupError):
     """The model version does not exist or has no ONNX export."""
 
 
+def model_uri(model_name: str, version_or_alias: str) -> str:
+    """``models:/<name>/<n>`` for a version number, ``models:/<name>@<alias>`` for anything else."""
+    if version_or_alias.isdigit():
+        return f"models:/{model_name}/{version_or_alias}"
+    return f"models:/{model_name}@{version_or_alias}"
+
+
 def resolve_version(tracking_uri: str, model_uri: str) -> ModelVersion:
     """The registered version behind ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
 
