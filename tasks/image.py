@@ -249,9 +249,12 @@ def push(engine: docker.DockerClient, reference: str, log: Any) -> str:
     return f"{name}@{digest}"
 
 
-def reusable(image: Any, metadata: ModelMetadata, labels: dict[str, str], reference: str) -> bool:
-    """Whether the image already tagged ``reference`` is this very build; refuse one holding another model."""
-    found = image.labels or {}
+def reusable(found: dict[str, str], metadata: ModelMetadata, labels: dict[str, str], reference: str) -> bool:
+    """Whether the image already tagged ``reference`` (with labels ``found``) is this very build.
+
+    Raises:
+        ImageBuildError: It holds another model: version tags are immutable.
+    """
     if found.get(f"{LABEL}onnx-sha256") != metadata.sha256:
         raise ImageBuildError(
             f"{reference} already exists with a different model (onnx sha256 {found.get(f'{LABEL}onnx-sha256')}, "
@@ -293,7 +296,7 @@ def build_image(tracking_uri: str, model_uri: str, spec: ImageSpec, push_image: 
         base = existing_image(engine, spec.base_image)
         labels[BASE_ID_LABEL] = str(base.id) if base is not None else "pulled at build time"
         found = existing_image(engine, reference)
-        if found is not None and reusable(found, metadata, labels, reference):
+        if found is not None and reusable(found.labels or {}, metadata, labels, reference):
             log.info("%s already holds this model, code and base (%s); not rebuilt", reference, found.id)
             image_id, build_seconds = str(found.id), 0.0
         else:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,12 +87,52 @@ def tiny_model() -> Any:
 
 @pytest.fixture
 def tiny_bundle(tiny_model: Any, tmp_path: Path) -> Path:
-    """A serving bundle of ``tiny_model`` named ``tiny`` version 7."""
+    """A serving bundle of ``tiny_model`` named ``tiny`` version 7, with a known answer for three rows."""
     from serving.bundle import ModelMetadata, write_bundle
+    from tasks.export import known_answer
     from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
 
     onnx_bytes = to_onnx(tiny_model, len(TINY_FEATURES)).SerializeToString()
+    rows = pd.DataFrame([[1.0, 2.0, 3.0], [-1.0, 0.5, 40.0], [0.0, -20.0, 100.0]], columns=list(TINY_FEATURES))
     metadata = ModelMetadata(
-        "tiny", "7", TINY_FEATURES, INPUT_NAME, OUTPUT_NAME, hashlib.sha256(onnx_bytes).hexdigest(), run_id="r1"
+        "tiny",
+        "7",
+        TINY_FEATURES,
+        INPUT_NAME,
+        OUTPUT_NAME,
+        hashlib.sha256(onnx_bytes).hexdigest(),
+        run_id="r1",
+        example=known_answer(tiny_model, rows, tolerance=1e-9),
     )
     return write_bundle(tmp_path / "bundle", onnx_bytes, metadata)
+
+
+@contextmanager
+def serving_process(bundle: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python -m serving BUNDLE`` on a free loopback port, ready; yields its base URL, then stops it."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", str(bundle), "--port", str(port), *args],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in 60 s"
+            time.sleep(0.1)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.communicate(timeout=30)
