@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV_VERSION := 0.13.9
 UV := python3 -m uv
 
-.PHONY: run test down sync uv lint
+.PHONY: run test down sync uv lint serving-requirements engine engine-down
 
 uv:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -26,3 +26,14 @@ test: lint
 
 down: uv
 	$(UV) run --locked mlops down
+
+# The serving image's pinned requirements, re-exported from uv.lock (a test fails when stale).
+serving-requirements: sync
+	$(UV) run --locked python -m deployments.serving_requirements
+
+# A Docker engine of our own where none runs (see .ci/docker-engine); then: eval "$$(.ci/docker-engine env)"
+engine:
+	.ci/docker-engine start
+
+engine-down:
+	.ci/docker-engine stop

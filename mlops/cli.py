@@ -1,4 +1,4 @@
-"""The ``mlops`` command: bring the embedded stack up and down, land data, train, promote, demo."""
+"""The ``mlops`` command: bring the embedded stack up and down, land data, train, release, promote, demo."""
 
 from __future__ import annotations
 
@@ -115,6 +115,12 @@ def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
     return 0  # not reached: execv replaces the process
 
 
+def release(version: str, push: bool) -> Any:
+    from flows.release import ReleaseParameters, release_flow
+
+    return release_flow(ReleaseParameters(version=version, push=push))
+
+
 def promote(model_name: str, version: str, reason: str) -> None:
     from tasks.registry import promote as promote_task
 
@@ -138,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("model_uri", nargs="?", default=None, help="default: models:/<MLOPS_MODEL_NAME>@champion")
     for flag, kind in (("--host", str), ("--port", int), ("--workers", int)):
         serve_parser.add_argument(flag, type=kind, default=None, help="passed to python -m serving")
+    release_parser = commands.add_parser("release", help="build and smoke-test the serving image of a version")
+    release_parser.add_argument("version", nargs="?", default="challenger", help="number or alias (challenger)")
+    release_parser.add_argument("--no-push", action="store_true", help="never push, even with MLOPS_IMAGE_REGISTRY")
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command in ("demo", "train", "promote", "serve"):
+    if args.command in ("demo", "train", "promote", "serve", "release"):
         _configure_clients(settings)
         settings = get_settings()
     try:
@@ -162,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             land(settings, args.batches)
         elif args.command == "train":
             print(json.dumps(asdict(train(args.family, args.seed)), indent=2))
+        elif args.command == "release":
+            print(json.dumps(asdict(release(args.version, not args.no_push)), indent=2))
         elif args.command == "promote":
             promote(args.model or settings.model_name, args.version, args.reason)
     except Exception as error:  # a CLI reports the failure in one line; flows keep their tracebacks in logs
