@@ -48,6 +48,17 @@ class MlflowServerConfig:
             state_dir=settings.logs_dir,
         )
 
+    @classmethod
+    def scratch(cls, root: Path, port: int) -> MlflowServerConfig:
+        """A throwaway loopback server whose SQLite store, artifacts and logs all live under ``root``."""
+        return cls(
+            host="127.0.0.1",
+            port=port,
+            backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
+            artifacts_destination=str(root / "artifacts"),
+            state_dir=root / "logs",
+        )
+
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"

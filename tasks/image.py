@@ -199,7 +199,13 @@ def existing_image(engine: docker.DockerClient, reference: str) -> Any | None:
 
 
 def build(
-    engine: docker.DockerClient, context: Path, reference: str, spec: ImageSpec, labels: dict[str, str], log: Any
+    engine: docker.DockerClient,
+    context: Path,
+    reference: str,
+    spec: ImageSpec,
+    labels: dict[str, str],
+    log: Any,
+    no_cache: bool = False,
 ) -> str:
     """Build the context into ``reference`` and return the image id; build output goes to ``log``."""
     buildargs = {"BASE_IMAGE": spec.base_image}
@@ -216,6 +222,7 @@ def build(
             rm=True,
             forcerm=True,
             pull=False,
+            nocache=no_cache,
             decode=True,
         )
         for chunk in stream_lines(chunks, log, f"building {reference}"):

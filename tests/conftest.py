@@ -57,13 +57,7 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 def mlflow_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServerConfig]:
     """A real `mlflow server` on SQLite in a temp dir, artifacts proxied, for the whole session."""
     root: Path = tmp_path_factory.mktemp("mlflow")
-    config = MlflowServerConfig(
-        host="127.0.0.1",
-        port=free_port(),
-        backend_store_uri=f"sqlite:///{root / 'mlflow.db'}",
-        artifacts_destination=str(root / "artifacts"),
-        state_dir=root / "logs",
-    )
+    config = MlflowServerConfig.scratch(root, free_port())
     assert start_mlflow(config) is True
     yield config
     stop_mlflow(config)

@@ -29,6 +29,7 @@ from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings, get_settings
 from serving.bundle import Example
+from tasks.docker_engine import EngineUnavailable
 from tasks.image import ImageBuildError, ImageSpec, build_image
 from tasks.ingest import accepted_frame
 from tasks.sample_data import land_batches
@@ -186,6 +187,29 @@ def test_a_failed_build_leaves_the_registry_untouched(released: Released, monkey
         release_flow(ReleaseParameters(version="1"))
     get_settings.cache_clear()
     assert version_tags(released.settings) == before
+
+
+def test_without_an_engine_the_release_fails_clearly_and_changes_nothing(
+    released: Released, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    before = version_tags(released.settings)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/gone.sock")
+    with pytest.raises(EngineUnavailable, match="no Docker engine answers at unix://"):
+        release_flow(ReleaseParameters(version="1"))
+    assert version_tags(released.settings) == before
+
+
+def test_a_container_not_ready_in_time_fails_the_release_and_is_recorded(
+    released: Released, docker_engine: Any
+) -> None:
+    with pytest.raises(SmokeTestError, match="not ready in time"):
+        release_flow(ReleaseParameters(version="1", smoke=SmokeConfig(ready_timeout_seconds=0.001)))
+    tags = version_tags(released.settings)
+    assert tags["image_smoke"] == "failed"
+    assert "not ready in time" in tags["image_smoke_summary"]
+    assert docker_engine.containers.list(all=True, filters={"label": f"mlops.image={released.outcome.image}"}) == []
+    release_flow(ReleaseParameters(version="1"))  # a passing run records the new verdict
+    assert version_tags(released.settings)["image_smoke"] == "passed"
 
 
 def test_a_wrong_answer_fails_the_smoke_test_and_leaves_no_container(released: Released, docker_engine: Any) -> None:
