@@ -49,10 +49,10 @@ class Released:
 
 @pytest.fixture(scope="module")
 def released(
+    docker_engine: Any,
     tmp_path_factory: pytest.TempPathFactory,
     mlflow_config: MlflowServerConfig,
     prefect_harness: None,
-    docker_engine: Any,
 ) -> Iterator[Released]:
     """A champion trained by the real flow, then released: image built and smoke-tested."""
     name = f"imaged_{uuid.uuid4().hex[:8]}"  # images outlive a test session in the engine's cache
