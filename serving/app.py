@@ -1,111 +1,47 @@
 """The ASGI app: Open Inference Protocol v2 and MLflow's ``/invocations`` over one ONNX model.
 
-A plain ASGI callable with a small router rather than a framework: on the one-row request that
-dominates online traffic, framework request/response objects cost more than the model does.
-Small requests are scored on the event loop (faster than a thread hop), those arriving together
-in one model call (``serving.batching``); large ones in a worker thread (onnxruntime releases the
-GIL), so health checks stay answered meanwhile.
+A plain ASGI callable with a small router (see ``serving.asgi``). Small requests are scored on
+the event loop (faster than a thread hop), those arriving together in one model call
+(``serving.batching``); large ones in a worker thread (onnxruntime releases the GIL), so health
+checks stay answered meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
 
 import numpy as np
-import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from serving.asgi import (
+    Endpoint,
+    Receive,
+    Reply,
+    Request,
+    RequestError,
+    Scope,
+    Send,
+    authorize,
+    bearer,
+    dumps,
+    error_reply,
+    send_reply,
+)
 from serving.batching import MicroBatcher
 from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
 from serving.model import OnnxModel
-from serving.protocols import RequestError, mlflow_matrix, v2_matrix
+from serving.protocols import mlflow_matrix, v2_matrix
 
 SERVER_NAME = "mlops-onnx-server"
 SERVER_VERSION = "1"
-JSON = b"application/json"
 logger = logging.getLogger("serving")
-
-Style = Literal["v2", "mlflow"]
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    content_type: bytes = JSON
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a handler sees: path parameters, headers, and the body (read lazily, within limits)."""
-
-    scope: Scope
-    receive: Receive
-    params: dict[str, str]
-    request_id: str
-    max_body_bytes: int
-
-    def header(self, name: bytes) -> str | None:
-        for key, value in self.scope["headers"]:
-            if key == name:
-                return str(value.decode("latin-1"))
-        return None
-
-    async def body(self) -> bytes:
-        declared = self.header(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                raise RequestError(400, "client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise RequestError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-Handler = Callable[[Request], Awaitable[Reply]]
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    method: str
-    handler: Handler
-    style: Style = "v2"
-    protected: bool = True
-
-
-def dumps(content: Any) -> bytes:
-    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def error_reply(style: Style, status: int, message: str) -> Reply:
-    """KServe/OIP clients read ``error``; MLflow clients read ``error_code`` and ``message``."""
-    if style == "mlflow":
-        code = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST", 413: "BAD_REQUEST"}
-        return Reply(status, dumps({"error_code": code.get(status, "INTERNAL_ERROR"), "message": message}))
-    return Reply(status, dumps({"error": message}))
 
 
 class ServingApp:
@@ -133,7 +69,7 @@ class ServingApp:
         self.collector = collector
         if collector is not None:
             self.metrics.watch(collector)
-        self._auth = f"Bearer {config.token}".encode() if config.token else None
+        self._auth = bearer(config.token)
         self._executor: ThreadPoolExecutor | None = None
         # Collection is told once per model call, not per request: one queue item per batch.
         self.batcher = MicroBatcher(
@@ -181,23 +117,15 @@ class ServingApp:
                 raise RequestError(404, f"no endpoint at {scope['path']}")
             if scope["method"] != endpoint.method:
                 raise RequestError(405, f"{scope['method']} is not allowed on {scope['path']}; use {endpoint.method}")
-            if endpoint.protected and self._auth is not None:
-                self._authorize(scope)
+            if endpoint.protected:
+                authorize(scope, self._auth)
             reply = await endpoint.handler(Request(scope, receive, params, request_id, self.config.max_body_bytes))
         except RequestError as error:
             reply = error_reply(style, error.status, error.message)
         except Exception:
             logger.exception("request %s to %s failed", request_id, scope["path"])
             reply = error_reply(style, 500, f"internal error on request {request_id}; see the server log")
-        headers = [
-            (b"content-type", reply.content_type),
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"x-request-id", request_id.encode("latin-1")),
-        ]
-        if reply.status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        await send_reply(send, reply, [(b"x-request-id", request_id.encode("latin-1"))])
         self.metrics.observe(name, reply.status, time.perf_counter() - start)
 
     def _route(self, path: str) -> tuple[Endpoint | None, dict[str, str]]:
@@ -213,13 +141,6 @@ class ServingApp:
             params["version"] = rest[1]
             rest = rest[2:]
         return self._model_routes.get(tuple(rest)), params
-
-    def _authorize(self, scope: Scope) -> None:
-        given = next((value for key, value in scope["headers"] if key == b"authorization"), None)
-        if given is None:
-            raise RequestError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-        if self._auth is None or not hmac.compare_digest(given, self._auth):
-            raise RequestError(401, "invalid bearer token")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

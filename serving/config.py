@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, Self, get_type_hints
 
 ENV_PREFIX = "MLOPS_SERVING_"
 
@@ -18,8 +18,43 @@ class ConfigError(ValueError):
     """An environment variable or flag holds a value of the wrong kind."""
 
 
+class EnvConfig:
+    """A frozen dataclass read from ``<ENV_PREFIX><FIELD>`` environment variables, typed by its fields."""
+
+    ENV_PREFIX: ClassVar[str] = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Defaults, then ``<ENV_PREFIX><FIELD>`` variables, then non-None overrides.
+
+        Raises:
+            ConfigError: A variable cannot be read as its field's type.
+        """
+        environ = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in fields(cls):  # type: ignore[arg-type]
+            name = cls.ENV_PREFIX + item.name.upper()
+            if name in environ:
+                values[item.name] = _convert(name, environ[name], hints[item.name])
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes :meth:`from_env` rebuild this config (for worker processes)."""
+        return {
+            self.ENV_PREFIX + item.name.upper(): ""
+            if value is None
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for item in fields(self)  # type: ignore[arg-type]
+            for value in [getattr(self, item.name)]
+        }
+
+
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(EnvConfig):
     """How the server listens, what it accepts, and where it collects requests.
 
     Attributes:
@@ -41,6 +76,8 @@ class ServerConfig:
         log_level: uvicorn log level.
         access_log: Whether uvicorn logs every request (costs throughput).
     """
+
+    ENV_PREFIX: ClassVar[str] = ENV_PREFIX
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -70,35 +107,6 @@ class ServerConfig:
             problems.append(f"port must be 0-65535 (got {self.port})")
         if problems:
             raise ConfigError("; ".join(problems))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
-        """Defaults, then ``MLOPS_SERVING_<FIELD>`` variables, then non-None overrides.
-
-        Raises:
-            ConfigError: A variable cannot be read as its field's type.
-        """
-        environ = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for item in fields(cls):
-            name = ENV_PREFIX + item.name.upper()
-            if name in environ:
-                values[item.name] = _convert(name, environ[name], hints[item.name])
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
-
-    def to_env(self) -> dict[str, str]:
-        """The environment that makes :meth:`from_env` rebuild this config (for worker processes)."""
-        return {
-            ENV_PREFIX + item.name.upper(): ""
-            if value is None
-            else str(value).lower()
-            if isinstance(value, bool)
-            else str(value)
-            for item in fields(self)
-            for value in [getattr(self, item.name)]
-        }
 
 
 def _convert(name: str, raw: str, kind: Any) -> Any:

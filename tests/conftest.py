@@ -79,34 +79,42 @@ def tiny_model() -> Any:
     return Pipeline([("scale", StandardScaler()), ("model", Ridge(alpha=0.1))]).fit(x, y)
 
 
-@pytest.fixture
-def tiny_bundle(tiny_model: Any, tmp_path: Path) -> Path:
-    """A serving bundle of ``tiny_model`` named ``tiny`` version 7, with a known answer for three rows."""
+TINY_ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 40.0], [0.0, -20.0, 100.0]]
+
+
+def write_tiny_bundle(directory: Path, model: Any, version: str = "7", name: str = "tiny") -> Path:
+    """A serving bundle of a model on ``TINY_FEATURES``, with a known answer for ``TINY_ROWS``."""
     from serving.bundle import ModelMetadata, write_bundle
     from tasks.export import known_answer
     from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
 
-    onnx_bytes = to_onnx(tiny_model, len(TINY_FEATURES)).SerializeToString()
-    rows = pd.DataFrame([[1.0, 2.0, 3.0], [-1.0, 0.5, 40.0], [0.0, -20.0, 100.0]], columns=list(TINY_FEATURES))
+    onnx_bytes = to_onnx(model, len(TINY_FEATURES)).SerializeToString()
+    rows = pd.DataFrame(TINY_ROWS, columns=list(TINY_FEATURES))
     metadata = ModelMetadata(
-        "tiny",
-        "7",
+        name,
+        version,
         TINY_FEATURES,
         INPUT_NAME,
         OUTPUT_NAME,
         hashlib.sha256(onnx_bytes).hexdigest(),
         run_id="r1",
-        example=known_answer(tiny_model, rows, tolerance=1e-9),
+        example=known_answer(model, rows, tolerance=1e-9),
     )
-    return write_bundle(tmp_path / "bundle", onnx_bytes, metadata)
+    return write_bundle(directory, onnx_bytes, metadata)
+
+
+@pytest.fixture
+def tiny_bundle(tiny_model: Any, tmp_path: Path) -> Path:
+    """A serving bundle of ``tiny_model`` named ``tiny`` version 7, with a known answer for three rows."""
+    return write_tiny_bundle(tmp_path / "bundle", tiny_model)
 
 
 @contextmanager
-def serving_process(bundle: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``python -m serving BUNDLE`` on a free loopback port, ready; yields its base URL, then stops it."""
+def python_server(args: list[str], health: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python <args> --port <free port>`` on loopback until ``health`` answers 200; yields its URL, then stops it."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving", str(bundle), "--port", str(port), *args],
+        [sys.executable, *args, "--port", str(port)],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
         stdout=subprocess.PIPE,
@@ -119,14 +127,19 @@ def serving_process(bundle: Path, *args: str, env: dict[str, str] | None = None)
         while True:
             assert process.poll() is None, process.communicate()[1][-2000:]
             try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{health}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "server not ready in 60 s"
+            assert time.monotonic() < deadline, f"{args} not answering {health} in 60 s"
             time.sleep(0.1)
         yield url
     finally:
         if process.poll() is None:
             process.terminate()
             process.communicate(timeout=30)
+
+
+def serving_process(bundle: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """``python -m serving BUNDLE`` on a free loopback port, ready; a context manager yielding its URL."""
+    return python_server(["-m", "serving", str(bundle), *args], "/v2/health/ready", env)

@@ -1,0 +1,193 @@
+"""The endpoint router as a real process in front of real model server processes, over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops.traffic import send_traffic
+from tests.conftest import TINY_FEATURES, python_server, serving_process, write_tiny_bundle
+
+TOKEN = "admin-token"
+ROW = [1.0, 2.0, 3.0]
+
+
+@dataclass
+class Endpoint:
+    url: str
+    servers: dict[str, str]  # deployment name -> model server URL
+    expected: dict[str, float]  # deployment name -> its prediction for ROW
+    state_file: Path
+    http: httpx.Client  # one client: httpx builds an SSL context per client, ~30 ms here
+
+    def admin(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.http.request(method, f"{self.url}/admin/{path}", json=body, headers=headers, timeout=60)
+
+    def predict(self, headers: dict[str, str] | None = None, url: str | None = None) -> httpx.Response:
+        return self.http.post(f"{url or self.url}/invocations", json={"instances": [ROW]}, headers=headers or {})
+
+
+@pytest.fixture
+def endpoint(tiny_model: Any, tmp_path: Path) -> Iterator[Endpoint]:
+    """Router ``tiny`` -> v7 (weight 100); a second model server v8 (other predictions) is running, not added."""
+    from sklearn.linear_model import Ridge
+
+    x = pd.DataFrame(np.random.default_rng(1).normal(size=(50, 3)), columns=list(TINY_FEATURES))
+    other = Ridge().fit(x, x.sum(axis=1) * 10 + 500)
+    bundles = {
+        "v7": write_tiny_bundle(tmp_path / "v7", tiny_model, "7"),
+        "v8": write_tiny_bundle(tmp_path / "v8", other, "8"),
+    }
+    row = pd.DataFrame([ROW], columns=list(TINY_FEATURES))
+    expected = {"v7": float(tiny_model.predict(row)[0]), "v8": float(other.predict(row)[0])}
+    with ExitStack() as stack:
+        servers = {name: stack.enter_context(serving_process(bundle)) for name, bundle in bundles.items()}
+        state = tmp_path / "router" / "table.json"
+        env = {**os.environ, "MLOPS_ROUTER_ADMIN_TOKEN": TOKEN, "MLOPS_ROUTER_STATE_FILE": str(state)}
+        args = ["-m", "serving.router", "--model", "tiny", "--deployment", f"v7={servers['v7']}@100:7"]
+        url = stack.enter_context(python_server(args, "/v2/health/ready", env))
+        yield Endpoint(url, servers, expected, state, stack.enter_context(httpx.Client(timeout=30)))
+
+
+def test_weights_split_traffic_and_every_answer_names_its_deployment(endpoint: Endpoint) -> None:
+    answer = endpoint.predict()
+    assert answer.status_code == 200
+    assert answer.headers["x-mlops-deployment"] == "v7" and answer.headers["x-mlops-model-version"] == "7"
+    added = endpoint.admin("POST", "deployments", {"name": "v8", "url": endpoint.servers["v8"], "version": "8"})
+    assert added.status_code == 201, added.text
+    assert {endpoint.predict().headers["x-mlops-deployment"] for _ in range(30)} == {"v7"}  # weight 0: no traffic
+
+    assert endpoint.admin("PUT", "weights", {"weights": {"v7": 50, "v8": 50}}).status_code == 200
+    seen: dict[str, int] = {"v7": 0, "v8": 0}
+    for _ in range(300):
+        answer = endpoint.predict()
+        name = answer.headers["x-mlops-deployment"]
+        seen[name] += 1
+        assert answer.json()["predictions"][0] == pytest.approx(endpoint.expected[name], abs=1e-9)
+    assert 90 < seen["v8"] < 210, seen  # 150 expected; far outside binomial noise otherwise
+
+    v2 = endpoint.http.post(
+        f"{endpoint.url}/v2/models/tiny/versions/8/infer",
+        json={"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": ROW}]},
+    )
+    assert v2.status_code == 200 and v2.headers["x-mlops-deployment"] == "v8"
+    assert v2.json()["outputs"][0]["data"][0] == pytest.approx(endpoint.expected["v8"], abs=1e-9)
+    assert endpoint.http.get(f"{endpoint.url}/v2/models/tiny/versions/9").status_code == 404
+
+    sticky = {endpoint.predict({"x-mlops-sticky": "customer-42"}).headers["x-mlops-deployment"] for _ in range(20)}
+    assert len(sticky) == 1
+
+    stats = endpoint.admin("GET", "stats?since=0").json()["deployments"]
+    assert stats["v8"]["requests"] >= seen["v8"] and stats["v8"]["errors"] == 0
+    assert stats["v8"]["predictions"][0] == pytest.approx(endpoint.expected["v8"], abs=1e-9)
+    metrics = endpoint.http.get(f"{endpoint.url}/metrics").text
+    assert 'mlops_endpoint_requests_total{code="200",deployment="v8",model="tiny",version="8"}' in metrics
+    assert 'mlops_endpoint_weight{deployment="v7",model="tiny",shadow="false",version="7"} 50.0' in metrics
+
+
+def test_the_admin_api_needs_its_token_and_refuses_inconsistent_changes(endpoint: Endpoint) -> None:
+    assert endpoint.admin("GET", "deployments", token=None).status_code == 401
+    assert endpoint.admin("GET", "deployments", token="wrong").status_code == 401
+    assert endpoint.admin("PUT", "weights", {"weights": {"v7": 0}}, token="wrong").status_code == 401
+    listed = endpoint.admin("GET", "deployments").json()
+    assert [d["name"] for d in listed["deployments"]] == ["v7"]
+    cases = [
+        ("PUT", "weights", {"weights": {"nope": 1}}, 409, "no deployment named nope"),
+        ("PUT", "weights", {"weights": {"v7": 0}}, 409, "traffic nowhere"),
+        ("PUT", "weights", {"weights": {"v7": True}}, 409, "integer"),
+        ("POST", "deployments", {"name": "v7", "url": endpoint.servers["v8"]}, 409, "already exists"),
+        ("POST", "deployments", {"name": "x", "url": "http://127.0.0.1:1"}, 400, "unreachable"),
+        ("POST", "deployments", {"name": "x"}, 409, "needs 'url'"),
+        ("DELETE", "deployments/v7", None, 409, "move the weight first"),
+        ("DELETE", "deployments/zz", None, 409, "no deployment named zz"),
+        ("GET", "nothing", None, 404, "no admin endpoint"),
+    ]
+    for method, path, body, status, message in cases:
+        answer = endpoint.admin(method, path, body)
+        assert (answer.status_code, message in answer.json()["error"]) == (status, True), (path, answer.text)
+    bad_json = endpoint.http.put(
+        f"{endpoint.url}/admin/weights", content=b"{", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert bad_json.status_code == 400
+    assert endpoint.predict().status_code == 200  # nothing above changed the routing
+
+
+def test_mirrored_traffic_is_recorded_but_never_changes_the_answer(endpoint: Endpoint) -> None:
+    shadow = {"name": "v8", "url": endpoint.servers["v8"], "version": "8", "shadow": True}
+    assert endpoint.admin("POST", "deployments", shadow).status_code == 201
+    assert endpoint.admin("PUT", "weights", {"weights": {}, "mirror": 1.0}).status_code == 200
+    for _ in range(40):
+        answer = endpoint.predict()
+        assert answer.headers["x-mlops-deployment"] == "v7"
+        assert answer.json()["predictions"][0] == pytest.approx(endpoint.expected["v7"], abs=1e-9)
+    stats = endpoint.admin("GET", "stats?since=0").json()["deployments"]
+    assert stats["v8"]["requests"] >= 39  # mirrors run after the answer; the last may still be in flight
+    assert stats["v8"]["predictions"] == pytest.approx([endpoint.expected["v8"]] * stats["v8"]["requests"], abs=1e-9)
+
+
+def test_weight_changes_and_removal_under_load_drop_no_request(endpoint: Endpoint) -> None:
+    assert endpoint.admin(
+        "POST", "deployments", {"name": "v8", "url": endpoint.servers["v8"], "version": "8"}
+    ).is_success
+
+    async def scenario() -> Any:
+        load = asyncio.create_task(
+            send_traffic(f"{endpoint.url}/invocations", lambda rng: {"instances": [ROW]}, seconds=4, concurrency=8)
+        )
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as admin:
+            rng = random.Random(3)
+            for _ in range(30):
+                weights = {"v7": rng.randint(0, 10), "v8": rng.randint(1, 10)}
+                assert (await admin.put(f"{endpoint.url}/admin/weights", json={"weights": weights})).is_success
+                await asyncio.sleep(0.05)
+            assert (await admin.put(f"{endpoint.url}/admin/weights", json={"weights": {"v7": 0, "v8": 1}})).is_success
+            removed = await admin.delete(f"{endpoint.url}/admin/deployments/v7")
+            assert removed.is_success and removed.json()["drained"] is True
+        return await load
+
+    result = asyncio.run(scenario())
+    assert result.requests > 200
+    assert result.connection_errors == 0 and result.server_errors == 0, result.errors[:5]
+    assert set(result.statuses) == {200}
+    assert result.deployments["v7"] > 0 and result.deployments["v8"] > 0
+    assert {endpoint.predict().headers["x-mlops-deployment"] for _ in range(10)} == {"v8"}
+
+
+def test_a_restarted_router_routes_as_before(endpoint: Endpoint) -> None:
+    assert endpoint.admin(
+        "POST", "deployments", {"name": "v8", "url": endpoint.servers["v8"], "version": "8"}
+    ).is_success
+    assert endpoint.admin("PUT", "weights", {"weights": {"v7": 0, "v8": 3}}).is_success
+    saved = json.loads(endpoint.state_file.read_text())
+    assert [(d["name"], d["weight"]) for d in saved["deployments"]] == [("v7", 0), ("v8", 3)]
+    env = {**os.environ, "MLOPS_ROUTER_ADMIN_TOKEN": TOKEN, "MLOPS_ROUTER_STATE_FILE": str(endpoint.state_file)}
+    with python_server(["-m", "serving.router", "--model", "tiny"], "/v2/health/ready", env) as again:
+        assert {endpoint.predict(url=again).headers["x-mlops-deployment"] for _ in range(10)} == {"v8"}
+
+
+def test_a_deployment_that_refuses_connections_is_bypassed_and_counted(
+    endpoint: Endpoint, tiny_model: Any, tmp_path: Path
+) -> None:
+    doomed = write_tiny_bundle(tmp_path / "doomed", tiny_model, "9")
+    with serving_process(doomed) as url:
+        assert endpoint.admin("POST", "deployments", {"name": "v9", "url": url, "version": "9"}).is_success
+        assert endpoint.admin("PUT", "weights", {"weights": {"v7": 1, "v9": 1}}).is_success
+    # v9's process is gone: its share of requests is retried on v7
+    answers = [endpoint.predict() for _ in range(40)]
+    assert {a.status_code for a in answers} == {200}
+    assert {a.headers["x-mlops-deployment"] for a in answers} == {"v7"}
+    stats = endpoint.admin("GET", "stats?since=0").json()["deployments"]
+    assert stats["v9"]["codes"].get("502", 0) > 0 and stats["v9"]["errors"] == stats["v9"]["codes"]["502"]
