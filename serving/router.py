@@ -300,9 +300,7 @@ class Router:
         try:
             ready = await probe.request(b"GET", b"/v2/health/ready", b"", b"", timeout=5)
         except (UpstreamError, TimeoutError) as error:
-            raise RequestError(
-                400, f"deployment {deployment.name} at {deployment.url} unreachable: {error}"
-            ) from error
+            raise RequestError(400, f"deployment {deployment.name} at {deployment.url} unreachable: {error}") from error
         finally:
             probe.close()
         if ready.status != 200:
