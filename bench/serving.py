@@ -7,7 +7,8 @@ Not a test: prints tables. Needs ``wrk`` (Debian: ``apt-get install wrk``). Usag
 1. HTTP: one-row MLflow ``dataframe_split`` POSTs to ``/invocations`` with wrk (1 thread, on
    the same 2 cores as the server), bounded by ``--duration`` per run: ``mlflow models serve
    --env-manager local`` with 1 and 2 workers, this server, this server with request collection
-   on, and 2 workers with collection. Each figure is the median of ``--repeat`` runs: on a
+   on, and 2 workers with collection; then the endpoint router (``serving.router``) in front of
+   1 worker, and of 2 workers with collection. Each figure is the median of ``--repeat`` runs: on a
    shared 2-core machine single runs vary by ±20 %.
 2. In process: scikit-learn ``predict`` vs onnxruntime per model family and batch size.
 3. Cold start (process start to ``/v2/health/ready`` = 200) and RSS of the server.
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -46,6 +47,7 @@ from tasks.train import ModelFamily, build_pipeline  # noqa: E402
 
 MLFLOW, MLFLOW_2 = "mlflow models serve", "mlflow models serve -w 2"
 ONNX, ONNX_COLLECT, ONNX_2 = "onnx server", "onnx server + collection", "onnx, 2 workers + collection"
+ROUTED, ROUTED_2 = "router -> onnx", "router -> onnx 2w + collection"
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -175,17 +177,36 @@ def http_table(args: argparse.Namespace, workdir: Path) -> None:
     ]
     onnx_serve = [sys.executable, "-m", "serving", str(bundle), "--port", str(port)]
     collect = ["--collect-dir", str(workdir / "collected")]
+    # The endpoint router on `port`, in front of a model server on its own port.
+    behind = free_port()
+    model_server = [sys.executable, "-m", "serving", str(bundle), "--port", str(behind)]
+    router = [
+        sys.executable,
+        "-m",
+        "serving.router",
+        "--model",
+        "bench",
+        "--port",
+        str(port),
+        "--deployment",
+        f"stable=http://127.0.0.1:{behind}@100:1",
+    ]
+    ready, behind_ready = f"http://127.0.0.1:{port}/v2/health/ready", f"http://127.0.0.1:{behind}/v2/health/ready"
     targets = [
-        (MLFLOW, [*mlflow_serve, "-w", "1"], "/ping"),
-        (MLFLOW_2, [*mlflow_serve, "-w", "2"], "/ping"),
-        (ONNX, onnx_serve, "/v2/health/ready"),
-        (ONNX_COLLECT, [*onnx_serve, *collect], "/v2/health/ready"),
-        (ONNX_2, [*onnx_serve, *collect, "--workers", "2"], "/v2/health/ready"),
+        (MLFLOW, [([*mlflow_serve, "-w", "1"], f"http://127.0.0.1:{port}/ping")]),
+        (MLFLOW_2, [([*mlflow_serve, "-w", "2"], f"http://127.0.0.1:{port}/ping")]),
+        (ONNX, [(onnx_serve, ready)]),
+        (ONNX_COLLECT, [([*onnx_serve, *collect], ready)]),
+        (ONNX_2, [([*onnx_serve, *collect, "--workers", "2"], ready)]),
+        (ROUTED, [(model_server, behind_ready), (router, ready)]),
+        (ROUTED_2, [([*model_server, *collect, "--workers", "2"], behind_ready), (router, ready)]),
     ]  # fmt: skip
     results: dict[tuple[str, int], dict[str, float]] = {}
     starts: list[tuple[str, float, float]] = []
-    for name, command, health in targets:
-        with server(command, f"http://127.0.0.1:{port}{health}", env) as (cold, rss):
+    for name, stack in targets:
+        with ExitStack() as running:
+            for command, health in stack:
+                cold, rss = running.enter_context(server(command, health, env))
             starts.append((name, cold, rss))
             for concurrency in args.concurrency:
                 runs = [
@@ -204,9 +225,15 @@ def http_table(args: argparse.Namespace, workdir: Path) -> None:
             f"{figures['errors']:>7.0f}"
         )
     top = max(args.concurrency)
-    for ours, theirs in ((ONNX, MLFLOW), (ONNX_COLLECT, MLFLOW), (ONNX_2, MLFLOW_2)):
+    for ours, theirs in (
+        (ONNX, MLFLOW), (ONNX_COLLECT, MLFLOW), (ONNX_2, MLFLOW_2), (ROUTED, MLFLOW), (ROUTED_2, MLFLOW),
+        (ROUTED_2, MLFLOW_2),
+    ):  # fmt: skip
         ratio = results[(ours, top)]["rps"] / results[(theirs, top)]["rps"]
         print(f"{ours} / {theirs} at c={top}: {ratio:.1f}x")
+    low = min(args.concurrency)
+    added = results[(ROUTED, low)]["p50"] - results[(ONNX, low)]["p50"]
+    print(f"router added p50 at c={low}: {added:.3f} ms (router -> onnx minus onnx direct)")
     cost = 1 - results[(ONNX_COLLECT, top)]["rps"] / results[(ONNX, top)]["rps"]
     print(f"collection cost at c={top} (1 worker): {cost:.1%} of throughput")
     print("\nCold start (process start to healthy) and RSS once healthy")

@@ -1,8 +1,12 @@
-"""Release a registered model version: build its serving image, then smoke-test it before any traffic.
+"""Release a registered model version: image + smoke test, then a canary rollout behind the endpoint.
 
-``python -m flows.release [--version challenger]``. The canary rollout (next) continues from here.
-Images are tagged ``<repository>/<model>:<version>`` and ``:git-<sha>``, pushed when
-``MLOPS_IMAGE_REGISTRY`` is set, and recorded on the model version with the smoke test's verdict.
+``python -m flows.release [--version challenger] [--no-rollout]``.
+
+1. **Image** (where a Docker engine answers, or always with ``image=always``): build the version's
+   serving image, tag and record it, smoke-test it in a container (``tasks.image``, ``tasks.smoke``).
+2. **Rollout** (``tasks.rollout``): the endpoint's router is started or reused, the champion's
+   deployment reconciled, the version started as a canary and moved through the weight steps;
+   promoted to ``champion`` if every step passes, rolled back otherwise.
 """
 
 from __future__ import annotations
@@ -10,15 +14,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from mlops.settings import get_settings
-from tasks.image import ImageSpec, build_image
-from tasks.serving_bundle import model_uri
+from deployments.endpoint import start_endpoint
+from deployments.targets import DeploymentTarget, DockerTarget, ProcessTarget
+from mlops.settings import Settings, get_settings
+from tasks.docker_engine import EngineUnavailable, connect
+from tasks.image import ImageSpec, ServingImage, build_image
+from tasks.rollout import (
+    RolloutConfig,
+    RolloutOutcome,
+    StepReport,
+    Window,
+    bake_step,
+    deployment_name,
+    promote_canary,
+    reconcile_endpoint,
+    rollback_canary,
+    start_canary,
+)
+from tasks.serving_bundle import model_uri, resolve_version
 from tasks.smoke import SmokeConfig, SmokeTestError, record_smoke, smoke_test_image
 from tasks.tracking import check_tracking_server, version_url
 
@@ -28,76 +48,151 @@ class ReleaseParameters(BaseModel):
 
     version: str = Field("challenger", description="Version number, or alias (challenger, champion).")
     model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
+    image: Literal["auto", "always", "never"] = Field(
+        "auto", description="Build + smoke-test the image: where an engine answers (auto), always, or never."
+    )
     push: bool = Field(True, description="Push the image when a registry is configured (MLOPS_IMAGE_REGISTRY).")
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
+    rollout: RolloutConfig | None = Field(
+        default_factory=RolloutConfig, description="Canary rollout behind the endpoint; null stops after the image."
+    )
 
 
 @dataclass(frozen=True)
 class ReleaseOutcome:
-    """A smoke-tested image of one model version.
+    """What a release did.
 
     Attributes:
         model_name: Registered model name.
         version: The released version number.
-        image: Reference deployments run (``<name>:<version>``).
+        message: One line for people.
+        version_url: The version in the MLflow UI.
+        image: Image reference (None when no image was built).
         image_id: Engine content id.
-        digest: Registry digest once pushed, else None.
+        digest: Registry digest once pushed.
         size_bytes: Image size.
         build_seconds: Build time (0 when an identical image was reused).
         seconds_to_ready: Container start to ready in the smoke test.
-        message: One line for people.
-        version_url: The version in the MLflow UI.
+        rollout: ``promoted``, ``rolled_back``, ``nothing_to_do``, or None without a rollout.
+        champion: The champion at the end.
+        steps: The rollout's steps with their figures.
     """
 
     model_name: str
     version: str
-    image: str
-    image_id: str
-    digest: str | None
-    size_bytes: int
-    build_seconds: float
-    seconds_to_ready: float
     message: str
     version_url: str
+    image: str | None = None
+    image_id: str | None = None
+    digest: str | None = None
+    size_bytes: int = 0
+    build_seconds: float = 0.0
+    seconds_to_ready: float = 0.0
+    rollout: str | None = None
+    champion: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def engine_answers() -> bool:
+    try:
+        connect(timeout=10)
+    except EngineUnavailable:
+        return False
+    return True
+
+
+def deployment_target(config: RolloutConfig, settings: Settings, canary: str) -> DeploymentTarget:
+    env = {canary: config.canary_env} if config.canary_env else {}
+    if config.target == "docker":
+        return DockerTarget(settings.tracking_uri, env)
+    return ProcessTarget(settings.tracking_uri, settings.resolved_home, env)
 
 
 @flow(name="release", log_prints=True)
 def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
-    """Build the version's serving image and let it through only if the smoke test passes."""
+    """Build and smoke-test the version's image, then roll it out as a canary (promote or roll back)."""
     params = params or ReleaseParameters()
     settings = get_settings()
     logger = get_run_logger()
     name = params.model_name or settings.model_name
     tracking = settings.tracking_uri
     check_tracking_server(tracking)
+    version = str(resolve_version(tracking, model_uri(name, params.version)).version)
 
-    image = build_image(tracking, model_uri(name, params.version), ImageSpec.from_settings(settings), params.push)
-    try:
-        smoke = smoke_test_image(image, params.smoke)
-    except SmokeTestError as error:
-        record_smoke(tracking, image, None, str(error))
-        raise
-    record_smoke(tracking, image, smoke)
-    version = image.metadata.version
+    needs_image = params.rollout is not None and params.rollout.target == "docker"
+    image: ServingImage | None = None
+    seconds_to_ready = 0.0
+    if params.image == "always" or needs_image or (params.image == "auto" and engine_answers()):
+        image = build_image(tracking, model_uri(name, version), ImageSpec.from_settings(settings), params.push)
+        try:
+            smoke = smoke_test_image(image, params.smoke)
+        except SmokeTestError as error:
+            record_smoke(tracking, image, None, str(error))
+            raise
+        record_smoke(tracking, image, smoke)
+        seconds_to_ready = smoke.seconds_to_ready
+        logger.info("%s", smoke.summary)
+    else:
+        logger.info("no Docker engine answers (or image=never): no image built; the rollout runs processes")
+
+    rollout = roll_out(settings, name, version, params.rollout) if params.rollout is not None else None
+    parts = [f"{name} version {version}"]
+    if image is not None:
+        parts.append(f"image {image.reference} ({image.size_bytes / 1e6:.0f} MB, smoke-tested)")
+    if rollout is not None:
+        parts.append(rollout.message)
     outcome = ReleaseOutcome(
         model_name=name,
         version=version,
-        image=image.reference,
-        image_id=image.image_id,
-        digest=image.digest,
-        size_bytes=image.size_bytes,
-        build_seconds=round(image.build_seconds, 2),
-        seconds_to_ready=round(smoke.seconds_to_ready, 2),
-        message=f"{name} version {version}: image {image.reference} ({image.size_bytes / 1e6:.0f} MB); {smoke.summary}",
+        message="; ".join(parts),
         version_url=version_url(tracking, name, version),
+        image=image.reference if image else None,
+        image_id=image.image_id if image else None,
+        digest=image.digest if image else None,
+        size_bytes=image.size_bytes if image else 0,
+        build_seconds=round(image.build_seconds, 2) if image else 0.0,
+        seconds_to_ready=round(seconds_to_ready, 2),
+        rollout=rollout.status if rollout else None,
+        champion=rollout.champion if rollout else None,
+        steps=rollout.steps if rollout else [],
     )
     create_table_artifact(
         key=f"release-{name}".lower().replace("_", "-"),
-        table=[{"field": key, "value": str(value)} for key, value in asdict(outcome).items()],
+        table=[{"field": key, "value": str(value)} for key, value in asdict(outcome).items() if key != "steps"],
         description=f"Release of {name} version {version}",
     )
     logger.info("%s", outcome.message)
     return outcome
+
+
+def roll_out(settings: Settings, name: str, version: str, config: RolloutConfig) -> RolloutOutcome:
+    """The canary part of the flow: reconcile, canary, steps, then promote or roll back."""
+    tracking = settings.tracking_uri
+    endpoint = start_endpoint(settings)
+    target = deployment_target(config, settings, deployment_name(version))
+    champion, _ = reconcile_endpoint(endpoint, target, tracking, name)
+    if version == champion:
+        return RolloutOutcome("nothing_to_do", name, version, champion, f"version {version} is the champion already")
+    canary = start_canary(endpoint, target, tracking, name, version, champion)
+    reports: list[StepReport] = []
+    reference = Window(0, 0, 0.0, 0.0)
+    for step, weight in enumerate(config.steps, start=1):
+        report, reference = bake_step(endpoint, canary, step, weight, reference, config)
+        reports.append(report)
+        if not report.passed:
+            reason = rollback_canary(endpoint, target, tracking, canary, report)
+            status, champion, message = "rolled_back", canary.stable_version, f"rolled back: {reason}"
+            break
+    else:
+        champion = promote_canary(endpoint, target, tracking, canary, reports)
+        status, message = "promoted", f"promoted to champion after {len(reports)} canary steps"
+    rows = [report.row() for report in reports]
+    create_table_artifact(
+        key=f"rollout-{name}".lower().replace("_", "-"),
+        table=rows,
+        description=f"Canary rollout of {name} version {version}: {status}",
+    )
+    return RolloutOutcome(status, name, version, champion, message, rows)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.release", description=__doc__)
     parser.add_argument("--version", default="challenger", help="version number or alias (default: challenger)")
     parser.add_argument("--no-push", action="store_true", help="do not push even if a registry is configured")
+    parser.add_argument("--no-rollout", action="store_true", help="stop after the image")
     args = parser.parse_args(argv)
+    params = ReleaseParameters(version=args.version, push=not args.no_push)
+    if args.no_rollout:
+        params.rollout = None
     try:
-        outcome = release_flow(ReleaseParameters(version=args.version, push=not args.no_push))
+        outcome = release_flow(params)
     except Exception as error:  # the flow run already logged the traceback
         print(f"release failed: {error}", file=sys.stderr)
         return 1

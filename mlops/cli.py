@@ -115,10 +115,13 @@ def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
     return 0  # not reached: execv replaces the process
 
 
-def release(version: str, push: bool) -> Any:
+def release(version: str, push: bool, rollout: bool) -> Any:
     from flows.release import ReleaseParameters, release_flow
 
-    return release_flow(ReleaseParameters(version=version, push=push))
+    params = ReleaseParameters(version=version, push=push)
+    if not rollout:
+        params.rollout = None
+    return release_flow(params)
 
 
 def promote(model_name: str, version: str, reason: str) -> None:
@@ -144,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("model_uri", nargs="?", default=None, help="default: models:/<MLOPS_MODEL_NAME>@champion")
     for flag, kind in (("--host", str), ("--port", int), ("--workers", int)):
         serve_parser.add_argument(flag, type=kind, default=None, help="passed to python -m serving")
-    release_parser = commands.add_parser("release", help="build and smoke-test the serving image of a version")
+    release_parser = commands.add_parser("release", help="image + smoke test, then canary rollout of a version")
     release_parser.add_argument("version", nargs="?", default="challenger", help="number or alias (challenger)")
     release_parser.add_argument("--no-push", action="store_true", help="never push, even with MLOPS_IMAGE_REGISTRY")
+    release_parser.add_argument("--no-rollout", action="store_true", help="stop after the image")
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             print(json.dumps(asdict(train(args.family, args.seed)), indent=2))
         elif args.command == "release":
-            print(json.dumps(asdict(release(args.version, not args.no_push)), indent=2))
+            print(json.dumps(asdict(release(args.version, not args.no_push, not args.no_rollout)), indent=2))
         elif args.command == "promote":
             promote(args.model or settings.model_name, args.version, args.reason)
     except Exception as error:  # a CLI reports the failure in one line; flows keep their tracebacks in logs

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     prefect_host: str = "127.0.0.1"
     prefect_port: int = 4200
 
+    endpoint_host: str = "127.0.0.1"
+    endpoint_port: int = Field(default=8000, description="Port of the model's endpoint (the router).")
+    endpoint_admin_token: str | None = Field(
+        default=None,
+        description="Bearer token of the router's admin API (default: generated once into <home>/endpoint/).",
+    )
+
     image_repository: str = Field(
         default="mlops", description="Serving images are tagged <repository>/<model>:<version> and :git-<sha>."
     )

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,6 +71,7 @@ class ServingApp:
         if collector is not None:
             self.metrics.watch(collector)
         self._auth = bearer(config.token)
+        self._faulty = bool(config.fault_error_share or config.fault_delay_ms)
         self._executor: ThreadPoolExecutor | None = None
         # Collection is told once per model call, not per request: one queue item per batch.
         self.batcher = MicroBatcher(
@@ -228,8 +230,17 @@ class ServingApp:
             ),
         )
 
+    async def inject_faults(self) -> None:
+        """Chaos testing (``MLOPS_SERVING_FAULT_*``): a deliberate delay and share of 500s; off by default."""
+        if self.config.fault_delay_ms:
+            await asyncio.sleep(self.config.fault_delay_ms / 1000)
+        if self.config.fault_error_share and random.random() < self.config.fault_error_share:
+            raise RequestError(500, "injected fault (MLOPS_SERVING_FAULT_ERROR_SHARE)")
+
     async def v2_infer(self, request: Request) -> Reply:
         self.check_model(request.params)
+        if self._faulty:
+            await self.inject_faults()
         matrix, given_id = v2_matrix(await request.body(), self.features, self.config.max_rows)
         predictions = await self.score(matrix, request.request_id)
         output = {
@@ -251,6 +262,8 @@ class ServingApp:
         )
 
     async def invocations(self, request: Request) -> Reply:
+        if self._faulty:
+            await self.inject_faults()
         body = await request.body()
         content_type = request.header(b"content-type") or "application/json"
         matrix = mlflow_matrix(body, content_type, self.features, self.config.max_rows)

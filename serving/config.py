@@ -75,6 +75,8 @@ class ServerConfig(EnvConfig):
         graceful_timeout: Seconds in-flight requests get to finish on SIGTERM.
         log_level: uvicorn log level.
         access_log: Whether uvicorn logs every request (costs throughput).
+        fault_error_share: Chaos testing: share of inference requests answered 500 on purpose (0 = off).
+        fault_delay_ms: Chaos testing: delay added to every inference request (0 = off).
     """
 
     ENV_PREFIX: ClassVar[str] = ENV_PREFIX
@@ -95,6 +97,8 @@ class ServerConfig(EnvConfig):
     graceful_timeout: int = 30
     log_level: str = "info"
     access_log: bool = False
+    fault_error_share: float = 0.0
+    fault_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("max_body_bytes", "max_rows", "workers", "threads", "collect_file_rows", "collect_file_seconds")
@@ -103,6 +107,10 @@ class ServerConfig(EnvConfig):
         problems += [
             f"{name} must be >= 0 (got {getattr(self, name)})" for name in not_negative if getattr(self, name) < 0
         ]
+        if not 0.0 <= self.fault_error_share <= 1.0:
+            problems.append(f"fault_error_share must be within [0, 1] (got {self.fault_error_share})")
+        if self.fault_delay_ms < 0:
+            problems.append(f"fault_delay_ms must be >= 0 (got {self.fault_delay_ms})")
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0-65535 (got {self.port})")
         if problems:

@@ -69,7 +69,7 @@ def released(
         settings = get_settings()
         land_batches(settings.landing, [0, 1, 2, 3])
         assert train_flow(TrainParameters()).alias == "champion"
-        outcome = release_flow(ReleaseParameters(version="champion"))
+        outcome = release_flow(ReleaseParameters(version="champion", rollout=None))
         frame = accepted_frame(settings.data)
         assert frame is not None
         version = mlflow.MlflowClient(settings.tracking_uri).get_model_version(name, "1")
@@ -174,7 +174,7 @@ def test_the_container_answers_like_the_trained_model_and_stops_cleanly(released
 
 
 def test_releasing_the_same_version_again_reuses_its_image(released: Released) -> None:
-    again = release_flow(ReleaseParameters(version="1"))
+    again = release_flow(ReleaseParameters(version="1", rollout=None))
     assert again.image_id == released.outcome.image_id
     assert again.build_seconds == 0
 
@@ -184,7 +184,7 @@ def test_a_failed_build_leaves_the_registry_untouched(released: Released, monkey
     monkeypatch.setenv("MLOPS_IMAGE_BASE", "local/no-such-base:1")
     get_settings.cache_clear()
     with pytest.raises(ImageBuildError, match=r"base image local/no-such-base:1 is not in the engine"):
-        release_flow(ReleaseParameters(version="1"))
+        release_flow(ReleaseParameters(version="1", rollout=None))
     get_settings.cache_clear()
     assert version_tags(released.settings) == before
 
@@ -195,7 +195,7 @@ def test_without_an_engine_the_release_fails_clearly_and_changes_nothing(
     before = version_tags(released.settings)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/gone.sock")
     with pytest.raises(EngineUnavailable, match="no Docker engine answers at unix://"):
-        release_flow(ReleaseParameters(version="1"))
+        release_flow(ReleaseParameters(version="1", rollout=None))
     assert version_tags(released.settings) == before
 
 
@@ -203,12 +203,12 @@ def test_a_container_not_ready_in_time_fails_the_release_and_is_recorded(
     released: Released, docker_engine: Any
 ) -> None:
     with pytest.raises(SmokeTestError, match="not ready in time"):
-        release_flow(ReleaseParameters(version="1", smoke=SmokeConfig(ready_timeout_seconds=0.001)))
+        release_flow(ReleaseParameters(version="1", smoke=SmokeConfig(ready_timeout_seconds=0.001), rollout=None))
     tags = version_tags(released.settings)
     assert tags["image_smoke"] == "failed"
     assert "not ready in time" in tags["image_smoke_summary"]
     assert docker_engine.containers.list(all=True, filters={"label": f"mlops.image={released.outcome.image}"}) == []
-    release_flow(ReleaseParameters(version="1"))  # a passing run records the new verdict
+    release_flow(ReleaseParameters(version="1", rollout=None))  # a passing run records the new verdict
     assert version_tags(released.settings)["image_smoke"] == "passed"
 
 

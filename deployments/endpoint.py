@@ -1,0 +1,103 @@
+"""The model's endpoint on this machine: the router process, and a client of its admin API.
+
+``start_endpoint`` starts (or reuses) ``python -m serving.router`` on ``MLOPS_ENDPOINT_PORT`` with
+its routing table saved under ``<home>/endpoint/``; ``EndpointClient`` is what the rollout uses to
+add and remove deployments, move weights and read per-deployment windows.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from mlops.process import ManagedServer, start, stop
+from mlops.settings import Settings
+from serving.endpoint import Deployment, RoutingTable
+
+
+class EndpointAdminError(RuntimeError):
+    """The router refused an admin call; the message is the router's."""
+
+
+def admin_token(settings: Settings) -> str:
+    """``MLOPS_ENDPOINT_ADMIN_TOKEN``, else one generated once and kept (mode 600) under ``<home>/endpoint``."""
+    if settings.endpoint_admin_token:
+        return settings.endpoint_admin_token
+    path = settings.resolved_home / "endpoint" / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def router_server(settings: Settings) -> ManagedServer:
+    folder = settings.resolved_home / "endpoint"
+    command = [
+        sys.executable, "-m", "serving.router", "--model", settings.model_name,
+        "--host", settings.endpoint_host, "--port", str(settings.endpoint_port),
+        "--state-file", str(folder / f"{settings.model_name}.json"),
+    ]  # fmt: skip
+    return ManagedServer(
+        name=f"router-{settings.model_name}",
+        command=command,
+        host=settings.endpoint_host,
+        port=settings.endpoint_port,
+        health_path="/metrics",
+        is_expected=lambda body: "mlops_endpoint_weight" in body,
+        state_dir=folder,
+        env={"MLOPS_ROUTER_ADMIN_TOKEN": admin_token(settings)},
+    )
+
+
+def start_endpoint(settings: Settings) -> EndpointClient:
+    """Start (or reuse) the router of ``settings.model_name``; a client of its admin API."""
+    server = router_server(settings)
+    start(server, timeout=30)
+    return EndpointClient(server.url, admin_token(settings))
+
+
+def stop_endpoint(settings: Settings) -> bool:
+    return stop(router_server(settings))
+
+
+@dataclass(frozen=True)
+class EndpointClient:
+    url: str
+    token: str
+    timeout: float = 60.0
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            response = httpx.request(
+                method, f"{self.url}/admin/{path}", json=body, headers=headers, timeout=self.timeout
+            )
+        except httpx.TransportError as error:
+            raise EndpointAdminError(f"endpoint at {self.url} unreachable: {error}") from error
+        if not response.is_success:
+            raise EndpointAdminError(f"{method} /admin/{path}: {response.status_code} {response.text[:500]}")
+        return response.json()
+
+    def table(self) -> RoutingTable:
+        return RoutingTable.from_dict(self._call("GET", "deployments"))
+
+    def add(self, deployment: Deployment) -> RoutingTable:
+        return RoutingTable.from_dict(self._call("POST", "deployments", asdict(deployment)))
+
+    def remove(self, name: str) -> bool:
+        """Remove a deployment once its in-flight requests finished; True if it drained in time."""
+        return bool(self._call("DELETE", f"deployments/{name}")["drained"])
+
+    def set_weights(self, weights: dict[str, int], mirror: float | None = None) -> RoutingTable:
+        body: dict[str, Any] = {"weights": weights}
+        if mirror is not None:
+            body["mirror"] = mirror
+        return RoutingTable.from_dict(self._call("PUT", "weights", body))
+
+    def stats(self, since: float) -> dict[str, dict[str, Any]]:
+        return dict(self._call("GET", f"stats?since={since}")["deployments"])

@@ -1,0 +1,138 @@
+"""Where deployments run: ONNX server processes (the embedded default) or containers of a release image.
+
+A target starts a named deployment of one model version and returns its URL, and stops it by
+name. Processes are started detached with a pid file (they outlive the flow run that started
+them, like any deployment); containers are labelled and found again by name.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from mlops.process import ManagedServer, free_port, start, stop
+from tasks.serving_bundle import fetch_bundle
+
+
+class DeploymentTarget(Protocol):
+    kind: str
+
+    def start(self, name: str, model_name: str, version: str) -> str:
+        """Start deployment ``name`` of ``model_name`` ``version``; return its base URL once ready."""
+        ...
+
+    def stop(self, name: str) -> bool:
+        """Stop deployment ``name``; False if none of ours was running."""
+        ...
+
+
+def _ready(body: str) -> bool:
+    return '"ready":true' in body.replace(" ", "")
+
+
+@dataclass
+class ProcessTarget:
+    """``python -m serving <bundle>`` per deployment, on a free loopback port.
+
+    Attributes:
+        tracking_uri: MLflow server the bundles come from.
+        home: Root of the embedded state: bundles, deployment pid files and logs, collected requests.
+        env: Extra environment per deployment name (e.g. ``MLOPS_SERVING_TOKEN``, chaos knobs in tests).
+    """
+
+    tracking_uri: str
+    home: Path
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    kind: str = "process"
+
+    def _server(self, name: str, port: int = 0, bundle: Path | None = None, model_name: str = "") -> ManagedServer:
+        command = [sys.executable, "-m", "serving", str(bundle or ""), "--port", str(port)]
+        if model_name:
+            command += ["--collect-dir", str(self.home / "requests" / model_name)]
+        return ManagedServer(
+            name=f"deployment-{name}",
+            command=command,
+            host="127.0.0.1",
+            port=port,
+            health_path="/v2/health/ready",
+            is_expected=_ready,
+            state_dir=self.home / "deployments",
+            env=self.env.get(name, {}),
+        )
+
+    def start(self, name: str, model_name: str, version: str) -> str:
+        bundle = self.home / "bundles" / f"{model_name}-{version}"
+        fetch_bundle(self.tracking_uri, f"models:/{model_name}/{version}", bundle)
+        server = self._server(name, free_port(), bundle, model_name)
+        start(server, timeout=60)
+        return server.url
+
+    def stop(self, name: str) -> bool:
+        return stop(self._server(name))
+
+
+@dataclass
+class DockerTarget:
+    """A container of the version's release image (``image_ref`` tag) per deployment, host network."""
+
+    tracking_uri: str
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    kind: str = "docker"
+    ready_timeout: float = 60.0
+
+    def _engine(self) -> Any:
+        from tasks.docker_engine import connect
+
+        return connect()
+
+    def start(self, name: str, model_name: str, version: str) -> str:
+        from tasks.serving_bundle import resolve_version
+
+        tags = resolve_version(self.tracking_uri, f"models:/{model_name}/{version}").tags
+        image = tags.get("image_ref")
+        if not image or tags.get("image_smoke") != "passed":
+            raise RuntimeError(
+                f"{model_name} version {version} has no smoke-tested image (image_ref={image!r}, "
+                f"image_smoke={tags.get('image_smoke')!r}): run the release flow's image step first"
+            )
+        port = free_port()
+        container = self._engine().containers.run(
+            image,
+            detach=True,
+            name=f"mlops-{name}",
+            network_mode="host",
+            environment={"MLOPS_SERVING_HOST": "127.0.0.1", "MLOPS_SERVING_PORT": str(port), **self.env.get(name, {})},
+            labels={"mlops.role": "deployment", "mlops.deployment": name, "mlops.model": model_name},
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.status in {"exited", "dead"}:
+                logs = container.logs(tail=30).decode(errors="replace")
+                container.remove(force=True)
+                raise RuntimeError(f"deployment {name} ({image}) exited while starting:\n{logs}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        container.remove(force=True)
+        raise RuntimeError(f"deployment {name} ({image}) not ready within {self.ready_timeout:.0f} s")
+
+    def stop(self, name: str) -> bool:
+        from docker.errors import NotFound
+
+        try:
+            container = self._engine().containers.get(f"mlops-{name}")
+        except NotFound:
+            return False
+        container.stop(timeout=30)  # SIGTERM: in-flight requests finish, collection is flushed
+        container.remove(force=True)
+        return True

@@ -1,0 +1,316 @@
+"""Canary rollout of the challenger behind the model's endpoint, gated on live metrics, with rollback.
+
+1. **Reconcile** (also what makes a crashed rollout recoverable): the champion's deployment serves
+   all traffic; a canary left over from an earlier run is drained and stopped, leftovers removed.
+2. **Canary**: the challenger starts as its own deployment, must answer its known request
+   (the smoke check), and joins the endpoint at weight 0.
+3. **Steps**: its weight goes through ``steps`` (e.g. 10 → 25 → 50 → 100 %). Each step bakes until
+   ``bake_seconds`` passed and the canary answered ``min_requests`` (at most ``bake_seconds x
+   max_wait_factor``), then canary and stable are compared over that same window: error rate, p99
+   latency, and the distribution of predictions (two-sample Kolmogorov-Smirnov: a failure needs
+   both an effect above ``max_ks`` and significance, so small samples don't fail a good model).
+4. **Promote** (every step passed): ``champion`` moves to the new version (who/why/figures), the
+   old deployment drains and stops. **Roll back** (any step failed): canary weight 0, canary
+   drained and stopped, ``challenger`` alias removed, the version tagged with the reason and figures.
+
+Whichever way it ends, the registry's ``champion`` is the version taking all traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from prefect import task
+from pydantic import BaseModel, Field, field_validator
+from scipy.stats import ks_2samp
+
+from deployments.endpoint import EndpointClient
+from deployments.targets import DeploymentTarget
+from serving.endpoint import Deployment
+from tasks.events import emit, run_logger
+from tasks.registry import CHALLENGER, CHAMPION, record_promotion
+from tasks.serving_bundle import fetch_bundle
+from tasks.smoke import check_answers
+from tasks.tracking import client
+
+
+class RolloutError(RuntimeError):
+    """The endpoint or registry is in a state a rollout cannot start from."""
+
+
+class RolloutConfig(BaseModel):
+    """Schedule and thresholds of a canary rollout (flow parameters)."""
+
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], description="Canary weight (%) per step.")
+    bake_seconds: float = Field(30.0, gt=0, description="Minimum observation time per step.")
+    min_requests: int = Field(30, ge=1, description="Canary requests needed for a verdict.")
+    max_wait_factor: float = Field(4.0, ge=1, description="A step waits at most bake_seconds x this for traffic.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest canary 5xx share.")
+    max_p99_ratio: float = Field(2.0, ge=1, description="Canary p99 may be this many times the stable p99 ...")
+    p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
+    max_ks: float = Field(0.3, gt=0, le=1, description="Largest KS distance between canary and stable predictions.")
+    ks_alpha: float = Field(0.001, gt=0, lt=1, description="Significance a KS failure also needs.")
+    target: Literal["process", "docker"] = Field("process", description="Where deployments run.")
+    canary_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra MLOPS_SERVING_* settings of the canary deployment (e.g. threads, or chaos knobs).",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"steps must increase strictly within 1..100 and end at 100, got {steps}")
+        return steps
+
+
+@dataclass(frozen=True)
+class Window:
+    """What one deployment did during a step."""
+
+    requests: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    predictions: tuple[float, ...] = ()
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @classmethod
+    def from_stats(cls, stats: dict[str, Any] | None) -> Window:
+        if not stats:
+            return cls(0, 0, 0.0, 0.0)
+        return cls(
+            int(stats["requests"]),
+            int(stats["errors"]),
+            float(stats["p50_ms"]),
+            float(stats["p99_ms"]),
+            tuple(stats["predictions"]),
+        )
+
+    def figures(self) -> dict[str, float]:
+        return {
+            "requests": self.requests,
+            "error_rate": round(self.error_rate, 4),
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+        }
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    weight: int
+    seconds: float
+    passed: bool
+    reasons: tuple[str, ...]
+    canary: dict[str, float]
+    stable: dict[str, float]
+    ks: float | None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "canary weight %": self.weight,
+            "seconds": round(self.seconds, 1),
+            "verdict": "pass" if self.passed else "FAIL",
+            "canary req / err / p99": f"{self.canary['requests']:.0f} / {self.canary['error_rate']:.2%} / "
+            f"{self.canary['p99_ms']:.1f} ms",
+            "stable req / err / p99": f"{self.stable['requests']:.0f} / {self.stable['error_rate']:.2%} / "
+            f"{self.stable['p99_ms']:.1f} ms",
+            "KS": "-" if self.ks is None else f"{self.ks:.3f}",
+            "why": "; ".join(self.reasons) or "all checks passed",
+        }
+
+
+@dataclass(frozen=True)
+class Canary:
+    """The challenger's deployment and the champion's it is compared with."""
+
+    model_name: str
+    version: str
+    name: str
+    stable: str
+    stable_version: str
+
+
+@dataclass(frozen=True)
+class RolloutOutcome:
+    status: Literal["promoted", "rolled_back", "nothing_to_do"]
+    model_name: str
+    version: str | None
+    champion: str
+    message: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def deployment_name(version: str) -> str:
+    return f"v{version}"
+
+
+def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list[str], float | None]:
+    """Reasons the canary fails against the stable window (empty: it passes), and the KS distance."""
+    reasons = []
+    if canary.requests < config.min_requests:
+        reasons.append(f"only {canary.requests} canary requests (need {config.min_requests})")
+    if canary.error_rate > config.max_error_rate:
+        reasons.append(f"canary error rate {canary.error_rate:.1%} > {config.max_error_rate:.1%}")
+    if stable.requests:
+        allowed = max(stable.p99_ms * config.max_p99_ratio, stable.p99_ms + config.p99_slack_ms)
+        if canary.p99_ms > allowed:
+            reasons.append(f"canary p99 {canary.p99_ms:.1f} ms > {allowed:.1f} ms (stable p99 {stable.p99_ms:.1f} ms)")
+    ks = None
+    if len(canary.predictions) >= 2 and len(stable.predictions) >= 2:
+        result = ks_2samp(np.asarray(canary.predictions), np.asarray(stable.predictions))
+        ks = float(result.statistic)
+        if ks > config.max_ks and float(result.pvalue) < config.ks_alpha:
+            reasons.append(
+                f"canary predictions differ from stable: KS {ks:.2f} > {config.max_ks} (p={float(result.pvalue):.1e})"
+            )
+    return reasons, ks
+
+
+@task
+def reconcile_endpoint(
+    endpoint: EndpointClient, target: DeploymentTarget, tracking_uri: str, model_name: str
+) -> tuple[str, str | None]:
+    """Make the champion's deployment take all traffic and remove anything else; return (champion, challenger).
+
+    This is also the recovery of a rollout that crashed midway: re-running starts from here.
+    """
+    log = run_logger(__name__)
+    champion = _alias(tracking_uri, model_name, CHAMPION)
+    if champion is None:
+        raise RolloutError(f"{model_name} has no champion: train one first")
+    challenger = _alias(tracking_uri, model_name, CHALLENGER)
+    stable = deployment_name(champion)
+    table = endpoint.table()
+    if table.get(stable) is None:
+        url = target.start(stable, model_name, champion)
+        endpoint.add(Deployment(stable, url, champion, weight=0))
+        log.info("started the champion's deployment %s (version %s) at %s", stable, champion, url)
+    table = endpoint.set_weights({d.name: (100 if d.name == stable else 0) for d in endpoint.table().deployments})
+    for leftover in [d.name for d in table.deployments if d.name != stable]:
+        drained = endpoint.remove(leftover)
+        target.stop(leftover)
+        log.info("removed leftover deployment %s (%s)", leftover, "drained" if drained else "drain timed out")
+    return champion, challenger
+
+
+@task
+def start_canary(
+    endpoint: EndpointClient, target: DeploymentTarget, tracking_uri: str, model_name: str, version: str, champion: str
+) -> Canary:
+    """Start the challenger's deployment, check its known answer, and add it at weight 0."""
+    name = deployment_name(version)
+    url = target.start(name, model_name, version)
+    with tempfile.TemporaryDirectory() as scratch:
+        _, metadata = fetch_bundle(tracking_uri, f"models:/{model_name}/{version}", Path(scratch))
+    try:
+        check_answers(url, metadata, timeout=10)
+    except Exception:
+        target.stop(name)
+        raise
+    endpoint.add(Deployment(name, url, version, weight=0))
+    emit("rollout.started", "model", model_name, {"version": version, "champion": champion, "deployment": name})
+    return Canary(model_name, version, name, deployment_name(champion), champion)
+
+
+@task
+def bake_step(
+    endpoint: EndpointClient, canary: Canary, step: int, weight: int, reference: Window, config: RolloutConfig
+) -> tuple[StepReport, Window]:
+    """Move ``weight`` % to the canary, observe, and judge; returns the report and the stable window."""
+    log = run_logger(__name__)
+    weights = {canary.name: weight, canary.stable: 100 - weight}
+    endpoint.set_weights(weights)
+    started = time.time()
+    deadline = started + config.bake_seconds * config.max_wait_factor
+    while True:
+        time.sleep(0.5)
+        stats = endpoint.stats(started)
+        window = Window.from_stats(stats.get(canary.name))
+        elapsed = time.time() - started
+        # Errors already beyond what the whole step could tolerate: no need to wait for the rest.
+        tolerated = config.max_error_rate * max(window.requests, config.min_requests)
+        if (window.errors >= 5 and window.errors > tolerated) or time.time() > deadline:
+            break
+        if elapsed >= config.bake_seconds and window.requests >= config.min_requests:
+            break
+    stable = Window.from_stats(stats.get(canary.stable))
+    compared = stable if stable.requests >= config.min_requests else reference
+    reasons, ks = analyse(window, compared, config)
+    report = StepReport(
+        step, weight, time.time() - started, not reasons, tuple(reasons), window.figures(), compared.figures(), ks
+    )
+    log.info("step %d (%d%% canary): %s", step, weight, "; ".join(reasons) or "passed")
+    emit("rollout.step", "model", canary.model_name, {"version": canary.version, **report.row()})
+    return report, compared
+
+
+@task
+def promote_canary(
+    endpoint: EndpointClient, target: DeploymentTarget, tracking_uri: str, canary: Canary, steps: list[StepReport]
+) -> str:
+    """Champion alias to the canary's version (it takes 100 % already), then retire the old deployment."""
+    figures = json.dumps([s.row() for s in steps])
+    record_promotion(
+        tracking_uri,
+        canary.model_name,
+        canary.version,
+        reason=f"canary rollout passed {len(steps)} steps: {', '.join(f'{s.weight}%' for s in steps)}",
+        actor="rollout",
+    )
+    client(tracking_uri).set_model_version_tag(canary.model_name, canary.version, "rollout", "promoted")
+    client(tracking_uri).set_model_version_tag(canary.model_name, canary.version, "rollout_steps", figures[:5000])
+    endpoint.set_weights({canary.name: 100, canary.stable: 0})
+    endpoint.remove(canary.stable)
+    target.stop(canary.stable)
+    emit("rollout.promoted", "model", canary.model_name, {"version": canary.version, "previous": canary.stable_version})
+    return canary.version
+
+
+@task
+def rollback_canary(
+    endpoint: EndpointClient, target: DeploymentTarget, tracking_uri: str, canary: Canary, failed: StepReport
+) -> str:
+    """Canary weight to 0 at once, drain and stop it, drop the challenger alias, record why."""
+    endpoint.set_weights({canary.name: 0, canary.stable: 100})
+    endpoint.remove(canary.name)
+    target.stop(canary.name)
+    tracker = client(tracking_uri)
+    reason = f"step {failed.step} ({failed.weight}% canary): {'; '.join(failed.reasons)}"
+    if _alias(tracking_uri, canary.model_name, CHALLENGER) == canary.version:
+        tracker.delete_registered_model_alias(canary.model_name, CHALLENGER)
+    tracker.set_model_version_tag(canary.model_name, canary.version, "rollout", "rolled_back")
+    tracker.set_model_version_tag(canary.model_name, canary.version, "rollout_reason", reason[:5000])
+    tracker.set_model_version_tag(canary.model_name, canary.version, "rollout_figures", json.dumps(failed.row()))
+    emit(
+        "rollout.rolled_back",
+        "model",
+        canary.model_name,
+        {
+            "version": canary.version,
+            "reason": reason,
+            "canary": failed.canary,
+            "stable": failed.stable,
+            "ks": failed.ks,
+        },
+    )
+    return reason
+
+
+def _alias(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    try:
+        return str(client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None

@@ -1,0 +1,221 @@
+"""Canary rollouts for real: router and model server processes, MLflow registry, steady load on loopback.
+
+A good challenger is promoted under load with no 5xx and no connection error; bad ones (wrong
+predictions, 5xx answers, slow answers) are rolled back at the first step, and only requests the
+router sent to the canary during that step see the effect. Registry alias and traffic agree at
+the end either way, and a rollout that crashed midway is finished by re-running the flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+
+from deployments.endpoint import EndpointClient, start_endpoint, stop_endpoint
+from deployments.targets import ProcessTarget
+from flows.release import ReleaseParameters, release_flow
+from flows.train import TrainParameters, train_flow
+from mlflow_server import MlflowServerConfig
+from mlops.process import free_port
+from mlops.settings import Settings, get_settings
+from mlops.traffic import BackgroundTraffic, TrafficResult
+from serving.bundle import ModelMetadata, write_bundle
+from tasks.export import known_answer
+from tasks.ingest import accepted_frame
+from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
+from tasks.registry import CHALLENGER, CHAMPION
+from tasks.rollout import RolloutConfig, Window, bake_step, reconcile_endpoint, start_canary
+from tasks.sample_data import land_batches
+
+FAST = RolloutConfig(steps=[10, 50, 100], bake_seconds=2.0, min_requests=20)
+
+
+@dataclass(frozen=True)
+class Loop:
+    settings: Settings
+    frame: pd.DataFrame
+    endpoint: EndpointClient
+
+
+@pytest.fixture(scope="module")
+def loop(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
+) -> Iterator[Loop]:
+    """Champion v1 (first batch) and challenger v2 (all batches), trained by the real flow; the endpoint up."""
+    name = f"rolled_{uuid.uuid4().hex[:6]}"
+    values = {
+        "MLOPS_HOME": str(tmp_path_factory.mktemp("rollout-home")),
+        "MLOPS_MODEL_NAME": name,
+        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+        "MLFLOW_TRACKING_URI": mlflow_config.url,
+        "MLOPS_ENDPOINT_PORT": str(free_port()),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        for batches, alias in (([0], CHAMPION), ([1, 2, 3], CHALLENGER)):
+            land_batches(settings.landing, batches)
+            assert train_flow(TrainParameters()).alias == alias
+        frame = accepted_frame(settings.data)
+        assert frame is not None
+        endpoint = start_endpoint(settings)
+        try:
+            outcome = release_flow(ReleaseParameters(version=CHAMPION, image="never", rollout=FAST))
+            assert outcome.rollout == "nothing_to_do"  # but the champion now serves behind the endpoint
+            yield Loop(settings, frame, endpoint)
+        finally:
+            target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+            for deployment in endpoint.table().deployments:
+                target.stop(deployment.name)
+            stop_endpoint(settings)
+    get_settings.cache_clear()
+
+
+def tracker(loop: Loop) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(loop.settings.tracking_uri)
+
+
+def alias(loop: Loop, name: str) -> str | None:
+    aliases = tracker(loop).get_registered_model(loop.settings.model_name).aliases
+    return aliases.get(name)
+
+
+def traffic(loop: Loop) -> BackgroundTraffic:
+    rows = loop.frame[list(loop.settings.feature_columns)].to_numpy().tolist()
+    return BackgroundTraffic(
+        f"{loop.endpoint.url}/invocations",
+        lambda rng: {"instances": [rows[rng.randrange(len(rows))]]},
+        max_seconds=120,
+        concurrency=4,
+    )
+
+
+def assert_consistent(loop: Loop, champion: str) -> None:
+    """Registry and traffic agree: the champion's deployment alone takes all traffic."""
+    assert alias(loop, CHAMPION) == champion
+    table = loop.endpoint.table()
+    assert [(d.name, d.weight) for d in table.deployments] == [(f"v{champion}", 100)]
+
+
+def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
+    """A new version holding the challenger's model (or ``model``), predictions shifted by ``shift``."""
+    settings = loop.settings
+    features = list(settings.feature_columns)
+    if model is None:
+        model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/2")
+    if shift:
+        from sklearn.linear_model import Ridge
+
+        x = loop.frame[features]
+        model = Ridge().fit(x, model.predict(x) + shift)
+    onnx_bytes = to_onnx(model, len(features)).SerializeToString()
+    sha = hashlib.sha256(onnx_bytes).hexdigest()
+    client = tracker(loop)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    assert experiment is not None
+    run = client.create_run(experiment.experiment_id, tags={"purpose": "rollout test"})
+    with tempfile.TemporaryDirectory() as scratch:
+        sample = loop.frame[features].head(8)
+        metadata = ModelMetadata(
+            settings.model_name, "unregistered", tuple(features), INPUT_NAME, OUTPUT_NAME, sha,
+            run_id=run.info.run_id, example=known_answer(model, sample, 1e-3),
+        )  # fmt: skip
+        write_bundle(Path(scratch) / "onnx", onnx_bytes, metadata)
+        client.log_artifacts(run.info.run_id, str(Path(scratch) / "onnx"), "onnx")
+    client.set_terminated(run.info.run_id)
+    version = client.create_model_version(
+        settings.model_name,
+        f"runs:/{run.info.run_id}/onnx",
+        run_id=run.info.run_id,
+        tags={"onnx_uri": f"runs:/{run.info.run_id}/onnx", "onnx_sha256": sha, "validation_status": "passed"},
+    )
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, version.version)
+    return str(version.version)
+
+
+def only_canary_in_first_step(result: TrafficResult, outcome: Any, canary: str) -> None:
+    assert outcome.rollout == "rolled_back" and len(outcome.steps) == 1, outcome.steps
+    assert result.connection_errors == 0, result.errors[:3]
+    served_by_canary = result.deployments[f"v{canary}"]
+    assert 0 < served_by_canary <= int(outcome.steps[0]["canary req / err / p99"].split(" / ")[0]) + 8
+    assert result.server_errors <= served_by_canary
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        ({"shift": 150.0}, "canary predictions differ from stable"),
+        ({"env": {"MLOPS_SERVING_FAULT_ERROR_SHARE": "0.5"}}, "canary error rate"),
+        ({"env": {"MLOPS_SERVING_FAULT_DELAY_MS": "120"}}, "canary p99"),
+    ],
+    ids=["wrong-predictions", "answers-5xx", "slow"],
+)
+def test_a_bad_challenger_is_rolled_back_at_the_first_step(loop: Loop, fault: dict[str, Any], why: str) -> None:
+    champion = alias(loop, CHAMPION)
+    assert champion is not None
+    version = register_copy(loop, shift=fault.get("shift", 0.0))
+    config = FAST.model_copy(update={"canary_env": fault.get("env", {})})
+    with traffic(loop) as load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
+    only_canary_in_first_step(load.result, outcome, version)
+    assert why in outcome.message
+    if "env" in fault and "ERROR" in next(iter(fault["env"])):
+        assert load.result.server_errors > 0  # users routed to the canary did see its 500s
+    else:
+        assert load.result.server_errors == 0
+    assert_consistent(loop, champion)
+    assert alias(loop, CHALLENGER) is None
+    tags = tracker(loop).get_model_version(loop.settings.model_name, version).tags
+    assert tags["rollout"] == "rolled_back" and why in tags["rollout_reason"]
+    assert json.loads(tags["rollout_figures"])["verdict"] == "FAIL"
+    assert not (loop.settings.resolved_home / "deployments" / f"deployment-v{version}.pid").exists()
+
+
+def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop: Loop) -> None:
+    previous = alias(loop, CHAMPION)
+    tracker(loop).set_registered_model_alias(loop.settings.model_name, CHALLENGER, "2")
+    with traffic(loop) as load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=FAST))
+    result = load.result
+    assert outcome.rollout == "promoted", outcome.message
+    assert [step["verdict"] for step in outcome.steps] == ["pass", "pass", "pass"]
+    assert result.requests > 300
+    assert result.server_errors == 0 and result.connection_errors == 0, result.errors[:5]
+    assert result.deployments[f"v{previous}"] > 0 and result.deployments["v2"] > 0
+    assert_consistent(loop, "2")
+    assert alias(loop, CHALLENGER) is None
+    version = tracker(loop).get_model_version(loop.settings.model_name, "2")
+    assert version.tags["rollout"] == "promoted" and version.tags["promoted_by"] == "rollout"
+    assert not (loop.settings.resolved_home / "deployments" / f"deployment-v{previous}.pid").exists()
+
+
+def test_a_rollout_that_crashed_midway_is_finished_by_running_the_flow_again(loop: Loop) -> None:
+    settings = loop.settings
+    champion = alias(loop, CHAMPION)
+    assert champion is not None
+    version = register_copy(loop)  # the champion's model again: a harmless challenger
+    target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+    # The first half of a rollout, then the "crash": the flow never got further.
+    reconcile_endpoint(loop.endpoint, target, settings.tracking_uri, settings.model_name)
+    canary = start_canary(loop.endpoint, target, settings.tracking_uri, settings.model_name, version, champion)
+    with traffic(loop):
+        bake_step(loop.endpoint, canary, 1, 25, Window(0, 0, 0.0, 0.0), FAST)
+    assert {d.name: d.weight for d in loop.endpoint.table().deployments} == {f"v{champion}": 75, f"v{version}": 25}
+
+    with traffic(loop) as load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=FAST))
+    assert outcome.rollout == "promoted", outcome.message
+    assert load.result.server_errors == 0 and load.result.connection_errors == 0
+    assert_consistent(loop, version)
