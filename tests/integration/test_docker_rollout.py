@@ -1,0 +1,85 @@
+"""The same rollout with the ``docker`` target: deployments are containers of the release images."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import mlflow
+import pytest
+
+from deployments.endpoint import start_endpoint, stop_endpoint
+from deployments.targets import DockerTarget
+from flows.release import ReleaseParameters, release_flow
+from flows.train import TrainParameters, train_flow
+from mlflow_server import MlflowServerConfig
+from mlops.process import free_port
+from mlops.settings import Settings, get_settings
+from mlops.traffic import BackgroundTraffic
+from tasks.image import ImageSpec
+from tasks.ingest import accepted_frame
+from tasks.registry import CHALLENGER, CHAMPION
+from tasks.rollout import RolloutConfig
+from tasks.sample_data import land_batches
+
+DOCKER = RolloutConfig(steps=[20, 100], bake_seconds=2.0, min_requests=15, target="docker")
+
+
+@pytest.fixture(scope="module")
+def settings(
+    docker_engine: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    mlflow_config: MlflowServerConfig,
+    prefect_harness: None,
+) -> Iterator[Settings]:
+    name = f"docked_{uuid.uuid4().hex[:6]}"
+    values = {
+        "MLOPS_HOME": str(tmp_path_factory.mktemp("docker-rollout-home")),
+        "MLOPS_MODEL_NAME": name,
+        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+        "MLFLOW_TRACKING_URI": mlflow_config.url,
+        "MLOPS_ENDPOINT_PORT": str(free_port()),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        for batches, alias in (([0], CHAMPION), ([1, 2, 3], CHALLENGER)):
+            land_batches(settings.landing, batches)
+            assert train_flow(TrainParameters()).alias == alias
+        try:
+            yield settings
+        finally:
+            for deployment in start_endpoint(settings).table().deployments:
+                DockerTarget(settings.tracking_uri).stop(deployment.name)
+            stop_endpoint(settings)
+            for image in docker_engine.images.list(name=ImageSpec().image_name(name)):
+                docker_engine.images.remove(image.id, force=True)
+    get_settings.cache_clear()
+
+
+def test_containers_of_the_release_images_are_rolled_out(settings: Settings, docker_engine: Any) -> None:
+    first = release_flow(ReleaseParameters(version=CHAMPION, rollout=DOCKER))
+    assert (first.rollout, first.image) == ("nothing_to_do", f"mlops/{settings.model_name}:1")
+    endpoint = start_endpoint(settings)
+    frame = accepted_frame(settings.data)
+    assert frame is not None
+    rows = frame[list(settings.feature_columns)].to_numpy().tolist()
+    load = BackgroundTraffic(
+        f"{endpoint.url}/invocations", lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}, 120, concurrency=4
+    )
+    with load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, rollout=DOCKER))
+    assert outcome.rollout == "promoted", outcome.message
+    assert outcome.image == f"mlops/{settings.model_name}:2"
+    assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:3]
+    assert load.result.deployments["v1"] > 0 and load.result.deployments["v2"] > 0
+    assert [(d.name, d.weight) for d in endpoint.table().deployments] == [("v2", 100)]
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    assert client.get_registered_model(settings.model_name).aliases == {CHAMPION: "2"}
+    running = docker_engine.containers.list(filters={"label": f"mlops.model={settings.model_name}"})
+    assert [(c.name, c.image.tags[0] if c.image.tags else "") for c in running] == [
+        ("mlops-v2", f"mlops/{settings.model_name}:2")
+    ]
