@@ -29,30 +29,13 @@ from docker.errors import ImageNotFound
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
+from two_versions import two_versions
+
 from mlops.process import free_port
 from mlops.settings import get_settings
 from tasks.docker_engine import connect
 from tasks.image import CONTEXT_LABEL, ImageSpec, build, context_digest, image_labels, prepare_context
 from tasks.lineage import git_commit
-from tasks.sample_data import land_batches
-
-
-def train_two_versions(tracking_uri: str, home: Path, name: str) -> None:
-    import os
-
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.train import TrainParameters, train_flow
-
-    os.environ.update({"MLOPS_HOME": str(home), "MLOPS_MODEL_NAME": name, "MLFLOW_TRACKING_URI": tracking_uri})
-    os.environ["MLOPS_EXPERIMENT_NAME"] = f"{name}-training"
-    get_settings.cache_clear()
-    settings = get_settings()
-    with prefect_test_harness(server_startup_timeout=120):
-        for batches in ([0], [1, 2, 3]):
-            land_batches(settings.landing, batches)
-            train_flow(TrainParameters())
 
 
 def timed_build(
@@ -99,14 +82,11 @@ def main() -> None:
     engine = connect()
     spec = ImageSpec.from_settings(get_settings())
     name = f"bench_{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory() as scratch:
-        root = Path(scratch)
-        config = MlflowServerConfig.scratch(root, free_port())
-        start_mlflow(config)
+    with two_versions(name) as settings:
+        tracking = settings.tracking_uri
         try:
-            train_two_versions(config.url, root / "home", name)
-            cold_ref, cold = timed_build(engine, config.url, name, "1", spec, no_cache=True)
-            _, cached = timed_build(engine, config.url, name, "2", spec, no_cache=False)
+            cold_ref, cold = timed_build(engine, tracking, name, "1", spec, no_cache=True)
+            _, cached = timed_build(engine, tracking, name, "2", spec, no_cache=False)
             starts = [start_to_ready(engine, cold_ref) for _ in range(args.starts)]
             size = engine.images.get(cold_ref).attrs["Size"]
             bases = {}
@@ -116,7 +96,6 @@ def main() -> None:
                 except ImageNotFound:
                     bases[base] = None
         finally:
-            stop_mlflow(config)
             for image in engine.images.list(name=spec.image_name(name)):
                 engine.images.remove(image.id, force=True)
     print(f"\nbase image: {spec.base_image}")
