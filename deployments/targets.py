@@ -75,6 +75,10 @@ class ProcessTarget:
     def stop(self, name: str) -> bool:
         return stop(self._server(name))
 
+    def running(self) -> list[str]:
+        """Names of the deployments this target started and has not stopped (by pid file)."""
+        return sorted(path.stem.removeprefix("deployment-") for path in (self.home / "deployments").glob("*.pid"))
+
 
 @dataclass
 class DockerTarget:

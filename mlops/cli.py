@@ -44,9 +44,15 @@ def up(settings: Settings) -> dict[str, str]:
 
 
 def down(settings: Settings) -> None:
+    from deployments.endpoint import stop_endpoint
     from deployments.prefect_server import stop_prefect
+    from deployments.targets import ProcessTarget
     from mlflow_server import MlflowServerConfig, stop_mlflow
 
+    target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+    for deployment in target.running():
+        print(f"deployment {deployment}: {'stopped' if target.stop(deployment) else 'not running'}")
+    print(f"Endpoint: {'stopped' if stop_endpoint(settings) else 'not running (nothing of ours to stop)'}")
     for name, stopped in (
         ("Prefect", stop_prefect(settings)),
         ("MLflow", stop_mlflow(MlflowServerConfig.from_settings(settings))),

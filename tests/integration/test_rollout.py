@@ -198,7 +198,7 @@ def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop:
     assert alias(loop, CHALLENGER) is None
     version = tracker(loop).get_model_version(loop.settings.model_name, "2")
     assert version.tags["rollout"] == "promoted" and version.tags["promoted_by"] == "rollout"
-    assert not (loop.settings.resolved_home / "deployments" / f"deployment-v{previous}.pid").exists()
+    assert ProcessTarget(loop.settings.tracking_uri, loop.settings.resolved_home).running() == ["v2"]
 
 
 def test_a_rollout_that_crashed_midway_is_finished_by_running_the_flow_again(loop: Loop) -> None:
