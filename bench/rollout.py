@@ -47,7 +47,7 @@ def main() -> None:
             assert frame is not None
             rows = frame[list(settings.feature_columns)].to_numpy().tolist()
             runs = [
-                ("rollback (canary answers 500 half the time)", {"MLOPS_SERVING_FAULT_ERROR_SHARE": "0.5"}),
+                ("rollback (canary answers 500 to 30 % of requests)", {"MLOPS_SERVING_FAULT_ERROR_SHARE": "0.3"}),
                 ("promotion", {}),
             ]
             for title, chaos in runs:

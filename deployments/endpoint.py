@@ -100,4 +100,9 @@ class EndpointClient:
         return RoutingTable.from_dict(self._call("PUT", "weights", body))
 
     def stats(self, since: float) -> dict[str, dict[str, Any]]:
+        """Per deployment, what it did since ``since`` (epoch): requests, codes, p50/p99, predictions."""
         return dict(self._call("GET", f"stats?since={since}")["deployments"])
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per deployment, cumulative requests and 5xx answers (cheap: for polling)."""
+        return dict(self._call("GET", "stats?window=0")["deployments"])

@@ -36,6 +36,7 @@ from tasks.rollout import (
     promote_canary,
     reconcile_endpoint,
     rollback_canary,
+    shadow_phase,
     start_canary,
 )
 from tasks.serving_bundle import model_uri, resolve_version
@@ -173,19 +174,28 @@ def roll_out(settings: Settings, name: str, version: str, config: RolloutConfig)
     champion, _ = reconcile_endpoint(endpoint, target, tracking, name)
     if version == champion:
         return RolloutOutcome("nothing_to_do", name, version, champion, f"version {version} is the champion already")
-    canary = start_canary(endpoint, target, tracking, name, version, champion)
+    try:
+        canary = start_canary(endpoint, target, tracking, name, version, champion, shadow=config.shadow_seconds > 0)
+    except SmokeTestError as error:  # recorded as a rollback by the task: the canary never took traffic
+        return RolloutOutcome("rolled_back", name, version, champion, f"rolled back before any traffic: {error}")
     reports: list[StepReport] = []
+    failed: StepReport | None = None
+    if config.shadow_seconds > 0:
+        reports.append(shadow_phase(endpoint, canary, config))
+        failed = None if reports[-1].passed else reports[-1]
     reference = Window(0, 0, 0.0, 0.0)
     for step, weight in enumerate(config.steps, start=1):
+        if failed is not None:
+            break
         report, reference = bake_step(endpoint, canary, step, weight, reference, config)
         reports.append(report)
-        if not report.passed:
-            reason = rollback_canary(endpoint, target, tracking, canary, report)
-            status, champion, message = "rolled_back", canary.stable_version, f"rolled back: {reason}"
-            break
+        failed = None if report.passed else report
+    if failed is not None:
+        reason = rollback_canary(endpoint, target, tracking, canary, failed)
+        status, champion, message = "rolled_back", canary.stable_version, f"rolled back: {reason}"
     else:
         champion = promote_canary(endpoint, target, tracking, canary, reports)
-        status, message = "promoted", f"promoted to champion after {len(reports)} canary steps"
+        status, message = "promoted", f"promoted to champion after {len(reports)} steps"
     rows = [report.row() for report in reports]
     create_table_artifact(
         key=f"rollout-{name}".lower().replace("_", "-"),

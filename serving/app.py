@@ -12,7 +12,6 @@ import asyncio
 import gc
 import logging
 import os
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -72,6 +71,7 @@ class ServingApp:
             self.metrics.watch(collector)
         self._auth = bearer(config.token)
         self._faulty = bool(config.fault_error_share or config.fault_delay_ms)
+        self._fault_count = 0
         self._executor: ThreadPoolExecutor | None = None
         # Collection is told once per model call, not per request: one queue item per batch.
         self.batcher = MicroBatcher(
@@ -231,11 +231,18 @@ class ServingApp:
         )
 
     async def inject_faults(self) -> None:
-        """Chaos testing (``MLOPS_SERVING_FAULT_*``): a deliberate delay and share of 500s; off by default."""
+        """Chaos testing (``MLOPS_SERVING_FAULT_*``): a deliberate delay and share of 500s; off by default.
+
+        The failures are evenly spread and deterministic: request n fails when ``floor(n x share)``
+        steps up (share 0.3: the 4th, 7th, 10th, ...), so a test knows what it will get.
+        """
         if self.config.fault_delay_ms:
             await asyncio.sleep(self.config.fault_delay_ms / 1000)
-        if self.config.fault_error_share and random.random() < self.config.fault_error_share:
-            raise RequestError(500, "injected fault (MLOPS_SERVING_FAULT_ERROR_SHARE)")
+        share = self.config.fault_error_share
+        if share:
+            self._fault_count += 1
+            if int(self._fault_count * share) > int((self._fault_count - 1) * share):
+                raise RequestError(500, "injected fault (MLOPS_SERVING_FAULT_ERROR_SHARE)")
 
     async def v2_infer(self, request: Request) -> Reply:
         self.check_model(request.params)

@@ -75,7 +75,7 @@ class ServerConfig(EnvConfig):
         graceful_timeout: Seconds in-flight requests get to finish on SIGTERM.
         log_level: uvicorn log level.
         access_log: Whether uvicorn logs every request (costs throughput).
-        fault_error_share: Chaos testing: share of inference requests answered 500 on purpose (0 = off).
+        fault_error_share: Chaos testing: share of inference requests answered 500 on purpose, evenly spread (0 = off).
         fault_delay_ms: Chaos testing: delay added to every inference request (0 = off).
     """
 

@@ -221,9 +221,18 @@ class DeploymentStats:
             self.prediction_sum += sum(predictions)
         self.window.append((time.time(), seconds, status, predictions[:PREDICTIONS_PER_REQUEST]))
 
+    def totals(self) -> dict[str, int]:
+        """Cumulative requests and 5xx answers: O(1), for polling."""
+        return {"requests": self.requests, "errors": sum(n for code, n in self.codes.items() if code >= 500)}
+
     def since(self, start: float, max_predictions: int = 20_000) -> dict[str, Any]:
         """Requests, errors, latency percentiles and predictions observed at or after ``start`` (epoch)."""
-        recent = [entry for entry in self.window if entry[0] >= start]
+        recent = []
+        for entry in reversed(self.window):  # newest first: stop at the window's start
+            if entry[0] < start:
+                break
+            recent.append(entry)
+        recent.reverse()
         latencies = sorted(entry[1] for entry in recent)
         codes: dict[str, int] = {}
         for entry in recent:

@@ -11,7 +11,8 @@
 - **Mirroring**: a share of requests is also sent, after the answer, to each shadow deployment;
   its answers are recorded (and compared with the answer returned), never returned.
 - **Admin API** (bearer token ``MLOPS_ROUTER_ADMIN_TOKEN``; disabled without one): list, add and
-  remove deployments, set weights and the mirror share atomically, read per-deployment windows.
+  remove deployments, set weights and the mirror share atomically, read per-deployment windows
+  (``/admin/stats?since=<epoch>``) or cumulative counters (``?window=0``, cheap to poll).
   A removed deployment takes no new request; the call returns once its in-flight ones finished.
 - The table is saved to ``MLOPS_ROUTER_STATE_FILE`` on every change and read back at start, so a
   restarted router routes as before.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -145,6 +147,8 @@ class Router:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    gc.collect()
+                    gc.freeze()  # what is loaded now lives as long as the process: keep it out of full GC passes
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     for upstream in self.upstreams.values():
@@ -280,6 +284,9 @@ class Router:
                 since = float(query.get("since", ["0"])[0])
             except ValueError as error:
                 raise RequestError(400, f"since must be epoch seconds: {error}") from error
+            if query.get("window") == ["0"]:  # counters only: cheap enough to poll
+                totals = {d.name: self.stats[d.name].totals() for d in self.table.deployments}
+                return Reply(200, dumps({"now": time.time(), "deployments": totals}))
             window = {d.name: self.stats[d.name].since(since) for d in self.table.deployments}
             return Reply(200, dumps({"since": since, "now": time.time(), "deployments": window}))
         raise RequestError(404, f"no admin endpoint {method} {path}")

@@ -3,7 +3,8 @@
 1. **Reconcile** (also what makes a crashed rollout recoverable): the champion's deployment serves
    all traffic; a canary left over from an earlier run is drained and stopped, leftovers removed.
 2. **Canary**: the challenger starts as its own deployment, must answer its known request
-   (the smoke check), and joins the endpoint at weight 0.
+   (the smoke check), and joins the endpoint at weight 0. With ``shadow_seconds``, it first runs
+   as a shadow: every request is mirrored to it, its answers compared and never returned.
 3. **Steps**: its weight goes through ``steps`` (e.g. 10 → 25 → 50 → 100 %). Each step bakes until
    ``bake_seconds`` passed and the canary answered ``min_requests`` (at most ``bake_seconds x
    max_wait_factor``), then canary and stable are compared over that same window: error rate, p99
@@ -37,7 +38,7 @@ from serving.endpoint import Deployment
 from tasks.events import emit, run_logger
 from tasks.registry import CHALLENGER, CHAMPION, record_promotion
 from tasks.serving_bundle import fetch_bundle
-from tasks.smoke import check_answers
+from tasks.smoke import SmokeTestError, check_answers
 from tasks.tracking import client
 
 
@@ -57,6 +58,9 @@ class RolloutConfig(BaseModel):
     p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
     max_ks: float = Field(0.3, gt=0, le=1, description="Largest KS distance between canary and stable predictions.")
     ks_alpha: float = Field(0.001, gt=0, lt=1, description="Significance a KS failure also needs.")
+    shadow_seconds: float = Field(
+        0.0, ge=0, description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none)."
+    )
     target: Literal["process", "docker"] = Field("process", description="Where deployments run.")
     canary_env: dict[str, str] = Field(
         default_factory=dict,
@@ -160,8 +164,6 @@ def deployment_name(version: str) -> str:
 def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list[str], float | None]:
     """Reasons the canary fails against the stable window (empty: it passes), and the KS distance."""
     reasons = []
-    if canary.requests < config.min_requests:
-        reasons.append(f"only {canary.requests} canary requests (need {config.min_requests})")
     if canary.error_rate > config.max_error_rate:
         reasons.append(f"canary error rate {canary.error_rate:.1%} > {config.max_error_rate:.1%}")
     if stable.requests:
@@ -176,6 +178,8 @@ def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list
             reasons.append(
                 f"canary predictions differ from stable: KS {ks:.2f} > {config.max_ks} (p={float(result.pvalue):.1e})"
             )
+    if not reasons and canary.requests < config.min_requests:
+        reasons.append(f"only {canary.requests} canary requests in the step (need {config.min_requests}): no verdict")
     return reasons, ks
 
 
@@ -208,19 +212,29 @@ def reconcile_endpoint(
 
 @task
 def start_canary(
-    endpoint: EndpointClient, target: DeploymentTarget, tracking_uri: str, model_name: str, version: str, champion: str
+    endpoint: EndpointClient,
+    target: DeploymentTarget,
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    champion: str,
+    shadow: bool = False,
 ) -> Canary:
-    """Start the challenger's deployment, check its known answer, and add it at weight 0."""
+    """Start the challenger's deployment, check its known answer, and add it at weight 0 (or as a shadow)."""
     name = deployment_name(version)
     url = target.start(name, model_name, version)
     with tempfile.TemporaryDirectory() as scratch:
         _, metadata = fetch_bundle(tracking_uri, f"models:/{model_name}/{version}", Path(scratch))
     try:
         check_answers(url, metadata, timeout=10)
+    except SmokeTestError as error:
+        target.stop(name)
+        reject_challenger(tracking_uri, model_name, version, f"before any traffic: {error}")
+        raise
     except Exception:
         target.stop(name)
         raise
-    endpoint.add(Deployment(name, url, version, weight=0))
+    endpoint.add(Deployment(name, url, version, weight=0, shadow=shadow))
     emit("rollout.started", "model", model_name, {"version": version, "champion": champion, "deployment": name})
     return Canary(model_name, version, name, deployment_name(champion), champion)
 
@@ -234,18 +248,20 @@ def bake_step(
     weights = {canary.name: weight, canary.stable: 100 - weight}
     endpoint.set_weights(weights)
     started = time.time()
+    before = endpoint.totals().get(canary.name, {"requests": 0, "errors": 0})
     deadline = started + config.bake_seconds * config.max_wait_factor
     while True:
         time.sleep(0.5)
-        stats = endpoint.stats(started)
-        window = Window.from_stats(stats.get(canary.name))
-        elapsed = time.time() - started
+        now = endpoint.totals().get(canary.name, before)
+        requests, errors = now["requests"] - before["requests"], now["errors"] - before["errors"]
         # Errors already beyond what the whole step could tolerate: no need to wait for the rest.
-        tolerated = config.max_error_rate * max(window.requests, config.min_requests)
-        if (window.errors >= 5 and window.errors > tolerated) or time.time() > deadline:
+        tolerated = config.max_error_rate * max(requests, config.min_requests)
+        if (errors >= 5 and errors > tolerated) or time.time() > deadline:
             break
-        if elapsed >= config.bake_seconds and window.requests >= config.min_requests:
+        if time.time() - started >= config.bake_seconds and requests >= config.min_requests:
             break
+    stats = endpoint.stats(started)
+    window = Window.from_stats(stats.get(canary.name))
     stable = Window.from_stats(stats.get(canary.stable))
     compared = stable if stable.requests >= config.min_requests else reference
     reasons, ks = analyse(window, compared, config)
@@ -255,6 +271,35 @@ def bake_step(
     log.info("step %d (%d%% canary): %s", step, weight, "; ".join(reasons) or "passed")
     emit("rollout.step", "model", canary.model_name, {"version": canary.version, **report.row()})
     return report, compared
+
+
+@task
+def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig) -> StepReport:
+    """Mirror all traffic to the canary (already added as a shadow), judge it, then make it a live deployment."""
+    log = run_logger(__name__)
+    endpoint.set_weights({}, mirror=1.0)
+    started = time.time()
+    before = endpoint.totals().get(canary.name, {"requests": 0})["requests"]
+    deadline = started + config.shadow_seconds * config.max_wait_factor
+    while True:
+        time.sleep(0.5)
+        mirrored = endpoint.totals().get(canary.name, {"requests": 0})["requests"] - before
+        baked = time.time() - started >= config.shadow_seconds
+        if time.time() > deadline or (baked and mirrored >= config.min_requests):
+            break
+    endpoint.set_weights({}, mirror=0.0)
+    stats = endpoint.stats(started)
+    window, stable = Window.from_stats(stats.get(canary.name)), Window.from_stats(stats.get(canary.stable))
+    reasons, ks = analyse(window, stable, config)
+    seconds = time.time() - started
+    report = StepReport(0, 0, seconds, not reasons, tuple(reasons), window.figures(), stable.figures(), ks)
+    log.info("shadow phase: %s", "; ".join(reasons) or "passed")
+    emit("rollout.step", "model", canary.model_name, {"version": canary.version, "phase": "shadow", **report.row()})
+    if report.passed:  # from shadow to a live deployment at weight 0: same process, new table entry
+        url = next(d.url for d in endpoint.table().deployments if d.name == canary.name)
+        endpoint.remove(canary.name)
+        endpoint.add(Deployment(canary.name, url, canary.version, weight=0))
+    return report
 
 
 @task
@@ -287,25 +332,22 @@ def rollback_canary(
     endpoint.set_weights({canary.name: 0, canary.stable: 100})
     endpoint.remove(canary.name)
     target.stop(canary.name)
-    tracker = client(tracking_uri)
     reason = f"step {failed.step} ({failed.weight}% canary): {'; '.join(failed.reasons)}"
-    if _alias(tracking_uri, canary.model_name, CHALLENGER) == canary.version:
-        tracker.delete_registered_model_alias(canary.model_name, CHALLENGER)
-    tracker.set_model_version_tag(canary.model_name, canary.version, "rollout", "rolled_back")
-    tracker.set_model_version_tag(canary.model_name, canary.version, "rollout_reason", reason[:5000])
-    tracker.set_model_version_tag(canary.model_name, canary.version, "rollout_figures", json.dumps(failed.row()))
-    emit(
-        "rollout.rolled_back",
-        "model",
-        canary.model_name,
-        {
-            "version": canary.version,
-            "reason": reason,
-            "canary": failed.canary,
-            "stable": failed.stable,
-            "ks": failed.ks,
-        },
-    )
+    figures = {"canary": failed.canary, "stable": failed.stable, "ks": failed.ks}
+    return reject_challenger(tracking_uri, canary.model_name, canary.version, reason, figures)
+
+
+def reject_challenger(
+    tracking_uri: str, model_name: str, version: str, reason: str, figures: dict[str, Any] | None = None
+) -> str:
+    """The registry side of a rollback: no ``challenger`` alias on the version, and tags saying why."""
+    tracker = client(tracking_uri)
+    if _alias(tracking_uri, model_name, CHALLENGER) == version:
+        tracker.delete_registered_model_alias(model_name, CHALLENGER)
+    tracker.set_model_version_tag(model_name, version, "rollout", "rolled_back")
+    tracker.set_model_version_tag(model_name, version, "rollout_reason", reason[:5000])
+    tracker.set_model_version_tag(model_name, version, "rollout_figures", json.dumps(figures or {}))
+    emit("rollout.rolled_back", "model", model_name, {"version": version, "reason": reason, **(figures or {})})
     return reason
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,29 @@ def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
     return str(version.version)
 
 
+def rollout_events(loop: Loop, since: datetime, expected: set[str], timeout: float = 15.0) -> list[str]:
+    """Names of the ``rollout.*`` events on the model's resource since ``since``, once ``expected`` all arrived."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(prefix=["rollout."]),
+        resource=EventResourceFilter(id=[f"mlops.model.{loop.settings.model_name}"]),
+    )
+    deadline = time.monotonic() + timeout
+    while True:  # events reach the server asynchronously
+        with get_client(sync_client=True) as prefect:
+            page = prefect.read_events(filter=wanted, limit=50)  # the API's largest page
+            names = [event.event for event in page.events]
+            while page.next_page is not None:
+                page = prefect.read_events_page(str(page.next_page))
+                names += [event.event for event in page.events]
+        if expected <= set(names) or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)
+
+
 def only_canary_in_first_step(result: TrafficResult, outcome: Any, canary: str) -> None:
     assert outcome.rollout == "rolled_back" and len(outcome.steps) == 1, outcome.steps
     assert result.connection_errors == 0, result.errors[:3]
@@ -157,7 +182,8 @@ def only_canary_in_first_step(result: TrafficResult, outcome: Any, canary: str) 
     ("fault", "why"),
     [
         ({"shift": 150.0}, "canary predictions differ from stable"),
-        ({"env": {"MLOPS_SERVING_FAULT_ERROR_SHARE": "0.5"}}, "canary error rate"),
+        # 30 %, evenly spread: the 2 requests of the canary's known-answer check pass, traffic then fails
+        ({"env": {"MLOPS_SERVING_FAULT_ERROR_SHARE": "0.3"}}, "canary error rate"),
         ({"env": {"MLOPS_SERVING_FAULT_DELAY_MS": "120"}}, "canary p99"),
     ],
     ids=["wrong-predictions", "answers-5xx", "slow"],
@@ -167,9 +193,12 @@ def test_a_bad_challenger_is_rolled_back_at_the_first_step(loop: Loop, fault: di
     assert champion is not None
     version = register_copy(loop, shift=fault.get("shift", 0.0))
     config = FAST.model_copy(update={"canary_env": fault.get("env", {})})
+    started = datetime.now(UTC)
     with traffic(loop) as load:
         outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
     only_canary_in_first_step(load.result, outcome, version)
+    names = rollout_events(loop, started, {"rollout.started", "rollout.step", "rollout.rolled_back"})
+    assert sorted(names) == ["rollout.rolled_back", "rollout.started", "rollout.step"]
     assert why in outcome.message
     if "env" in fault and "ERROR" in next(iter(fault["env"])):
         assert load.result.server_errors > 0  # users routed to the canary did see its 500s
@@ -179,18 +208,52 @@ def test_a_bad_challenger_is_rolled_back_at_the_first_step(loop: Loop, fault: di
     assert alias(loop, CHALLENGER) is None
     tags = tracker(loop).get_model_version(loop.settings.model_name, version).tags
     assert tags["rollout"] == "rolled_back" and why in tags["rollout_reason"]
-    assert json.loads(tags["rollout_figures"])["verdict"] == "FAIL"
+    figures = json.loads(tags["rollout_figures"])
+    assert figures["canary"]["requests"] > 0 and figures["stable"]["requests"] > 0
     assert not (loop.settings.resolved_home / "deployments" / f"deployment-v{version}.pid").exists()
+
+
+def test_a_canary_failing_its_known_answer_check_is_rolled_back_before_any_traffic(loop: Loop) -> None:
+    champion = alias(loop, CHAMPION)
+    version = register_copy(loop)
+    config = FAST.model_copy(update={"canary_env": {"MLOPS_SERVING_FAULT_ERROR_SHARE": "1.0"}})
+    with traffic(loop) as load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
+    assert (outcome.rollout, outcome.steps) == ("rolled_back", [])
+    assert "before any traffic" in outcome.message and "injected fault" in outcome.message
+    assert set(load.result.deployments) == {f"v{champion}"} and load.result.server_errors == 0
+    assert_consistent(loop, str(champion))
+    assert alias(loop, CHALLENGER) is None
+    assert tracker(loop).get_model_version(loop.settings.model_name, version).tags["rollout"] == "rolled_back"
+
+
+def test_a_wrong_challenger_in_its_shadow_phase_never_answers_a_user(loop: Loop) -> None:
+    champion = alias(loop, CHAMPION)
+    version = register_copy(loop, shift=150.0)
+    config = FAST.model_copy(update={"shadow_seconds": 2.0})
+    with traffic(loop) as load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
+    assert outcome.rollout == "rolled_back" and [s["canary weight %"] for s in outcome.steps] == [0]
+    assert "canary predictions differ from stable" in outcome.message
+    assert int(outcome.steps[0]["canary req / err / p99"].split(" / ")[0]) >= FAST.min_requests  # it was asked
+    assert set(load.result.deployments) == {f"v{champion}"} and load.result.server_errors == 0  # never answered
+    assert_consistent(loop, str(champion))
+    assert loop.endpoint.table().mirror == 0.0
+    assert tracker(loop).get_model_version(loop.settings.model_name, version).tags["rollout"] == "rolled_back"
 
 
 def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop: Loop) -> None:
     previous = alias(loop, CHAMPION)
     tracker(loop).set_registered_model_alias(loop.settings.model_name, CHALLENGER, "2")
+    config = FAST.model_copy(update={"shadow_seconds": 2.0})  # a shadow phase first, then the steps
+    started = datetime.now(UTC)
     with traffic(loop) as load:
-        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=FAST))
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
     result = load.result
     assert outcome.rollout == "promoted", outcome.message
-    assert [step["verdict"] for step in outcome.steps] == ["pass", "pass", "pass"]
+    assert [(step["canary weight %"], step["verdict"]) for step in outcome.steps] == [
+        (0, "pass"), (10, "pass"), (50, "pass"), (100, "pass")
+    ]  # fmt: skip
     assert result.requests > 300
     assert result.server_errors == 0 and result.connection_errors == 0, result.errors[:5]
     assert result.deployments[f"v{previous}"] > 0 and result.deployments["v2"] > 0
@@ -199,6 +262,8 @@ def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop:
     version = tracker(loop).get_model_version(loop.settings.model_name, "2")
     assert version.tags["rollout"] == "promoted" and version.tags["promoted_by"] == "rollout"
     assert ProcessTarget(loop.settings.tracking_uri, loop.settings.resolved_home).running() == ["v2"]
+    names = rollout_events(loop, started, {"rollout.started", "rollout.step", "rollout.promoted"})
+    assert sorted(names) == sorted(["rollout.started", *["rollout.step"] * 4, "rollout.promoted"])
 
 
 def test_a_rollout_that_crashed_midway_is_finished_by_running_the_flow_again(loop: Loop) -> None:

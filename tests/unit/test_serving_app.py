@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from starlette.testclient import TestClient
 
 from serving.app import create_app
 from serving.collector import CollectorConfig, RequestCollector, iter_collected
-from serving.config import ServerConfig
+from serving.config import ConfigError, ServerConfig
 from serving.model import OnnxModel
 from tests.conftest import TINY_FEATURES
 
@@ -353,3 +354,17 @@ def test_csv_is_bounded_by_rows_too(client: TestClient) -> None:
     csv = "x1,x2,x3\n" + "1,2,3\n" * 101
     response = client.post("/invocations", content=csv, headers={"content-type": "text/csv"})
     assert response.status_code == 413 and "more than 100 rows" in response.json()["message"]
+
+
+def test_chaos_knobs_fail_an_even_share_of_inference_requests_and_nothing_else(tiny_bundle: Path) -> None:
+    with client_for(tiny_bundle, fault_error_share=0.3, fault_delay_ms=5) as chaotic:
+        codes = [chaotic.post("/invocations", json={"instances": ROWS}).status_code for _ in range(10)]
+        assert codes == [200, 200, 200, 500, 200, 200, 500, 200, 200, 500]
+        assert chaotic.get("/v2/health/ready").status_code == 200  # health is never faulted
+        started = time.perf_counter()
+        chaotic.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [3, 3], "data": FLAT}]})
+        assert (
+            time.perf_counter() - started >= 0.005
+        )  # a functional check: the delay was applied (sleep never ends early)
+    with pytest.raises(ConfigError, match="fault_error_share must be within"):
+        ServerConfig(fault_error_share=1.5)
