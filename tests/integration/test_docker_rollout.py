@@ -23,7 +23,7 @@ from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig
 from tasks.sample_data import land_batches
 
-DOCKER = RolloutConfig(steps=[20, 100], bake_seconds=2.0, min_requests=15, target="docker")
+DOCKER = RolloutConfig(steps=[20, 100], bake_seconds=2.0, min_requests=15, p99_slack_ms=50.0, target="docker")
 
 
 @pytest.fixture(scope="module")
