@@ -189,13 +189,16 @@ def test_a_failed_build_leaves_the_registry_untouched(released: Released, monkey
     assert version_tags(released.settings) == before
 
 
-def test_without_an_engine_the_release_fails_clearly_and_changes_nothing(
+def test_without_an_engine_an_image_release_fails_clearly_and_changes_nothing(
     released: Released, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     before = version_tags(released.settings)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/gone.sock")
     with pytest.raises(EngineUnavailable, match="no Docker engine answers at unix://"):
-        release_flow(ReleaseParameters(version="1", rollout=None))
+        release_flow(ReleaseParameters(version="1", image="always", rollout=None))
+    assert version_tags(released.settings) == before
+    skipped = release_flow(ReleaseParameters(version="1", image="auto", rollout=None))  # auto: no engine, no image
+    assert skipped.image is None and skipped.message == f"{released.settings.model_name} version 1"
     assert version_tags(released.settings) == before
 
 
