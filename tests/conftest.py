@@ -109,6 +109,20 @@ def tiny_bundle(tiny_model: Any, tmp_path: Path) -> Path:
     return write_tiny_bundle(tmp_path / "bundle", tiny_model)
 
 
+def wait_ready(process: subprocess.Popen[str], url: str, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail with the process's stderr if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} not answering in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 @contextmanager
 def python_server(args: list[str], health: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """``python <args> --port <free port>`` on loopback until ``health`` answers 200; yields its URL, then stops it."""
@@ -123,16 +137,7 @@ def python_server(args: list[str], health: str, env: dict[str, str] | None = Non
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            try:
-                if httpx.get(f"{url}{health}", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{args} not answering {health} in 60 s"
-            time.sleep(0.1)
+        wait_ready(process, f"{url}{health}")
         yield url
     finally:
         if process.poll() is None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -46,3 +48,39 @@ def docker_engine() -> Any:
         if os.environ.get(REQUIRE_DOCKER) == "1":
             pytest.fail(f"{REQUIRE_DOCKER}=1 but {error}")
         pytest.skip(f"image tests need a Docker engine and none could be reached: {error}")
+
+
+@contextmanager
+def model_home(
+    tmp_path_factory: pytest.TempPathFactory,
+    tracking_uri: str,
+    prefix: str,
+    trainings: tuple[tuple[list[int], str], ...] = (([0, 1, 2, 3], "champion"),),
+    **env: str,
+) -> Iterator[Settings]:
+    """A home and a model name of its own (``<prefix>_<random>``), trained by the real flow.
+
+    Each training lands its batches, runs the flow, and must register the expected alias.
+    """
+    from flows.train import TrainParameters, train_flow
+    from tasks.sample_data import land_batches
+
+    name = f"{prefix}_{uuid.uuid4().hex[:6]}"
+    values = {
+        "MLOPS_HOME": str(tmp_path_factory.mktemp(f"{prefix}-home")),
+        "MLOPS_MODEL_NAME": name,
+        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        **env,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        for batches, alias in trainings:
+            land_batches(settings.landing, batches)
+            outcome = train_flow(TrainParameters())
+            assert outcome.alias == alias, outcome.message
+        yield settings
+    get_settings.cache_clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,16 +11,15 @@ import pytest
 from deployments.endpoint import start_endpoint, stop_endpoint
 from deployments.targets import DockerTarget
 from flows.release import ReleaseParameters, release_flow
-from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
-from mlops.settings import Settings, get_settings
+from mlops.settings import Settings
 from mlops.traffic import BackgroundTraffic
 from tasks.image import ImageSpec
 from tasks.ingest import accepted_frame
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig
-from tasks.sample_data import land_batches
+from tests.integration.conftest import model_home
 
 DOCKER = RolloutConfig(steps=[20, 100], bake_seconds=2.0, min_requests=15, p99_slack_ms=50.0, target="docker")
 
@@ -33,31 +31,17 @@ def settings(
     mlflow_config: MlflowServerConfig,
     prefect_harness: None,
 ) -> Iterator[Settings]:
-    name = f"docked_{uuid.uuid4().hex[:6]}"
-    values = {
-        "MLOPS_HOME": str(tmp_path_factory.mktemp("docker-rollout-home")),
-        "MLOPS_MODEL_NAME": name,
-        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
-        "MLFLOW_TRACKING_URI": mlflow_config.url,
-        "MLOPS_ENDPOINT_PORT": str(free_port()),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in values.items():
-            patch.setenv(key, value)
-        get_settings.cache_clear()
-        settings = get_settings()
-        for batches, alias in (([0], CHAMPION), ([1, 2, 3], CHALLENGER)):
-            land_batches(settings.landing, batches)
-            assert train_flow(TrainParameters()).alias == alias
+    trainings = (([0], CHAMPION), ([1, 2, 3], CHALLENGER))
+    port = str(free_port())
+    with model_home(tmp_path_factory, mlflow_config.url, "docked", trainings, MLOPS_ENDPOINT_PORT=port) as settings:
         try:
             yield settings
         finally:
             for deployment in start_endpoint(settings).table().deployments:
                 DockerTarget(settings.tracking_uri).stop(deployment.name)
             stop_endpoint(settings)
-            for image in docker_engine.images.list(name=ImageSpec().image_name(name)):
+            for image in docker_engine.images.list(name=ImageSpec().image_name(settings.model_name)):
                 docker_engine.images.remove(image.id, force=True)
-    get_settings.cache_clear()
 
 
 def test_containers_of_the_release_images_are_rolled_out(settings: Settings, docker_engine: Any) -> None:

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,6 @@ import pandas as pd
 import pytest
 
 from flows.release import ReleaseOutcome, ReleaseParameters, release_flow
-from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings, get_settings
@@ -32,9 +30,8 @@ from serving.bundle import Example
 from tasks.docker_engine import EngineUnavailable
 from tasks.image import ImageBuildError, ImageSpec, build_image
 from tasks.ingest import accepted_frame
-from tasks.sample_data import land_batches
 from tasks.smoke import SmokeConfig, SmokeTestError, smoke_test_image
-from tests.integration.conftest import REQUIRE_DOCKER
+from tests.integration.conftest import REQUIRE_DOCKER, model_home
 
 HEAVY = ("mlflow", "sklearn", "great_expectations", "evidently", "pandas", "prefect", "skl2onnx", "scipy")
 
@@ -55,26 +52,14 @@ def released(
     prefect_harness: None,
 ) -> Iterator[Released]:
     """A champion trained by the real flow, then released: image built and smoke-tested."""
-    name = f"imaged_{uuid.uuid4().hex[:8]}"  # images outlive a test session in the engine's cache
-    values = {
-        "MLOPS_HOME": str(tmp_path_factory.mktemp("image-home")),
-        "MLOPS_MODEL_NAME": name,
-        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
-        "MLFLOW_TRACKING_URI": mlflow_config.url,
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in values.items():
-            patch.setenv(key, value)
-        get_settings.cache_clear()
-        settings = get_settings()
-        land_batches(settings.landing, [0, 1, 2, 3])
-        assert train_flow(TrainParameters()).alias == "champion"
+    # a random model name: images outlive a test session in the engine's cache
+    with model_home(tmp_path_factory, mlflow_config.url, "imaged") as settings:
+        name = settings.model_name
         outcome = release_flow(ReleaseParameters(version="champion", rollout=None))
         frame = accepted_frame(settings.data)
         assert frame is not None
         version = mlflow.MlflowClient(settings.tracking_uri).get_model_version(name, "1")
         yield Released(settings, outcome, frame, float(version.tags["onnx_parity_tolerance"]))
-    get_settings.cache_clear()
     for image in docker_engine.images.list(name=ImageSpec().image_name(name)):
         docker_engine.images.remove(image.id, force=True)
 

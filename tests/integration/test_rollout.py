@@ -12,7 +12,6 @@ import hashlib
 import json
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +25,9 @@ import pytest
 from deployments.endpoint import EndpointClient, start_endpoint, stop_endpoint
 from deployments.targets import ProcessTarget
 from flows.release import ReleaseParameters, release_flow
-from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
-from mlops.settings import Settings, get_settings
+from mlops.settings import Settings
 from mlops.traffic import BackgroundTraffic, TrafficResult
 from serving.bundle import ModelMetadata, write_bundle
 from tasks.export import known_answer
@@ -37,7 +35,7 @@ from tasks.ingest import accepted_frame
 from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig, Window, bake_step, reconcile_endpoint, start_canary
-from tasks.sample_data import land_batches
+from tests.integration.conftest import model_home
 
 # p99_slack_ms 50: a scheduling hiccup on a busy 2-core machine must not fail a good canary; the slow
 # canary below adds 120 ms, far beyond it.
@@ -56,22 +54,9 @@ def loop(
     tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
 ) -> Iterator[Loop]:
     """Champion v1 (first batch) and challenger v2 (all batches), trained by the real flow; the endpoint up."""
-    name = f"rolled_{uuid.uuid4().hex[:6]}"
-    values = {
-        "MLOPS_HOME": str(tmp_path_factory.mktemp("rollout-home")),
-        "MLOPS_MODEL_NAME": name,
-        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
-        "MLFLOW_TRACKING_URI": mlflow_config.url,
-        "MLOPS_ENDPOINT_PORT": str(free_port()),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in values.items():
-            patch.setenv(key, value)
-        get_settings.cache_clear()
-        settings = get_settings()
-        for batches, alias in (([0], CHAMPION), ([1, 2, 3], CHALLENGER)):
-            land_batches(settings.landing, batches)
-            assert train_flow(TrainParameters()).alias == alias
+    trainings = (([0], CHAMPION), ([1, 2, 3], CHALLENGER))
+    port = str(free_port())
+    with model_home(tmp_path_factory, mlflow_config.url, "rolled", trainings, MLOPS_ENDPOINT_PORT=port) as settings:
         frame = accepted_frame(settings.data)
         assert frame is not None
         endpoint = start_endpoint(settings)
@@ -84,7 +69,6 @@ def loop(
             for deployment in endpoint.table().deployments:
                 target.stop(deployment.name)
             stop_endpoint(settings)
-    get_settings.cache_clear()
 
 
 def tracker(loop: Loop) -> mlflow.MlflowClient:

@@ -20,14 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
-from mlops.settings import Settings, get_settings
+from mlops.settings import Settings
 from serving.bundle import MODEL_FILE
 from serving.collector import iter_collected
 from tasks.ingest import accepted_frame
-from tasks.sample_data import land_batches
+from tests.integration.conftest import model_home
 
 TOKEN = "integration-token"
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,27 +53,12 @@ def trained(
     tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
 ) -> Iterator[Trained]:
     """A champion trained and exported by the real flow, in a home of this module's own."""
-    home = tmp_path_factory.mktemp("serving-home")
-    values = {
-        "MLOPS_HOME": str(home),
-        "MLOPS_MODEL_NAME": "served",
-        "MLOPS_EXPERIMENT_NAME": "served-training",
-        "MLFLOW_TRACKING_URI": mlflow_config.url,
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in values.items():
-            patch.setenv(key, value)
-        get_settings.cache_clear()
-        settings = get_settings()
-        land_batches(settings.landing, [0, 1, 2, 3])
-        outcome = train_flow(TrainParameters())
-        assert (outcome.status, outcome.alias) == ("registered", "champion")
+    with model_home(tmp_path_factory, mlflow_config.url, "served") as settings:
         frame = accepted_frame(settings.data)
         assert frame is not None
         version = mlflow.MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, "1")
         tolerance = float(version.tags["onnx_parity_tolerance"])
-        yield Trained(settings, {**os.environ, **values}, frame, tolerance)
-    get_settings.cache_clear()
+        yield Trained(settings, dict(os.environ), frame, tolerance)
 
 
 def start_server(env: dict[str, str], model: str, tmp_path: Path, *extra: str) -> Server:

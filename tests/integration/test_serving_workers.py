@@ -17,7 +17,7 @@ from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
 from mlops.process import free_port
 from serving.collector import iter_collected
-from tests.conftest import TINY_FEATURES
+from tests.conftest import TINY_FEATURES, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 60
@@ -35,16 +35,7 @@ def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, ti
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not ready in 60 s"
-            time.sleep(0.1)
+        wait_ready(process, f"{url}/v2/health/ready")
         # MLflow's own scoring-server client works unchanged (it sends a pandas dataframe_split).
         rows = pd.DataFrame([[1.0, 2.0, 3.0], [-1.0, 0.5, 40.0]], columns=list(TINY_FEATURES))
         mlflow_client = ScoringServerClient("127.0.0.1", port)
