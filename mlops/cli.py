@@ -121,12 +121,16 @@ def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
     return 0  # not reached: execv replaces the process
 
 
-def release(version: str, push: bool, rollout: bool) -> Any:
+def release(version: str, push: bool, rollout: bool, bake: float | None, min_requests: int | None) -> Any:
     from flows.release import ReleaseParameters, release_flow
 
     params = ReleaseParameters(version=version, push=push)
     if not rollout:
         params.rollout = None
+    elif params.rollout is not None:
+        changes = {"bake_seconds": bake, "min_requests": min_requests}
+        chosen = {key: value for key, value in changes.items() if value is not None}
+        params.rollout = type(params.rollout).model_validate({**params.rollout.model_dump(), **chosen})
     return release_flow(params)
 
 
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     release_parser.add_argument("version", nargs="?", default="challenger", help="number or alias (challenger)")
     release_parser.add_argument("--no-push", action="store_true", help="never push, even with MLOPS_IMAGE_REGISTRY")
     release_parser.add_argument("--no-rollout", action="store_true", help="stop after the image")
+    release_parser.add_argument("--bake", type=float, default=None, help="seconds per canary step (default 30)")
+    release_parser.add_argument(
+        "--min-requests", type=int, default=None, help="canary requests per step for a verdict (default 30)"
+    )
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -182,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "train":
             print(json.dumps(asdict(train(args.family, args.seed)), indent=2))
         elif args.command == "release":
-            print(json.dumps(asdict(release(args.version, not args.no_push, not args.no_rollout)), indent=2))
+            outcome = release(args.version, not args.no_push, not args.no_rollout, args.bake, args.min_requests)
+            print(json.dumps(asdict(outcome), indent=2))
         elif args.command == "promote":
             promote(args.model or settings.model_name, args.version, args.reason)
     except Exception as error:  # a CLI reports the failure in one line; flows keep their tracebacks in logs

@@ -51,7 +51,9 @@ class RolloutConfig(BaseModel):
 
     steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], description="Canary weight (%) per step.")
     bake_seconds: float = Field(30.0, gt=0, description="Minimum observation time per step.")
-    min_requests: int = Field(30, ge=1, description="Canary requests needed for a verdict.")
+    min_requests: int = Field(
+        30, ge=0, description="Canary requests needed for a verdict (0: a step without traffic passes on its checks)."
+    )
     max_wait_factor: float = Field(4.0, ge=1, description="A step waits at most bake_seconds x this for traffic.")
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest canary 5xx share.")
     max_p99_ratio: float = Field(2.0, ge=1, description="Canary p99 may be this many times the stable p99 ...")
