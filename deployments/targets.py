@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from mlops.process import ManagedServer, free_port, start, stop
-from tasks.serving_bundle import fetch_bundle
+from tasks.serving_bundle import fetch_bundle, resolve_version
 
 
 class DeploymentTarget(Protocol):
@@ -95,7 +93,7 @@ class DockerTarget:
         return connect()
 
     def start(self, name: str, model_name: str, version: str) -> str:
-        from tasks.serving_bundle import resolve_version
+        from tasks.smoke import SmokeTestError, wait_until_ready
 
         tags = resolve_version(self.tracking_uri, f"models:/{model_name}/{version}").tags
         image = tags.get("image_ref")
@@ -114,21 +112,12 @@ class DockerTarget:
             labels={"mlops.role": "deployment", "mlops.deployment": name, "mlops.model": model_name},
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            container.reload()
-            if container.status in {"exited", "dead"}:
-                logs = container.logs(tail=30).decode(errors="replace")
-                container.remove(force=True)
-                raise RuntimeError(f"deployment {name} ({image}) exited while starting:\n{logs}")
-            try:
-                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                    return url
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        container.remove(force=True)
-        raise RuntimeError(f"deployment {name} ({image}) not ready within {self.ready_timeout:.0f} s")
+        try:
+            wait_until_ready(container, f"{url}/v2/health/ready", time.monotonic() + self.ready_timeout)
+        except SmokeTestError as error:
+            container.remove(force=True)
+            raise RuntimeError(f"deployment {name} ({image}) did not start: {error}") from error
+        return url
 
     def stop(self, name: str) -> bool:
         from docker.errors import NotFound

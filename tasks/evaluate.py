@@ -6,12 +6,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from tasks.tracking import client
+from tasks.tracking import alias_version, client
 from tasks.train import Candidate, TrainingSet, regression_metrics
 
 CHAMPION = "champion"
@@ -90,12 +89,7 @@ def compare(
 
 def champion_version(tracking_uri: str, model_name: str) -> str | None:
     """The version the ``champion`` alias points to, None if the model or alias does not exist."""
-    try:
-        return str(client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException as error:
-        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
+    return alias_version(tracking_uri, model_name, CHAMPION)
 
 
 @task(retries=2, retry_delay_seconds=2)

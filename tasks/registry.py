@@ -16,7 +16,7 @@ from prefect import task
 from tasks.evaluate import CHALLENGER, CHAMPION, Comparison
 from tasks.events import emit
 from tasks.export import OnnxExport
-from tasks.tracking import client
+from tasks.tracking import alias_version, client
 from tasks.train import Candidate, Lineage, record_outcome
 
 
@@ -143,10 +143,7 @@ def record_promotion(tracking_uri: str, model_name: str, version: str, reason: s
         raise PromotionError(
             f"{model_name} version {version} cannot be promoted: its validation status is {status or 'missing'}"
         )
-    try:
-        previous: str | None = str(tracker.get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException:
-        previous = None
+    previous = alias_version(tracking_uri, model_name, CHAMPION)
     now = datetime.now(UTC).isoformat()
     tracker.set_registered_model_alias(model_name, CHAMPION, version)
     for key, value in {
@@ -158,11 +155,8 @@ def record_promotion(tracking_uri: str, model_name: str, version: str, reason: s
         tracker.set_model_version_tag(model_name, version, key, value)
     if previous is not None and previous != version:
         tracker.set_model_version_tag(model_name, previous, "superseded_by", version)
-    try:
-        if str(tracker.get_model_version_by_alias(model_name, CHALLENGER).version) == version:
-            tracker.delete_registered_model_alias(model_name, CHALLENGER)
-    except MlflowException:
-        pass  # no challenger alias: nothing to clear
+    if alias_version(tracking_uri, model_name, CHALLENGER) == version:
+        tracker.delete_registered_model_alias(model_name, CHALLENGER)
     return Promotion(model_name, version, previous, actor, reason, now)
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from mlflow.exceptions import MlflowException
 from prefect import task
 from pydantic import BaseModel, Field, field_validator
 from scipy.stats import ks_2samp
@@ -39,7 +38,7 @@ from tasks.events import emit, run_logger
 from tasks.registry import CHALLENGER, CHAMPION, record_promotion
 from tasks.serving_bundle import fetch_bundle
 from tasks.smoke import SmokeTestError, check_answers
-from tasks.tracking import client
+from tasks.tracking import alias_version, client
 
 
 class RolloutError(RuntimeError):
@@ -194,10 +193,10 @@ def reconcile_endpoint(
     This is also the recovery of a rollout that crashed midway: re-running starts from here.
     """
     log = run_logger(__name__)
-    champion = _alias(tracking_uri, model_name, CHAMPION)
+    champion = alias_version(tracking_uri, model_name, CHAMPION)
     if champion is None:
         raise RolloutError(f"{model_name} has no champion: train one first")
-    challenger = _alias(tracking_uri, model_name, CHALLENGER)
+    challenger = alias_version(tracking_uri, model_name, CHALLENGER)
     stable = deployment_name(champion)
     table = endpoint.table()
     if table.get(stable) is None:
@@ -344,17 +343,10 @@ def reject_challenger(
 ) -> str:
     """The registry side of a rollback: no ``challenger`` alias on the version, and tags saying why."""
     tracker = client(tracking_uri)
-    if _alias(tracking_uri, model_name, CHALLENGER) == version:
+    if alias_version(tracking_uri, model_name, CHALLENGER) == version:
         tracker.delete_registered_model_alias(model_name, CHALLENGER)
     tracker.set_model_version_tag(model_name, version, "rollout", "rolled_back")
     tracker.set_model_version_tag(model_name, version, "rollout_reason", reason[:5000])
     tracker.set_model_version_tag(model_name, version, "rollout_figures", json.dumps(figures or {}))
     emit("rollout.rolled_back", "model", model_name, {"version": version, "reason": reason, **(figures or {})})
     return reason
-
-
-def _alias(tracking_uri: str, model_name: str, alias: str) -> str | None:
-    try:
-        return str(client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
 
@@ -12,6 +13,16 @@ def client(tracking_uri: str) -> MlflowClient:
     """A client bound to one server; ``mlflow.*`` fluent calls are pointed there too."""
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    """The version an alias points to; None if the model or the alias does not exist."""
+    try:
+        return str(client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
