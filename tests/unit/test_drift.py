@@ -1,0 +1,66 @@
+"""The fast drift decision against the exact statistic and against Evidently's own per-column verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wasserstein_distance
+
+from tasks.drift import ReferenceProfile, decide
+
+COLUMNS = [f"f{i}" for i in range(6)]
+
+
+def frames(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    reference = pd.DataFrame(rng.normal(size=(20_000, 6)) * [1, 5, 1, 1, 2, 1], columns=COLUMNS)
+    current = pd.DataFrame(rng.normal(size=(rows, 6)) * [1, 5, 1, 1, 2, 1], columns=COLUMNS)
+    current["f1"] += 2.5  # 0.5 sd: drifted
+    current["f3"] = current["f3"] * 1.6  # wider: drifted
+    current["f5"] = rng.exponential(size=rows)  # another shape: drifted
+    return reference, current
+
+
+def test_scores_match_the_exact_normed_wasserstein_distance() -> None:
+    reference, current = frames(50_000, seed=1)
+    decision = decide(ReferenceProfile.from_frame(reference), current)
+    for column in COLUMNS:
+        exact = wasserstein_distance(reference[column], current[column]) / np.std(reference[column])
+        assert decision.scores[column] == pytest.approx(exact, abs=0.005), column
+    assert decision.drifted == ["f1", "f3", "f5"] and decision.share == 0.5
+
+
+def test_sampling_a_large_window_keeps_the_verdict() -> None:
+    reference, current = frames(300_000, seed=2)
+    profile = ReferenceProfile.from_json(ReferenceProfile.from_frame(reference).to_json())
+    full = decide(profile, current, max_rows=len(current))
+    sampled = decide(profile, current, max_rows=20_000)
+    assert sampled.sampled == 20_000 and sampled.rows == 300_000
+    assert sampled.drifted == full.drifted
+    assert max(abs(sampled.scores[c] - full.scores[c]) for c in COLUMNS) < 0.02
+
+
+def test_the_verdict_is_evidently_s() -> None:
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    reference, current = frames(30_000, seed=3)
+    metrics = Report([DataDriftPreset()]).run(current, reference).dict()["metrics"]
+    evidently = {
+        m["config"]["column"]: float(m["value"]) for m in metrics if m["metric_name"].startswith("ValueDrift(")
+    }
+    assert all("Wasserstein" in m["metric_name"] for m in metrics if m["metric_name"].startswith("ValueDrift("))
+    decision = decide(ReferenceProfile.from_frame(reference), current)
+    assert sorted(c for c, score in evidently.items() if score > 0.1) == decision.drifted
+    for column in COLUMNS:
+        assert decision.scores[column] == pytest.approx(evidently[column], abs=0.005)
+
+
+def test_bad_current_data_is_named() -> None:
+    reference, current = frames(100, seed=4)
+    profile = ReferenceProfile.from_frame(reference)
+    with pytest.raises(ValueError, match="lacks the reference's column"):
+        decide(profile, current.drop(columns=["f2"]))
+    with pytest.raises(ValueError, match="no current rows"):
+        decide(profile, current.iloc[:0])
