@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mlops.process import ManagedServer, free_port, start, stop
+from serving.collector import requests_dir
 from tasks.serving_bundle import fetch_bundle, resolve_version
 
 
@@ -51,7 +52,7 @@ class ProcessTarget:
     def _server(self, name: str, port: int = 0, bundle: Path | None = None, model_name: str = "") -> ManagedServer:
         command = [sys.executable, "-m", "serving", str(bundle or ""), "--port", str(port)]
         if model_name:
-            command += ["--collect-dir", str(self.home / "requests" / model_name)]
+            command += ["--collect-dir", str(requests_dir(self.home, model_name))]
         return ManagedServer(
             name=f"deployment-{name}",
             command=command,

@@ -25,6 +25,7 @@ from deployments.endpoint import start_endpoint
 from deployments.targets import DeploymentTarget, DockerTarget, ProcessTarget
 from mlops.settings import Settings, get_settings
 from tasks.docker_engine import EngineUnavailable, connect
+from tasks.events import artifact_key
 from tasks.image import ImageSpec, ServingImage, build_image
 from tasks.rollout import (
     RolloutConfig,
@@ -158,7 +159,7 @@ def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
         steps=rollout.steps if rollout else [],
     )
     create_table_artifact(
-        key=f"release-{name}".lower().replace("_", "-"),
+        key=artifact_key("release", name),
         table=[{"field": key, "value": str(value)} for key, value in asdict(outcome).items() if key != "steps"],
         description=f"Release of {name} version {version}",
     )
@@ -198,7 +199,7 @@ def roll_out(settings: Settings, name: str, version: str, config: RolloutConfig)
         status, message = "promoted", f"promoted to champion after {len(reports)} steps"
     rows = [report.row() for report in reports]
     create_table_artifact(
-        key=f"rollout-{name}".lower().replace("_", "-"),
+        key=artifact_key("rollout", name),
         table=rows,
         description=f"Canary rollout of {name} version {version}: {status}",
     )

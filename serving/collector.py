@@ -168,6 +168,11 @@ class RequestCollector:
         self._file, self._path = None, None
 
 
+def requests_dir(home: Path, model: str) -> Path:
+    """Where the deployments of ``model`` collect their requests, under the embedded home."""
+    return home / "requests" / model
+
+
 def collected_files(directory: Path) -> list[Path]:
     """Finished collection files, oldest first."""
     return sorted(directory.glob(f"requests-*{SUFFIX}"))

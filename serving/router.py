@@ -126,7 +126,7 @@ class Router:
     def _attach(self, deployment: Deployment) -> None:
         host, port = deployment.address
         self.upstreams[deployment.name] = Upstream(host, port)
-        self.stats.setdefault(deployment.name, DeploymentStats())
+        self.stats[deployment.name] = DeploymentStats()
 
     def _install(self, table: RoutingTable) -> None:
         """Swap the table (one assignment: requests see the old one or the new one) and save it."""
@@ -315,7 +315,6 @@ class Router:
         async with self._lock:
             table = self.table.with_deployment(deployment)
             self._attach(deployment)
-            self.stats[deployment.name] = DeploymentStats()
             self._install(table)
         logger.info(
             "added deployment %s (%s, version %s, weight %d)",

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
+from tasks.events import artifact_key
 from tasks.tracking import alias_version, client
 from tasks.train import Candidate, TrainingSet, regression_metrics
 
@@ -130,7 +131,7 @@ def publish_comparison(comparison: Comparison, model_name: str) -> None:
         {"metric": key, "candidate": value, "champion": None} for key, value in comparison.candidate.items()
     ]
     create_table_artifact(
-        key=f"{model_name.lower().replace('_', '-')}-comparison",
+        key=artifact_key(model_name, "comparison"),
         table=table,
         description=f"Candidate vs champion (version {comparison.champion_version}): {comparison.summary}",
     )

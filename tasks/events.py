@@ -7,6 +7,7 @@ model.kept, rollout.*, drift.detected, performance.degraded. Automations react t
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Literal
 
 from prefect.context import FlowRunContext, TaskRunContext
@@ -27,6 +28,11 @@ def in_prefect_run() -> bool:
 def run_logger(name: str) -> logging.Logger | logging.LoggerAdapter[Any]:
     """The Prefect run logger inside a flow or task run (its lines reach the UI), else the module's logger."""
     return get_run_logger() if in_prefect_run() else logging.getLogger(name)
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key from names (keys allow only lowercase letters, digits and dashes)."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
 def emit(event: str, kind: ResourceKind, name: str, payload: dict[str, Any]) -> None:

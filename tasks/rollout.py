@@ -228,16 +228,34 @@ def start_canary(
         _, metadata = fetch_bundle(tracking_uri, f"models:/{model_name}/{version}", Path(scratch))
     try:
         check_answers(url, metadata, timeout=10)
-    except SmokeTestError as error:
+    except Exception as error:
         target.stop(name)
-        reject_challenger(tracking_uri, model_name, version, f"before any traffic: {error}")
-        raise
-    except Exception:
-        target.stop(name)
+        if isinstance(error, SmokeTestError):
+            reject_challenger(tracking_uri, model_name, version, f"before any traffic: {error}")
         raise
     endpoint.add(Deployment(name, url, version, weight=0, shadow=shadow))
     emit("rollout.started", "model", model_name, {"version": version, "champion": champion, "deployment": name})
     return Canary(model_name, version, name, deployment_name(champion), champion)
+
+
+def wait_for_evidence(
+    endpoint: EndpointClient, name: str, seconds: float, config: RolloutConfig, fail_fast: bool
+) -> float:
+    """Wait until deployment ``name`` has served ``seconds`` and ``min_requests`` (at most ``max_wait_factor``
+    times ``seconds``); with ``fail_fast``, stop as soon as its errors exceed what the whole step could
+    tolerate. Returns when the wait started (the window to judge)."""
+    started = time.time()
+    before = endpoint.totals().get(name, {"requests": 0, "errors": 0})
+    deadline = started + seconds * config.max_wait_factor
+    while True:
+        time.sleep(0.5)
+        now = endpoint.totals().get(name, before)
+        requests, errors = now["requests"] - before["requests"], now.get("errors", 0) - before.get("errors", 0)
+        tolerated = config.max_error_rate * max(requests, config.min_requests)
+        if (fail_fast and errors >= 5 and errors > tolerated) or time.time() > deadline:
+            return started
+        if time.time() - started >= seconds and requests >= config.min_requests:
+            return started
 
 
 @task
@@ -248,19 +266,7 @@ def bake_step(
     log = run_logger(__name__)
     weights = {canary.name: weight, canary.stable: 100 - weight}
     endpoint.set_weights(weights)
-    started = time.time()
-    before = endpoint.totals().get(canary.name, {"requests": 0, "errors": 0})
-    deadline = started + config.bake_seconds * config.max_wait_factor
-    while True:
-        time.sleep(0.5)
-        now = endpoint.totals().get(canary.name, before)
-        requests, errors = now["requests"] - before["requests"], now["errors"] - before["errors"]
-        # Errors already beyond what the whole step could tolerate: no need to wait for the rest.
-        tolerated = config.max_error_rate * max(requests, config.min_requests)
-        if (errors >= 5 and errors > tolerated) or time.time() > deadline:
-            break
-        if time.time() - started >= config.bake_seconds and requests >= config.min_requests:
-            break
+    started = wait_for_evidence(endpoint, canary.name, config.bake_seconds, config, fail_fast=True)
     stats = endpoint.stats(started)
     window = Window.from_stats(stats.get(canary.name))
     stable = Window.from_stats(stats.get(canary.stable))
@@ -279,15 +285,7 @@ def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig
     """Mirror all traffic to the canary (already added as a shadow), judge it, then make it a live deployment."""
     log = run_logger(__name__)
     endpoint.set_weights({}, mirror=1.0)
-    started = time.time()
-    before = endpoint.totals().get(canary.name, {"requests": 0})["requests"]
-    deadline = started + config.shadow_seconds * config.max_wait_factor
-    while True:
-        time.sleep(0.5)
-        mirrored = endpoint.totals().get(canary.name, {"requests": 0})["requests"] - before
-        baked = time.time() - started >= config.shadow_seconds
-        if time.time() > deadline or (baked and mirrored >= config.min_requests):
-            break
+    started = wait_for_evidence(endpoint, canary.name, config.shadow_seconds, config, fail_fast=False)
     endpoint.set_weights({}, mirror=0.0)
     stats = endpoint.stats(started)
     window, stable = Window.from_stats(stats.get(canary.name)), Window.from_stats(stats.get(canary.stable))

@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from tasks.dataset import Snapshot
 from tasks.events import emit
 from tasks.lineage import lock_file
+from tasks.reference import log_reference
 from tasks.tracking import client
 
 # Tree models are saved with skops; these are the types their files hold beyond skops' defaults.
@@ -256,6 +257,7 @@ def train_candidate(
             "feature_importance.json",
         )
         mlflow.log_dict(validation_reports, "validation/reports.json")
+        log_reference(frame, features, model.predict(frame[features]))
         if (lock := lock_file()) is not None:
             mlflow.log_artifact(str(lock), "environment")
         info = mlflow.sklearn.log_model(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -84,3 +86,27 @@ def model_home(
             assert outcome.alias == alias, outcome.message
         yield settings
     get_settings.cache_clear()
+
+
+def model_events(model_name: str, since: datetime, prefix: str, expected: set[str], timeout: float = 15.0) -> list[Any]:
+    """The events named ``prefix*`` on ``mlops.model.<model_name>`` since ``since``, oldest first, once the
+    ``expected`` names all arrived (or ``timeout`` passed: the caller's assertion then says what is missing)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(prefix=[prefix]),
+        resource=EventResourceFilter(id=[f"mlops.model.{model_name}"]),
+    )
+    deadline = time.monotonic() + timeout
+    while True:  # events reach the server asynchronously
+        with get_client(sync_client=True) as prefect:
+            page = prefect.read_events(filter=wanted, limit=50)  # the API's largest page
+            events = list(page.events)
+            while page.next_page is not None:
+                page = prefect.read_events_page(str(page.next_page))
+                events += page.events
+        if expected <= {event.event for event in events} or time.monotonic() > deadline:
+            return sorted(events, key=lambda event: event.occurred)
+        time.sleep(0.5)

@@ -35,7 +35,7 @@ from tasks.ingest import accepted_frame
 from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig, Window, bake_step, reconcile_endpoint, start_canary
-from tests.integration.conftest import model_home
+from tests.integration.conftest import model_events, model_home
 
 # p99_slack_ms 50: a scheduling hiccup on a busy 2-core machine must not fail a good canary; the slow
 # canary below adds 120 ms, far beyond it.
@@ -133,27 +133,9 @@ def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
     return str(version.version)
 
 
-def rollout_events(loop: Loop, since: datetime, expected: set[str], timeout: float = 15.0) -> list[str]:
+def rollout_events(loop: Loop, since: datetime, expected: set[str]) -> list[str]:
     """Names of the ``rollout.*`` events on the model's resource since ``since``, once ``expected`` all arrived."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
-
-    wanted = EventFilter(
-        occurred=EventOccurredFilter(since=since),
-        event=EventNameFilter(prefix=["rollout."]),
-        resource=EventResourceFilter(id=[f"mlops.model.{loop.settings.model_name}"]),
-    )
-    deadline = time.monotonic() + timeout
-    while True:  # events reach the server asynchronously
-        with get_client(sync_client=True) as prefect:
-            page = prefect.read_events(filter=wanted, limit=50)  # the API's largest page
-            names = [event.event for event in page.events]
-            while page.next_page is not None:
-                page = prefect.read_events_page(str(page.next_page))
-                names += [event.event for event in page.events]
-        if expected <= set(names) or time.monotonic() > deadline:
-            return names
-        time.sleep(0.5)
+    return [event.event for event in model_events(loop.settings.model_name, since, "rollout.", expected)]
 
 
 def only_canary_in_first_step(result: TrafficResult, outcome: Any, canary: str) -> None:

@@ -1,0 +1,125 @@
+"""The requests a model's servers collected, and the labels that arrive for them later, as frames.
+
+Collection files are written by ``serving.collector`` (one header line, then one line per model
+call). :func:`load_requests` reads a time window of them column-wise, including the files still
+being written (only their complete lines), so a monitor sees requests up to the moment it runs.
+Labels (delayed ground truth) land as CSV or Parquet files with a ``request_id`` column, the
+target column and optionally ``row`` (the row of a multi-row request, default 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from serving.collector import PARTIAL, SUFFIX
+
+KEYS = ["request_id", "row"]
+
+
+class LabelsError(ValueError):
+    """A labels file lacks a column it needs or cannot be read."""
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    end = data.rfind(b"\n")  # a file being written may end in a half-written line
+    return data[: end + 1].splitlines() if end >= 0 else []
+
+
+def load_requests(
+    directory: Path, since: float, until: float | None = None, features: list[str] | None = None
+) -> pd.DataFrame:
+    """Every collected row with ``since <= time < until``: request_id, row, time (epoch s), model_version,
+    one column per feature, prediction. Files last written before ``since`` are not opened.
+
+    Raises:
+        ValueError: A file's features differ from ``features`` (or from the first file's).
+    """
+    until = float("inf") if until is None else until
+    paths = sorted([*directory.glob(f"requests-*{SUFFIX}"), *directory.glob(f"requests-*{SUFFIX}{PARTIAL}")])
+    columns: list[str] | None = list(features) if features else None
+    ids: list[str] = []
+    rows: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    versions: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+    predictions: list[np.ndarray] = []
+    for path in paths:
+        try:
+            if path.stat().st_mtime < since:
+                continue
+        except FileNotFoundError:  # renamed from .part while we listed: the finished file is in the list
+            continue
+        lines = _complete_lines(path)
+        if not lines:
+            continue
+        header = orjson.loads(lines[0])["header"]
+        if columns is None:
+            columns = list(header["features"])
+        elif list(header["features"]) != columns:
+            raise ValueError(f"{path.name} holds features {header['features']}, expected {columns}")
+        for line in lines[1:]:
+            call = orjson.loads(line)
+            if not since <= call["time"] < until:
+                continue
+            counts = call["rows"]
+            total = sum(counts)
+            for request_id, count in zip(call["request_ids"], counts, strict=True):
+                ids.extend([request_id] * count)
+            rows.append(np.concatenate([np.arange(count) for count in counts]))
+            times.append(np.full(total, call["time"]))
+            versions.append(np.full(total, header["model_version"], dtype=object))
+            inputs.append(np.asarray(call["inputs"], dtype=float).reshape(total, -1))
+            predictions.append(np.asarray(call["predictions"], dtype=float).reshape(total))
+    columns = columns or []
+    if not ids:
+        return pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction"])
+    frame = pd.DataFrame(np.concatenate(inputs), columns=columns)
+    frame.insert(0, "request_id", ids)
+    frame.insert(1, "row", np.concatenate(rows))
+    frame.insert(2, "time", np.concatenate(times))
+    frame.insert(3, "model_version", np.concatenate(versions))
+    frame["prediction"] = np.concatenate(predictions)
+    return frame
+
+
+def load_labels(directory: Path, target: str) -> pd.DataFrame:
+    """All label files of ``directory`` (CSV or Parquet) as request_id, row, label; later files win.
+
+    Raises:
+        LabelsError: A file cannot be read or lacks ``request_id`` or ``target``.
+    """
+    frames = []
+    for path in sorted(p for p in directory.glob("*") if p.suffix in (".csv", ".parquet")):
+        try:
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"request_id": str})
+        except Exception as error:
+            raise LabelsError(f"labels file {path} cannot be read: {error}") from error
+        missing = [column for column in ("request_id", target) if column not in frame.columns]
+        if missing:
+            raise LabelsError(f"labels file {path} lacks column(s) {', '.join(missing)} (has {list(frame.columns)})")
+        if "row" not in frame.columns:
+            frame["row"] = 0
+        frames.append(frame[["request_id", "row", target]].rename(columns={target: "label"}))
+    if not frames:
+        return pd.DataFrame(
+            {"request_id": pd.Series(dtype=str), "row": pd.Series(dtype=int), "label": pd.Series(dtype=float)}
+        )
+    labels = pd.concat(frames, ignore_index=True)
+    labels["request_id"] = labels["request_id"].astype(str)
+    labels["row"] = labels["row"].astype(int)
+    return labels.drop_duplicates(KEYS, keep="last")
+
+
+def join_labels(requests: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """The requests that have a label, with a ``label`` column (inner join on request id and row)."""
+    return requests.merge(labels, on=KEYS, how="inner")
+
+
+def rmse(joined: pd.DataFrame) -> float:
+    """Root mean squared error of ``prediction`` against ``label``."""
+    return float(np.sqrt(np.mean((joined["prediction"].to_numpy() - joined["label"].to_numpy(dtype=float)) ** 2)))
