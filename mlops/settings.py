@@ -97,6 +97,16 @@ class Settings(BaseSettings):
     image_pip_index_url: str | None = Field(
         default=None, description="Package index the image build installs from (default: PyPI)."
     )
+    notify_webhook_url: str | None = Field(
+        default=None,
+        description="Webhook that data rejections and rollbacks are posted to (JSON: subject, body); none: no notice.",
+    )
+    retrain_cooldown_minutes: float = Field(
+        default=60.0, gt=0, description="After drift or degradation starts a retraining, later alarms wait this long."
+    )
+    landing_cooldown_minutes: float = Field(
+        default=10.0, gt=0, description="After new data started a training, the landing check waits this long."
+    )
 
     @property
     def resolved_home(self) -> Path:

@@ -35,15 +35,18 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
-def emit(event: str, kind: ResourceKind, name: str, payload: dict[str, Any]) -> None:
+def emit(
+    event: str, kind: ResourceKind, name: str, payload: dict[str, Any], labels: dict[str, str] | None = None
+) -> None:
     """Emit a lifecycle event from inside a flow or task run; outside one (a plain call) it does nothing.
 
+    ``labels`` are extra resource labels (``mlops.*``) automations can match on, unlike the payload.
     Outside a run Prefect would start a temporary server just to deliver the event.
     """
     if not in_prefect_run():
         return
     emit_event(
         event=event,
-        resource={"prefect.resource.id": resource_id(kind, name), "prefect.resource.name": name},
+        resource={"prefect.resource.id": resource_id(kind, name), "prefect.resource.name": name, **(labels or {})},
         payload=payload,
     )

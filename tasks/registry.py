@@ -101,6 +101,7 @@ def register_candidate(
         "model",
         model_name,
         {"version": number, "alias": alias, "run_id": candidate.run_id, **candidate.metrics},
+        labels={"mlops.alias": alias, "mlops.version": number},
     )
     return Registration(model_name, number, alias, candidate.run_id)
 

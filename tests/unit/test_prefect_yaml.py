@@ -21,3 +21,19 @@ def test_deployments_resolve_to_flows_with_valid_parameters() -> None:
         assert isinstance(flow, Flow), deployment["entrypoint"]
         flow.validate_parameters(deployment.get("parameters") or {})
         assert deployment["work_pool"]["name"] == "local-process"
+
+
+def test_every_flow_has_a_deployment_and_the_automations_name_real_ones() -> None:
+    from deployments.automations import RELEASE, TRAIN
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    names = {}
+    for deployment in config["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        names[f"{flow.name}/{deployment['name']}"] = deployment
+    assert {"train/weekly", "release/challenger", "monitor/hourly", "landing/check"} <= set(names)
+    assert {TRAIN, RELEASE} <= set(names)
+    # no second training while one runs: new runs are cancelled, not queued
+    assert names[TRAIN]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert [s["cron"] for s in names["monitor/hourly"]["schedules"]] == ["5 * * * *"]
