@@ -41,6 +41,7 @@ class ManagedServer:
         is_expected: Tells from the health response body that this is the right server.
         state_dir: Folder for the pid file and log.
         env: Extra environment for the process.
+        cwd: Working directory of the process (default: the caller's).
     """
 
     name: str
@@ -51,6 +52,7 @@ class ManagedServer:
     is_expected: Callable[[str], bool]
     state_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
 
     @property
     def url(self) -> str:
@@ -125,6 +127,7 @@ def start(server: ManagedServer, timeout: float = 90.0) -> bool:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=server.cwd,
             start_new_session=True,
         )
     server.pid_file.write_text(str(process.pid))

@@ -59,6 +59,11 @@ class RolloutConfig(BaseModel):
     p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
     max_ks: float = Field(0.3, gt=0, le=1, description="Largest KS distance between canary and stable predictions.")
     ks_alpha: float = Field(0.001, gt=0, lt=1, description="Significance a KS failure also needs.")
+    compare_predictions: bool = Field(
+        True,
+        description="Roll back when canary and stable predictions differ (KS). Off: the KS distance is only "
+        "reported — for retrains after drift, whose predictions are meant to move (the known-answer check stays).",
+    )
     shadow_seconds: float = Field(
         0.0, ge=0, description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none)."
     )
@@ -175,7 +180,7 @@ def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list
     if len(canary.predictions) >= 2 and len(stable.predictions) >= 2:
         result = ks_2samp(np.asarray(canary.predictions), np.asarray(stable.predictions))
         ks = float(result.statistic)
-        if ks > config.max_ks and float(result.pvalue) < config.ks_alpha:
+        if config.compare_predictions and ks > config.max_ks and float(result.pvalue) < config.ks_alpha:
             reasons.append(
                 f"canary predictions differ from stable: KS {ks:.2f} > {config.max_ks} (p={float(result.pvalue):.1e})"
             )

@@ -41,6 +41,11 @@ def test_a_large_distance_on_a_tiny_sample_is_not_significant_enough_to_fail() -
     assert ks == 1.0 and reasons == []
 
 
+def test_moved_predictions_are_only_reported_when_comparison_is_off() -> None:
+    reasons, ks = analyse(window(shift=150), window(), CONFIG.model_copy(update={"compare_predictions": False}))
+    assert reasons == [] and ks is not None and ks > 0.8
+
+
 def test_steps_must_climb_to_100() -> None:
     for steps in ([10, 50], [50, 10, 100], [0, 100], [10, 10, 100], []):
         with pytest.raises(ValidationError, match="steps must increase"):

@@ -1,0 +1,76 @@
+"""Start, reuse and stop the local process worker, and register this project's deployments with it.
+
+The worker (``prefect worker start --pool local-process --type process``) creates the pool when it
+does not exist, runs each flow run as a subprocess in the project folder, and answers a health
+check on ``MLOPS_WORKER_PORT``. It inherits this environment, so flow runs see the same MLflow,
+home and model settings. ``deploy_all`` is ``prefect deploy --all`` from the project root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlops.process import ManagedServer, start, stop
+from mlops.settings import Settings
+
+POOL = "local-process"
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def _prefect() -> str:
+    return str(Path(sys.executable).parent / "prefect")
+
+
+def prefect_worker(settings: Settings) -> ManagedServer:
+    """The managed-process description of the local process worker."""
+    return ManagedServer(
+        name="prefect-worker",
+        command=[_prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--with-healthcheck"],
+        host="127.0.0.1",
+        port=settings.worker_port,
+        health_path="/health",
+        is_expected=lambda body: '"OK"' in body,
+        state_dir=settings.logs_dir,
+        env={
+            "PREFECT_API_URL": settings.prefect_url,
+            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+            "PREFECT_WORKER_WEBSERVER_PORT": str(settings.worker_port),
+            "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_query_seconds),
+        },
+        cwd=PROJECT,
+    )
+
+
+def start_worker(settings: Settings, timeout: float = 60.0) -> bool:
+    """Start the process worker (creating the pool), or reuse the one answering on its port."""
+    return start(prefect_worker(settings), timeout=timeout)
+
+
+def stop_worker(settings: Settings) -> bool:
+    """Stop the worker this project started (by its pid file)."""
+    return stop(prefect_worker(settings))
+
+
+class DeployError(RuntimeError):
+    """``prefect deploy --all`` failed."""
+
+
+def deploy_all(settings: Settings, timeout: float = 300.0) -> str:
+    """Register every deployment of ``prefect.yaml`` on the server in ``settings``; returns the CLI's output."""
+    env = {**os.environ, "PREFECT_API_URL": settings.prefect_url}
+    result = subprocess.run(
+        [_prefect(), "--no-prompt", "deploy", "--all"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise DeployError(
+            f"prefect deploy --all failed ({result.returncode}):\n{(result.stdout + result.stderr)[-3000:]}"
+        )
+    return result.stdout

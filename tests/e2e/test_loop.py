@@ -1,0 +1,283 @@
+"""The whole loop, closed by Prefect's own machinery: a real ``prefect server start``, a process worker
+running the deployments of ``prefect.yaml`` (registered with ``prefect deploy --all``), the
+automations applied from code, the real MLflow server, and the endpoint with its deployments.
+
+Drifted traffic is collected -> the monitor deployment emits ``drift.detected`` -> the
+retrain-on-drift automation runs the training deployment on the data that landed -> a better
+challenger is registered -> the release-challenger automation runs the release deployment -> the
+canary is promoted. A second drift alarm inside the cooldown starts nothing. New data that fails
+validation, announced by the landing check, is quarantined and posted to a webhook (a local HTTP
+server here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from deployments.endpoint import stop_endpoint
+from deployments.prefect_server import start_prefect, stop_prefect
+from deployments.prefect_worker import PROJECT, _prefect, deploy_all, start_worker, stop_worker
+from deployments.targets import ProcessTarget
+from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
+from mlops.process import free_port
+from mlops.settings import Settings
+from mlops.traffic import BackgroundTraffic
+from tasks.ingest import accepted_frame
+from tasks.sample_data import land_batches
+
+SHIFTED = ["age", "bmi", "bp", "s1", "s3", "s5"]
+ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}
+RELEASE = {"params": {"version": "challenger", "image": "never", "rollout": ROLLOUT}}
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver: every POST body, parsed."""
+
+    url: str
+    posts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    posts: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posts.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Receiver(f"http://127.0.0.1:{server.server_port}/hook", posts)
+    server.shutdown()
+
+
+@dataclass(frozen=True)
+class Loop:
+    settings: Settings
+    env: dict[str, str]
+    api: str
+
+    def cli(self, *args: str, timeout: float = 300) -> str:
+        result = subprocess.run(list(args), cwd=PROJECT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        return result.stdout
+
+    def run_deployment(self, name: str, params: dict[str, Any] | None = None) -> str:
+        """``prefect deployment run NAME --params JSON --watch``: the flow run's final state name."""
+        args = [_prefect(), "deployment", "run", name, "--watch", "--watch-interval", "2", "--watch-timeout", "600"]
+        if params is not None:
+            args += ["--params", json.dumps(params)]
+        return self.cli(*args, timeout=700)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def flow_runs(self, deployment: str) -> list[dict[str, Any]]:
+        found = httpx.get(f"{self.api}/deployments/name/{deployment}", timeout=30).json()
+        runs = self.post(
+            "/flow_runs/filter", {"deployments": {"id": {"any_": [found["id"]]}}, "sort": "START_TIME_ASC"}
+        )
+        return sorted(runs, key=lambda run: run["created"])
+
+    def events(self, since: datetime, prefixes: list[str]) -> list[dict[str, Any]]:
+        name = self.settings.model_name
+        body = {
+            "filter": {
+                "occurred": {"since": since.isoformat()},
+                "event": {"prefix": prefixes},
+                "resource": {"id": [f"mlops.model.{name}", f"mlops.dataset.{name}"]},
+            },
+            "limit": 50,
+        }
+        page = self.post("/events/filter", body)
+        events = list(page["events"])
+        while page.get("next_page"):
+            page = httpx.get(page["next_page"], timeout=30).json()
+            events += page["events"]
+        return sorted(events, key=lambda event: event["occurred"])
+
+    def alias(self, alias: str) -> str | None:
+        aliases = MlflowClient(self.settings.tracking_uri).get_registered_model(self.settings.model_name).aliases
+        return aliases.get(alias)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Loop]:
+    root = tmp_path_factory.mktemp("loop")
+    name = f"looped_{uuid.uuid4().hex[:6]}"
+    mlflow = MlflowServerConfig.scratch(root / "mlflow", free_port())
+    values = {
+        "MLOPS_HOME": str(root / "home"),
+        "MLOPS_MODEL_NAME": name,
+        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+        "MLFLOW_TRACKING_URI": mlflow.url,
+        "MLOPS_PREFECT_PORT": str(free_port()),
+        "MLOPS_WORKER_PORT": str(free_port()),
+        "MLOPS_WORKER_QUERY_SECONDS": "2",
+        "MLOPS_ENDPOINT_PORT": str(free_port()),
+        "MLOPS_NOTIFY_WEBHOOK_URL": receiver.url,
+        "MLOPS_RETRAIN_COOLDOWN_MINUTES": "30",
+        "PREFECT_HOME": str(root / "prefect-client"),
+        # Scheduled runs (the landing check every 5 minutes) would race the story; the test starts runs itself.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "true",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in values.items():
+            patch.setenv(key, value)
+        settings = Settings()
+        patch.setenv("PREFECT_API_URL", settings.prefect_url)
+        env = {**os.environ}
+        start_mlflow(mlflow)
+        try:
+            start_prefect(settings)
+            start_worker(settings)  # creates the local-process pool
+            deploy_all(settings)
+            loop = Loop(settings, env, settings.prefect_url)
+            yield loop
+        finally:
+            stop_worker(settings)
+            target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+            for deployment in target.running():
+                target.stop(deployment)
+            stop_endpoint(settings)
+            stop_prefect(settings)
+            stop_mlflow(mlflow)
+
+
+def apply_automations(loop: Loop) -> dict[str, str]:
+    output = loop.cli(sys.executable, "-m", "deployments.automations", "--release-params", json.dumps(RELEASE))
+    return dict(line.split(": ", 1) for line in output.strip().splitlines())
+
+
+def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop) -> None:
+    settings = loop.settings
+    assert apply_automations(loop) == {
+        "retrain-on-drift": "created",
+        "release-challenger": "created",
+        "train-on-new-data": "created",
+        "notify-on-trouble": "created",
+    }
+    assert set(apply_automations(loop).values()) == {"unchanged"}  # idempotent
+
+    # The first champion, trained and put behind the endpoint by CLI-triggered deployment runs.
+    land_batches(settings.landing, [0])
+    assert "Completed" in loop.run_deployment("train/weekly")
+    assert loop.alias("champion") == "1"
+    release = {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}}
+    assert "Completed" in loop.run_deployment("release/challenger", release)
+
+    frame = accepted_frame(settings.data)
+    assert frame is not None
+    shifted = frame.copy()
+    for column in SHIFTED:
+        shifted[column] = shifted[column] + 1.5 * frame[column].std()
+    rows = shifted[list(settings.feature_columns)].to_numpy().tolist()
+    land_batches(settings.landing, [1, 2, 3])  # the labelled data a retraining will find
+
+    endpoint = f"http://127.0.0.1:{settings.endpoint_port}/invocations"
+    body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    with BackgroundTraffic(endpoint, body, max_seconds=600, concurrency=2, pause=0.01) as traffic:
+        wait_for("300 served requests", lambda: traffic.result.requests >= 300, timeout=60, interval=0.5)
+        assert "Completed" in loop.run_deployment("monitor/hourly")
+        promoted = wait_for("the challenger to be promoted", lambda: loop.alias("champion") == "2", timeout=600)
+        loop_seconds = time.monotonic() - clock
+        assert promoted
+        # A second alarm inside the cooldown: v2 sees the same shifted traffic, the monitor says so again.
+        wait_for("v2 to serve 200 requests", lambda: traffic.result.deployments["v2"] >= 200, timeout=120, interval=1)
+        assert "Completed" in loop.run_deployment("monitor/hourly")
+        time.sleep(15)  # the automation fired within seconds the first time; give it more than that now
+    assert traffic.result.connection_errors == 0 and traffic.result.server_errors == 0, traffic.result.errors[:3]
+
+    events = loop.events(started, ["drift.", "model.", "rollout.", "data."])
+    names = [event["event"] for event in events]
+    chain = [
+        "drift.detected",
+        "data.accepted",
+        "model.trained",
+        "model.registered",
+        "rollout.started",
+        "rollout.promoted",
+        "drift.detected",
+    ]
+    positions = [names.index(chain[0])]
+    for name in chain[1:]:
+        positions.append(names.index(name, positions[-1] + 1))
+    assert positions == sorted(positions), names
+    registered = events[positions[3]]
+    assert registered["resource"]["mlops.alias"] == "challenger" and registered["payload"]["version"] == "2"
+    assert names.count("drift.detected") == 2
+
+    trains = loop.flow_runs("train/weekly")
+    releases = loop.flow_runs("release/challenger")
+    monitors = loop.flow_runs("monitor/hourly")
+    assert [run["state_type"] for run in trains] == ["COMPLETED", "COMPLETED"]  # setup + drift; none for alarm 2
+    assert [run["state_type"] for run in releases] == ["COMPLETED", "COMPLETED"]
+    assert [run["state_type"] for run in monitors] == ["COMPLETED", "COMPLETED"]
+    first_drift = datetime.fromisoformat(events[positions[0]]["occurred"])
+    assert datetime.fromisoformat(trains[1]["created"]) > first_drift
+    assert trains[1]["created_by"]["type"] == "AUTOMATION", trains[1]["created_by"]
+    assert releases[1]["created_by"]["type"] == "AUTOMATION"
+    timeline = "\n".join(f"{event['occurred']}  {event['event']}" for event in events)
+    (settings.resolved_home / "loop-timeline.txt").write_text(f"{timeline}\nloop {loop_seconds:.1f} s\n")
+    print(f"event chain:\n{timeline}\ndrift traffic -> promoted: {loop_seconds:.1f} s")
+
+
+def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_webhook(
+    loop: Loop, receiver: Receiver
+) -> None:
+    settings = loop.settings
+    if not loop.flow_runs("train/weekly"):
+        apply_automations(loop)
+    bad = pd.DataFrame({"age": [0.01, 0.02], "sex": ["x", "y"]})  # columns missing, one not numeric
+    Path(settings.landing).mkdir(parents=True, exist_ok=True)
+    bad.to_csv(Path(settings.landing) / "batch-9999.csv", index=False)
+    trains_before = len(loop.flow_runs("train/weekly"))
+
+    assert "Completed" in loop.run_deployment("landing/check")
+    posts = wait_for("the webhook notice", lambda: [p for p in receiver.posts if "data.rejected" in p["subject"]], 180)
+
+    assert posts[0]["subject"] == f"mlops: data.rejected on {settings.model_name}"
+    assert "batch-9999.csv" in posts[0]["body"]
+    runs = loop.flow_runs("train/weekly")
+    assert len(runs) == trains_before + 1 and runs[-1]["state_type"] == "FAILED"
+    assert runs[-1]["created_by"]["type"] == "AUTOMATION"
+    quarantined = list(Path(settings.data).rglob("batch-9999.csv"))
+    assert quarantined and quarantined[0].read_bytes() == bad.to_csv(index=False).encode()
