@@ -4,13 +4,16 @@
 
 Synthetic data: a 100k-row reference, and a current window in which a quarter of the columns
 drift (shift of 0.5 sd, a wider spread, or another shape). Prints the time of each, the
-per-column scores side by side, and whether both name the same drifted columns.
+per-column scores side by side, and whether both name the same drifted columns. The current
+window is also written the way servers collect it (``serving.collector``, 10-row calls) and read
+back with ``tasks.collected.load_requests``: the monitor's whole path from files to a decision.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from serving.collector import CollectorConfig, RequestCollector
+from tasks.collected import load_requests
 from tasks.drift import ReferenceProfile, decide
 
 
@@ -54,6 +59,22 @@ def main() -> None:
     print(f"{args.rows} rows x {args.columns} columns; planted drift in {planted}")
     print(f"reference profile (once, at training): {profiled:.2f} s, {len(profile.to_json()) / 1e3:.0f} kB")
     print(f"fast decision (sample {fast.sampled} rows): {fast_seconds:.2f} s -> drifted {fast.drifted}")
+    with tempfile.TemporaryDirectory() as scratch:
+        collector = RequestCollector(CollectorConfig(Path(scratch), queue_size=10**7), "bench", "1", list(current))
+        matrix = np.ascontiguousarray(current.to_numpy())
+        first = np.ascontiguousarray(matrix[:, 0])
+        for start in range(0, len(matrix), 10):
+            collector.submit_call([f"r{start}"], [10], matrix[start : start + 10], first[start : start + 10])
+        collector.start().close(timeout=600)
+        started = time.perf_counter()
+        window = load_requests(Path(scratch), since=0)
+        read_seconds = time.perf_counter() - started
+        collected = decide(profile, window[list(current)])
+        total = time.perf_counter() - started
+    print(
+        f"from collected files: read {len(window)} rows {read_seconds:.2f} s, read + decide {total:.2f} s "
+        f"-> drifted {collected.drifted}"
+    )
     if args.skip_evidently:
         return
     from evidently import Report

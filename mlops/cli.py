@@ -43,9 +43,29 @@ def up(settings: Settings) -> dict[str, str]:
     return states
 
 
+def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> None:
+    """Start (or reuse) the process worker, register prefect.yaml's deployments, apply the automations."""
+    from deployments.automations import apply_loop_automations
+    from deployments.prefect_worker import POOL, deploy_all, start_worker
+
+    started = start_worker(settings)
+    print(f"Worker {'started' if started else 'already running'}: pool {POOL}, log {settings.logs_dir}")
+    deploy_all(settings)
+    print("Deployments registered from prefect.yaml (prefect deploy --all)")
+    for name, what in apply_loop_automations(settings, release_parameters=release_parameters).items():
+        print(f"automation {name}: {what}")
+
+
+def monitor(minutes: float) -> Any:
+    from flows.monitor import MonitorParameters, monitor_flow
+
+    return monitor_flow(MonitorParameters(window_minutes=minutes))
+
+
 def down(settings: Settings) -> None:
     from deployments.endpoint import stop_endpoint
     from deployments.prefect_server import stop_prefect
+    from deployments.prefect_worker import stop_worker
     from deployments.targets import ProcessTarget
     from mlflow_server import MlflowServerConfig, stop_mlflow
 
@@ -54,6 +74,7 @@ def down(settings: Settings) -> None:
         print(f"deployment {deployment}: {'stopped' if target.stop(deployment) else 'not running'}")
     print(f"Endpoint: {'stopped' if stop_endpoint(settings) else 'not running (nothing of ours to stop)'}")
     for name, stopped in (
+        ("Worker", stop_worker(settings)),
         ("Prefect", stop_prefect(settings)),
         ("MLflow", stop_mlflow(MlflowServerConfig.from_settings(settings))),
     ):
@@ -148,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--family", default="ridge", choices=FAMILIES)
     commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
     commands.add_parser("down", help="stop the servers this project started")
+    deploy_parser = commands.add_parser(
+        "deploy", help="start the process worker, register prefect.yaml's deployments, apply the automations"
+    )
+    deploy_parser.add_argument(
+        "--release-params", type=json.loads, default=None, help="parameters of automated releases (JSON)"
+    )
+    monitor_parser = commands.add_parser("monitor", help="judge the last window of served requests once")
+    monitor_parser.add_argument("--minutes", type=float, default=60.0, help="window length (default 60)")
     land_parser = commands.add_parser("land", help="land default diabetes batches in the landing folder")
     land_parser.add_argument("batches", nargs="*", type=int, default=[0, 1, 2, 3], help="batch indices (0-3)")
     train_parser = commands.add_parser("train", help="run the training flow once")
@@ -172,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command in ("demo", "train", "promote", "serve", "release"):
+    if args.command in ("demo", "train", "promote", "serve", "release", "deploy", "monitor"):
         _configure_clients(settings)
         settings = get_settings()
     try:
@@ -185,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             up(settings)
         elif args.command == "down":
             down(settings)
+        elif args.command == "deploy":
+            deploy(settings, args.release_params)
+        elif args.command == "monitor":
+            print(json.dumps(asdict(monitor(args.minutes)), indent=2))
         elif args.command == "land":
             land(settings, args.batches)
         elif args.command == "train":
