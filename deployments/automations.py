@@ -156,6 +156,8 @@ def _comparable(automation: AutomationCore) -> dict[str, Any]:
     fields = set(AutomationCore.model_fields)
     dumped = automation.model_dump(mode="json", include=fields)
     dumped["trigger"].pop("id", None)
+    for key in ("expect", "after", "for_each"):  # sets: their JSON order varies between processes
+        dumped["trigger"][key] = sorted(dumped["trigger"].get(key) or [])
     return dumped
 
 

@@ -1,0 +1,166 @@
+"""Batch scoring in chunks with onnxruntime: resumable output, quarantined rows, deterministic request ids.
+
+Layout of an output folder::
+
+    _manifest.json                    model, version, ONNX sha256, chunk size, the inputs' fingerprints
+    <input stem>/part-00000.parquet   the input's columns + prediction, model_version, request_id
+    _rejected/<input stem>-part-00000.parquet   rows that could not be scored, with the reason
+
+A part is written to a temporary name and renamed, so it exists whole or not at all. A re-run
+with the same manifest skips the parts that exist — a crashed run resumes where it stopped and
+never writes a row twice; a re-run with another version or chunk size is refused (choose
+another output folder). Request ids are ``<stem>:<row>``, the same on every run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+SUFFIXES = (".csv", ".parquet", ".pq")
+MANIFEST = "_manifest.json"
+REJECTED = "_rejected"
+
+
+class BatchScoreError(ValueError):
+    """The input or output folder cannot be scored into (what is wrong is in the message)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an output folder holds scores of."""
+
+    model: str
+    version: str
+    sha256: str
+    chunk_rows: int
+    inputs: dict[str, dict[str, int]]  # input name -> size, mtime_ns
+
+    def check_against(self, existing: Manifest, output: Path) -> None:
+        """Raise when ``existing`` (found in ``output``) is not the same scoring run."""
+        mine, theirs = asdict(self), asdict(existing)
+        differing = [key for key in mine if mine[key] != theirs[key]]
+        if differing:
+            described = ", ".join(f"{key} {theirs[key]!r} (now {mine[key]!r})" for key in differing)
+            raise BatchScoreError(
+                f"{output} holds scores of another run: {described}; choose another output folder "
+                "or remove it to score again"
+            )
+
+
+def input_files(source: Path) -> list[Path]:
+    """The CSV/Parquet files of ``source`` (a file or a folder), sorted by name.
+
+    Raises:
+        BatchScoreError: Nothing to score there.
+    """
+    if source.is_file():
+        files = [source] if source.suffix.lower() in SUFFIXES else []
+    elif source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
+    else:
+        raise BatchScoreError(f"input {source} does not exist")
+    if not files:
+        raise BatchScoreError(f"input {source} holds no CSV or Parquet file ({', '.join(SUFFIXES)})")
+    return files
+
+
+def fingerprint(files: list[Path]) -> dict[str, dict[str, int]]:
+    return {path.name: {"size": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns} for path in files}
+
+
+def open_output(output: Path, manifest: Manifest) -> None:
+    """Create the output folder with its manifest, or check that the existing one is this run's."""
+    path = output / MANIFEST
+    if path.exists():
+        manifest.check_against(Manifest(**json.loads(path.read_text())), output)
+        return
+    output.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, json.dumps(asdict(manifest), indent=2).encode())
+
+
+def count_rows(path: Path) -> int:
+    if path.suffix.lower() == ".csv":
+        with path.open("rb") as handle:
+            return max(sum(1 for _ in handle) - 1, 0)
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
+    """The file in frames of ``rows`` rows (the last may be shorter)."""
+    if path.suffix.lower() == ".csv":
+        yield from pd.read_csv(path, chunksize=rows)
+    else:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            yield batch.to_pandas()
+
+
+def part_path(output: Path, source: Path, index: int) -> Path:
+    return output / source.stem / f"part-{index:05d}.parquet"
+
+
+def split_scorable(frame: pd.DataFrame, features: list[str], source: str) -> tuple[np.ndarray, pd.Series]:
+    """The feature matrix (float64) and a mask of the rows that can be scored (every feature a finite number).
+
+    Raises:
+        BatchScoreError: A feature column is missing altogether.
+    """
+    missing = [column for column in features if column not in frame.columns]
+    if missing:
+        raise BatchScoreError(f"{source} lacks feature column(s) {', '.join(missing)} (has {list(frame.columns)})")
+    numbers = frame[features].apply(pd.to_numeric, errors="coerce")
+    scorable = numbers.notna().all(axis=1) & np.isfinite(numbers.to_numpy(dtype=float)).all(axis=1)
+    return numbers.to_numpy(dtype=np.float64), scorable
+
+
+def write_part(
+    frame: pd.DataFrame,
+    scorable: pd.Series,
+    predictions: np.ndarray,
+    first_row: int,
+    source: Path,
+    version: str,
+    part: Path,
+    rejected: Path,
+) -> tuple[int, int]:
+    """Write the scored rows to ``part`` and the others to ``rejected`` (each whole or not at all).
+
+    Returns:
+        Rows scored and rows rejected.
+    """
+    ids = pd.Series([f"{source.stem}:{first_row + i}" for i in range(len(frame))], index=frame.index)
+    bad = ~scorable
+    if bad.any():
+        quarantined = frame[bad].assign(request_id=ids[bad], reason="a feature is missing or not a finite number")
+        rejected.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(rejected, _parquet_bytes(quarantined))
+    scored = frame[scorable].assign(prediction=predictions, model_version=version, request_id=ids[scorable])
+    part.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(part, _parquet_bytes(scored))
+    return int(scorable.sum()), int(bad.sum())
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.reset_index(drop=True).to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(payload)
+    os.replace(temporary, path)
+
+
+def read_scores(output: Path) -> pd.DataFrame:
+    """Every scored row of an output folder (for people and tests)."""
+    parts = sorted(p for p in output.glob("*/part-*.parquet") if p.parent.name != REJECTED)
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
