@@ -50,8 +50,12 @@ DEFAULT_CHUNK_ROWS = 50_000
 class BatchScoreParameters(BaseModel):
     """Parameters of a batch scoring run (rendered as a form in the Prefect UI)."""
 
-    input: str = Field(..., description="CSV/Parquet file, or a folder of them.")
-    output: str = Field(..., description="Folder of the scored Parquet parts (resumed if it holds this run).")
+    input: str | None = Field(None, description="CSV/Parquet file, or a folder of them (default: <home>/batch/input).")
+    output: str | None = Field(
+        None,
+        description="Folder of the scored Parquet parts, resumed if it holds this run "
+        "(default: <home>/batch/output/<input name>-<model>-v<version>).",
+    )
     version: str = Field("champion", description="Version number or alias.")
     model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
     chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, description="Rows per chunk (and per output part).")
@@ -89,8 +93,10 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     model_file, metadata = fetch_bundle(tracking, f"models:/{model_name}/{version}", bundle)
     session = open_session(str(model_file), params.threads or os.cpu_count() or 1)
 
-    files = input_files(Path(params.input))
-    output = Path(params.output)
+    source = Path(params.input) if params.input else settings.resolved_home / "batch" / "input"
+    files = input_files(source)
+    default_output = settings.resolved_home / "batch" / "output" / f"{source.stem}-{model_name}-v{version}"
+    output = Path(params.output) if params.output else default_output
     open_output(output, Manifest(model_name, version, metadata.sha256, params.chunk_rows, fingerprint(files)))
     total = sum(count_rows(path) for path in files)
     progress = cast(

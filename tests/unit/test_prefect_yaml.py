@@ -32,7 +32,9 @@ def test_every_flow_has_a_deployment_and_the_automations_name_real_ones() -> Non
         path, name = deployment["entrypoint"].split(":")
         flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
         names[f"{flow.name}/{deployment['name']}"] = deployment
-    assert {"train/weekly", "release/challenger", "monitor/hourly", "landing/check"} <= set(names)
+    assert {"train/weekly", "release/challenger", "monitor/hourly", "landing/check", "batch-score/on-demand"} <= set(
+        names
+    )
     assert {TRAIN, RELEASE} <= set(names)
     # no second training while one runs: new runs are cancelled, not queued
     assert names[TRAIN]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
