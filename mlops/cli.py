@@ -133,7 +133,9 @@ def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
     """Replace this process with the ONNX server for a registered version (default: the champion)."""
     uri = model_uri or f"models:/{settings.model_name}@champion"
     home = settings.resolved_home
-    command = [sys.executable, "-m", "serving", uri, "--collect-dir", str(home / "requests" / settings.model_name)]
+    from serving.collector import requests_dir
+
+    command = [sys.executable, "-m", "serving", uri, "--collect-dir", str(requests_dir(home, settings.model_name))]
     if uri.startswith("models:/"):  # fetched to <home>/bundles/<name>-<alias or version>
         folder = re.sub(r"[@/]", "-", uri.removeprefix("models:/"))
         command += ["--bundle-dir", str(home / "bundles" / folder)]
