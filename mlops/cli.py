@@ -7,12 +7,11 @@ import json
 import os
 import re
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
 from mlops.settings import Settings, get_settings
+from mlops.stack import deploy, down, up
 
 # The values of tasks.train.ModelFamily, spelled out so `mlops --help` does not import scikit-learn.
 FAMILIES = ("ridge", "random_forest", "gradient_boosting")
@@ -26,59 +25,10 @@ def _configure_clients(settings: Settings) -> None:
     get_settings.cache_clear()
 
 
-def up(settings: Settings) -> dict[str, str]:
-    """Start (or reuse) the MLflow and Prefect servers side by side."""
-    from deployments.prefect_server import start_prefect
-    from mlflow_server import MlflowServerConfig, start_mlflow
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        mlflow_started = pool.submit(start_mlflow, MlflowServerConfig.from_settings(settings))
-        prefect_started = pool.submit(start_prefect, settings)
-        states = {
-            "mlflow": "started" if mlflow_started.result() else "already running",
-            "prefect": "started" if prefect_started.result() else "already running",
-        }
-    print(f"MLflow  {states['mlflow']:>15}: {settings.tracking_uri}")
-    print(f"Prefect {states['prefect']:>15}: {settings.prefect_url.removesuffix('/api')}")
-    return states
-
-
-def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> None:
-    """Start (or reuse) the process worker, register prefect.yaml's deployments, apply the automations."""
-    from deployments.automations import apply_loop_automations
-    from deployments.prefect_worker import POOL, deploy_all, start_worker
-
-    started = start_worker(settings)
-    print(f"Worker {'started' if started else 'already running'}: pool {POOL}, log {settings.logs_dir}")
-    deploy_all(settings)
-    print("Deployments registered from prefect.yaml (prefect deploy --all)")
-    for name, what in apply_loop_automations(settings, release_parameters=release_parameters).items():
-        print(f"automation {name}: {what}")
-
-
 def monitor(minutes: float) -> Any:
     from flows.monitor import MonitorParameters, monitor_flow
 
     return monitor_flow(MonitorParameters(window_minutes=minutes))
-
-
-def down(settings: Settings) -> None:
-    from deployments.endpoint import stop_endpoint
-    from deployments.prefect_server import stop_prefect
-    from deployments.prefect_worker import stop_worker
-    from deployments.targets import ProcessTarget
-    from mlflow_server import MlflowServerConfig, stop_mlflow
-
-    target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
-    for deployment in target.running():
-        print(f"deployment {deployment}: {'stopped' if target.stop(deployment) else 'not running'}")
-    print(f"Endpoint: {'stopped' if stop_endpoint(settings) else 'not running (nothing of ours to stop)'}")
-    for name, stopped in (
-        ("Worker", stop_worker(settings)),
-        ("Prefect", stop_prefect(settings)),
-        ("MLflow", stop_mlflow(MlflowServerConfig.from_settings(settings))),
-    ):
-        print(f"{name}: {'stopped' if stopped else 'not running (nothing of ours to stop)'}")
 
 
 def land(settings: Settings, batches: list[int]) -> list[str]:
@@ -98,35 +48,9 @@ def train(family: str, seed: int) -> Any:
 
 
 def demo(settings: Settings, family: str) -> int:
-    """Bring the stack up, land the first batch, train the first champion, land the rest, train a challenger."""
-    from tasks.dataset import ledger_entries
-    from tasks.sample_data import DEFAULT_BATCHES, batch_name
+    from mlops.demo import run_demo
 
-    started = time.monotonic()
-    up(settings)
-    print(f"[{time.monotonic() - started:5.1f}s] servers ready")
-    ingested = {entry["name"] for entry in ledger_entries(settings.data)}
-    outcomes = []
-    for step, batches in (("first batch", [0]), ("later batches", list(range(1, DEFAULT_BATCHES)))):
-        fresh = [index for index in batches if batch_name(index) not in ingested]
-        if fresh:
-            land(settings, fresh)
-        print(f"[{time.monotonic() - started:5.1f}s] training on the {step} ...")
-        outcome = train(family, 42)
-        outcomes.append(outcome)
-        print(f"[{time.monotonic() - started:5.1f}s] {outcome.status}: {outcome.message}")
-    last = outcomes[-1]
-    print()
-    print(f"Done in {time.monotonic() - started:.1f}s. Where to look:")
-    print(f"  MLflow UI     {settings.tracking_uri}/#/models/{last.model_name}")
-    for outcome in outcomes:
-        if outcome.version_url:
-            print(f"  version {outcome.version} ({outcome.alias}) {outcome.version_url}")
-        print(f"  run {outcome.run_id}  {outcome.run_url}")
-    print(f"  Prefect UI    {settings.prefect_url.removesuffix('/api')}/runs")
-    print("Serve the champion with: uv run mlops serve --port 8080   (ONNX server; Ctrl-C stops it)")
-    print("Stop the servers with: make down (or: uv run mlops down)")
-    return 0
+    return run_demo(settings, family)
 
 
 def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
@@ -167,7 +91,9 @@ def promote(model_name: str, version: str, reason: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops", description="The model lifecycle on Prefect + MLflow.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="start the servers and run the training loop on the default data")
+    demo_parser = commands.add_parser(
+        "demo", help="the whole loop on the default data: champion, drift, retraining, canary, promotion"
+    )
     demo_parser.add_argument("--family", default="ridge", choices=FAMILIES)
     commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
     commands.add_parser("down", help="stop the servers this project started")

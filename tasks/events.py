@@ -50,3 +50,26 @@ def emit(
         resource={"prefect.resource.id": resource_id(kind, name), "prefect.resource.name": name, **(labels or {})},
         payload=payload,
     )
+
+
+def read_events(names: list[str], since: Any, prefixes: list[str]) -> list[Any]:
+    """The events named ``prefixes*`` on the model and dataset resources ``names`` since ``since``, oldest first.
+
+    Read from the Prefect API in ``PREFECT_API_URL`` (every page). The filter is built per call:
+    its ``until`` defaults to the moment it is made.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    wanted = EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(prefix=prefixes),
+        resource=EventResourceFilter(id=[resource_id(kind, name) for name in names for kind in ("model", "dataset")]),
+    )
+    with get_client(sync_client=True) as prefect:
+        page = prefect.read_events(filter=wanted, limit=50)  # the API's largest page
+        events = list(page.events)
+        while page.next_page is not None:
+            page = prefect.read_events_page(str(page.next_page))
+            events += page.events
+    return sorted(events, key=lambda event: event.occurred)

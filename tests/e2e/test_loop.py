@@ -40,9 +40,8 @@ from mlops.process import free_port
 from mlops.settings import Settings
 from mlops.traffic import BackgroundTraffic
 from tasks.ingest import accepted_frame
-from tasks.sample_data import land_batches
+from tasks.sample_data import drifted, land_batches
 
-SHIFTED = ["age", "bmi", "bp", "s1", "s3", "s5"]
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}
 RELEASE = {"params": {"version": "challenger", "image": "never", "rollout": ROLLOUT}}
 
@@ -204,10 +203,7 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
 
     frame = accepted_frame(settings.data)
     assert frame is not None
-    shifted = frame.copy()
-    for column in SHIFTED:
-        shifted[column] = shifted[column] + 1.5 * frame[column].std()
-    rows = shifted[list(settings.feature_columns)].to_numpy().tolist()
+    rows = drifted(frame)[list(settings.feature_columns)].to_numpy().tolist()
     land_batches(settings.landing, [1, 2, 3])  # the labelled data a retraining will find
 
     endpoint = f"http://127.0.0.1:{settings.endpoint_port}/invocations"

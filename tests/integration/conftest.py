@@ -89,24 +89,13 @@ def model_home(
 
 
 def model_events(model_name: str, since: datetime, prefix: str, expected: set[str], timeout: float = 15.0) -> list[Any]:
-    """The events named ``prefix*`` on ``mlops.model.<model_name>`` since ``since``, oldest first, once the
+    """The events named ``prefix*`` on the model (or its dataset) since ``since``, oldest first, once the
     ``expected`` names all arrived (or ``timeout`` passed: the caller's assertion then says what is missing)."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+    from tasks.events import read_events
 
-    wanted = EventFilter(
-        occurred=EventOccurredFilter(since=since),
-        event=EventNameFilter(prefix=[prefix]),
-        resource=EventResourceFilter(id=[f"mlops.model.{model_name}"]),
-    )
     deadline = time.monotonic() + timeout
     while True:  # events reach the server asynchronously
-        with get_client(sync_client=True) as prefect:
-            page = prefect.read_events(filter=wanted, limit=50)  # the API's largest page
-            events = list(page.events)
-            while page.next_page is not None:
-                page = prefect.read_events_page(str(page.next_page))
-                events += page.events
+        events = read_events([model_name], since, [prefix])
         if expected <= {event.event for event in events} or time.monotonic() > deadline:
-            return sorted(events, key=lambda event: event.occurred)
+            return [event for event in events if event.resource.id == f"mlops.model.{model_name}"]
         time.sleep(0.5)

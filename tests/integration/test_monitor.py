@@ -27,9 +27,10 @@ from mlflow_server import MlflowServerConfig
 from mlops.settings import Settings
 from tasks.ingest import accepted_frame
 from tasks.registry import CHAMPION
+from tasks.sample_data import DRIFT_COLUMNS, drifted
 from tests.integration.conftest import model_events, model_home
 
-SHIFTED = ["age", "bmi", "bp", "s1", "s3", "s5"]  # 6 of 10 features: over Evidently's 0.5 share
+SHIFTED = list(DRIFT_COLUMNS)  # 6 of 10 features: over Evidently's 0.5 share
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,6 @@ def send(served: Served, rows: pd.DataFrame, per_request: int = 10) -> list[str]
 def window(started: float) -> MonitorParameters:
     ended = time.time()
     return MonitorParameters(window_minutes=(ended - started) / 60, window_end=datetime.fromtimestamp(ended, UTC))
-
-
-def drifted(frame: pd.DataFrame) -> pd.DataFrame:
-    shifted = frame.copy()
-    for column in SHIFTED:
-        shifted[column] = shifted[column] + 1.5 * frame[column].std()
-    return shifted
 
 
 def test_training_like_traffic_is_judged_stable_and_recorded_in_mlflow(served: Served) -> None:

@@ -1,0 +1,159 @@
+"""The demo: the whole loop on the embedded defaults, one step line at a time, ending with the URLs.
+
+1. MLflow and Prefect servers, the process worker, the deployments of ``prefect.yaml`` and the
+   automations (``mlops up`` + ``mlops deploy``);
+2. the first champion, trained by the ``train/weekly`` deployment and put behind the endpoint;
+3. traffic through the endpoint whose inputs have drifted, and new labelled data landing;
+4. the ``monitor/hourly`` deployment judges the traffic; from there on only Prefect automations
+   act: ``drift.detected`` -> retraining -> ``model.registered`` (challenger) -> release (an image
+   where a Docker engine answers, a process deployment otherwise) -> canary -> promoted.
+
+The lines come from the lifecycle events as they reach the Prefect server. ``mlops down`` stops
+everything; a second ``mlops demo`` finds the story told and prints where to look.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, cast
+
+from mlops.settings import Settings
+
+ROLLOUT = {"steps": [25, 100], "bake_seconds": 5, "min_requests": 20, "p99_slack_ms": 50, "compare_predictions": False}
+RELEASE = {"params": {"version": "challenger", "image": "auto", "rollout": ROLLOUT}}
+FOLLOWED = ["drift.", "performance.", "data.", "model.", "rollout."]
+ENDS = {"rollout.promoted", "rollout.rolled_back", "model.kept"}
+
+
+class Progress:
+    """Step lines with the seconds since the demo started."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+
+def _run(name: str, parameters: dict[str, Any] | None = None) -> Any:
+    """Run a deployment through the worker and wait for it; raise when it does not complete."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    flow_run = cast(FlowRun, run_deployment(name, parameters=parameters or {}, timeout=900))
+    if flow_run.state is None or not flow_run.state.is_completed():
+        state = flow_run.state.name if flow_run.state else "unknown"
+        raise RuntimeError(f"deployment {name}: flow run {flow_run.name} ended {state}; see the Prefect UI")
+    return flow_run
+
+
+def describe(event: Any) -> str:
+    """One line for a lifecycle event."""
+    payload, name = event.payload, event.event
+    if name == "drift.detected":
+        return f"drift detected in {', '.join(payload['drifted_columns']) or 'predictions'} -> retraining (automation)"
+    if name == "model.registered":
+        return f"version {payload['version']} registered as {payload['alias']} (rmse {payload.get('rmse', 0):.1f})"
+    if name == "rollout.started":
+        return f"canary of version {payload['version']} started beside version {payload['champion']}"
+    if name == "rollout.step":
+        return (
+            f"canary at {payload.get('canary weight %')}%: {payload.get('verdict')} "
+            f"(canary req/err/p99 {payload.get('canary req / err / p99')}; KS {payload.get('KS')})"
+        )
+    if name == "rollout.promoted":
+        return f"version {payload['version']} promoted: it serves 100% of the endpoint"
+    if name == "rollout.rolled_back":
+        return f"version {payload['version']} rolled back: {payload.get('reason', '')}"
+    if name == "data.accepted":
+        return f"batch {payload['batch']} accepted ({payload['rows']} rows)"
+    if name == "model.trained":
+        return f"candidate trained ({payload['family']}, rmse {payload.get('rmse', 0):.1f})"
+    return name
+
+
+def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> str | None:
+    """Print the model's lifecycle events as they arrive until the story ends; returns the last one's name."""
+    from tasks.events import read_events
+
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in read_events([model_name], since, FOLLOWED):
+            if str(event.id) in seen:
+                continue
+            seen.add(str(event.id))
+            progress(describe(event))
+            if event.event in ENDS:
+                return event.event
+        time.sleep(1.0)
+    return None
+
+
+def run_demo(settings: Settings, family: str) -> int:
+    """Tell the whole story once (see the module doc); print where to look."""
+    from datetime import UTC, datetime
+
+    from mlops.stack import deploy, up
+    from mlops.traffic import BackgroundTraffic
+    from tasks.dataset import ledger_entries
+    from tasks.ingest import accepted_frame
+    from tasks.sample_data import DEFAULT_BATCHES, batch_name, drifted, land_batches
+    from tasks.tracking import alias_version
+
+    progress = Progress()
+    progress("starting the MLflow and Prefect servers ...")
+    up(settings)
+    progress("starting the worker, registering the deployments and automations ...")
+    deploy(settings, RELEASE)
+    tracking, model = settings.tracking_uri, settings.model_name
+    ingested = {entry["name"] for entry in ledger_entries(settings.data)}
+    if alias_version(tracking, model, "champion") is None:
+        if batch_name(0) not in ingested:
+            land_batches(settings.landing, [0])
+        progress("training the first champion on batch 0 (deployment train/weekly) ...")
+        _run("train/weekly", {"params": {"training": {"family": family}}})
+    champion = alias_version(tracking, model, "champion")
+    progress(f"version {champion} is the champion; putting it behind the endpoint ...")
+    _run("release/challenger", {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}})
+    endpoint = f"http://{settings.endpoint_host}:{settings.endpoint_port}"
+    later = [index for index in range(1, DEFAULT_BATCHES) if batch_name(index) not in ingested]
+    if not later:
+        progress("this home told the story before (every batch is trained on): nothing new to show")
+        return _where_to_look(settings, endpoint)
+
+    frame = accepted_frame(settings.data)
+    assert frame is not None  # batch 0 was accepted above
+    rows = drifted(frame)[list(settings.feature_columns)].to_numpy().tolist()
+    body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
+    with BackgroundTraffic(f"{endpoint}/invocations", body, max_seconds=900, concurrency=2, pause=0.01) as traffic:
+        progress("traffic flows through the endpoint; the world changed: 6 of 10 inputs have drifted")
+        while traffic.result.requests < 300:
+            time.sleep(0.2)
+        since = datetime.now(UTC)
+        landed = time.monotonic()
+        land_batches(settings.landing, later)
+        progress(f"new labelled data landed ({len(later)} batches); the monitor judges the last hour ...")
+        _run("monitor/hourly")
+        end = follow(model, since, progress, timeout=900)
+        seconds = time.monotonic() - landed
+        served = sum(traffic.result.statuses.values())
+        errors = traffic.result.server_errors + traffic.result.connection_errors
+    outcome = end or "no ending within 15 minutes"
+    progress(f"{outcome}: {seconds:.0f} s after the data landed; {served} requests served, {errors} failed")
+    return _where_to_look(settings, endpoint) if end == "rollout.promoted" else 1
+
+
+def _where_to_look(settings: Settings, endpoint: str) -> int:
+    reports = settings.resolved_home / "reports" / settings.model_name / "drift-latest.html"
+    print()
+    print("Where to look:")
+    print(
+        f"  Prefect UI     {settings.prefect_url.removesuffix('/api')}/runs   (runs, deployments, automations, events)"
+    )
+    print(f"  MLflow UI      {settings.tracking_uri}/#/models/{settings.model_name}")
+    print(f'  endpoint       {endpoint}/invocations   (POST {{"instances": [[...10 features...]]}})')
+    if reports.exists():
+        print(f"  drift report   {reports.as_uri()}")
+    print("Stop everything with: make down (or: uv run mlops down)")
+    return 0

@@ -1,0 +1,61 @@
+"""The embedded stack: MLflow and Prefect servers, the process worker, deployments and automations.
+
+``up`` starts (or reuses) the servers, ``deploy`` the worker, ``prefect deploy --all`` and the
+automations, ``down`` stops everything this project started (deployments and endpoint included).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from mlops.settings import Settings
+
+
+def up(settings: Settings) -> dict[str, str]:
+    """Start (or reuse) the MLflow and Prefect servers side by side."""
+    from deployments.prefect_server import start_prefect
+    from mlflow_server import MlflowServerConfig, start_mlflow
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        mlflow_started = pool.submit(start_mlflow, MlflowServerConfig.from_settings(settings))
+        prefect_started = pool.submit(start_prefect, settings)
+        states = {
+            "mlflow": "started" if mlflow_started.result() else "already running",
+            "prefect": "started" if prefect_started.result() else "already running",
+        }
+    print(f"MLflow  {states['mlflow']:>15}: {settings.tracking_uri}")
+    print(f"Prefect {states['prefect']:>15}: {settings.prefect_url.removesuffix('/api')}")
+    return states
+
+
+def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> None:
+    """Start (or reuse) the process worker, register prefect.yaml's deployments, apply the automations."""
+    from deployments.automations import apply_loop_automations
+    from deployments.prefect_worker import POOL, deploy_all, start_worker
+
+    started = start_worker(settings)
+    print(f"Worker {'started' if started else 'already running'}: pool {POOL}, log {settings.logs_dir}")
+    deploy_all(settings)
+    print("Deployments registered from prefect.yaml (prefect deploy --all)")
+    for name, what in apply_loop_automations(settings, release_parameters=release_parameters).items():
+        print(f"automation {name}: {what}")
+
+
+def down(settings: Settings) -> None:
+    from deployments.endpoint import stop_endpoint
+    from deployments.prefect_server import stop_prefect
+    from deployments.prefect_worker import stop_worker
+    from deployments.targets import ProcessTarget
+    from mlflow_server import MlflowServerConfig, stop_mlflow
+
+    target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+    for deployment in target.running():
+        print(f"deployment {deployment}: {'stopped' if target.stop(deployment) else 'not running'}")
+    print(f"Endpoint: {'stopped' if stop_endpoint(settings) else 'not running (nothing of ours to stop)'}")
+    for name, stopped in (
+        ("Worker", stop_worker(settings)),
+        ("Prefect", stop_prefect(settings)),
+        ("MLflow", stop_mlflow(MlflowServerConfig.from_settings(settings))),
+    ):
+        print(f"{name}: {'stopped' if stopped else 'not running (nothing of ours to stop)'}")
