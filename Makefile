@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11 + pip):
-#   make run    install the locked environment, start MLflow + Prefect, run the training loop
+#   make run    install the locked environment, then the whole loop on the default data (mlops demo)
 #   make test   install the locked environment, lint, type-check and run every test
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
