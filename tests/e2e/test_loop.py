@@ -31,6 +31,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from deployments.automations import TAG
 from deployments.endpoint import stop_endpoint
 from deployments.prefect_server import start_prefect, stop_prefect
 from deployments.prefect_worker import PROJECT, _prefect, deploy_all, start_worker, stop_worker
@@ -277,3 +278,59 @@ def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_w
     assert runs[-1]["created_by"]["type"] == "AUTOMATION"
     quarantined = list(Path(settings.data).rglob("batch-9999.csv"))
     assert quarantined and quarantined[0].read_bytes() == bad.to_csv(index=False).encode()
+
+
+BROWSER = Path("/usr/bin/chromium")
+# Flags from this machine's notes: no sandbox as root, no background calls to a closed network.
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = PROJECT / "test-artifacts" / "ui"
+
+
+def test_the_prefect_and_mlflow_uis_show_the_loop(loop: Loop) -> None:
+    """Run after the two tests above: what a person sees in both UIs once the loop ran."""
+    if not BROWSER.exists():
+        if os.environ.get("MLOPS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"MLOPS_REQUIRE_BROWSER=1 but {BROWSER} is missing (apt-get install chromium)")
+        pytest.skip(f"the UI test drives Debian's chromium and {BROWSER} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    settings = loop.settings
+    name = settings.model_name
+    prefect_ui = settings.prefect_url.removesuffix("/api")
+    automated = [run["name"] for run in loop.flow_runs("train/weekly") + loop.flow_runs("release/challenger")]
+    automations = [a["name"] for a in loop.post("/automations/filter", {}) if TAG in a["tags"]]
+    pages = [
+        ("prefect-runs", f"{prefect_ui}/runs", automated),
+        ("prefect-deployments", f"{prefect_ui}/deployments", ["weekly", "challenger", "hourly", "check", "on-demand"]),
+        ("prefect-automations", f"{prefect_ui}/automations", automations),
+        ("mlflow-model", f"{settings.tracking_uri}/#/models/{name}", ["champion", "Version 2", "Version 1"]),
+        (
+            "mlflow-version-2",
+            f"{settings.tracking_uri}/#/models/{name}/versions/2",
+            ["champion", "dataset_digest", "git_commit", "prefect_flow_run_id", "onnx_sha256", "promoted_by"],
+        ),
+    ]
+    assert len(automations) == 4 and len(automated) >= 4
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    missing: dict[str, list[str]] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(BROWSER), args=BROWSER_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for label, url, texts in pages:
+                page.goto(url)
+                page.get_by_text(texts[0], exact=False).first.wait_for(timeout=30_000)  # the app has rendered
+                body = page.inner_text("body")
+                missing[label] = [text for text in texts if text not in body]
+                page.screenshot(path=str(SCREENSHOTS / f"{label}.png"), full_page=True)
+        finally:
+            browser.close()
+    assert all(not texts for texts in missing.values()), f"not shown: {missing}; screenshots in {SCREENSHOTS}"

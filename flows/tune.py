@@ -1,0 +1,122 @@
+"""Hyperparameter search spread over Dask workers: one Prefect task per grid point.
+
+The training flow searches its grid inside one task (``GridSearchCV``), which is right for one
+machine. At team scale the grid is wider than a machine: this flow scores every grid point as its
+own task on a ``DaskTaskRunner`` — a local cluster by default (one worker process per core), or the
+scheduler at ``MLOPS_DASK_ADDRESS`` (e.g. ``tcp://dask-scheduler:8786``) — with the same folds as
+the training flow, and returns the best parameters as a one-point ``param_grid`` for it.
+
+    python -m flows.tune [--family random_forest]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_table_artifact
+from prefect_dask import DaskTaskRunner
+from pydantic import BaseModel, Field
+from sklearn.model_selection import KFold, ParameterGrid, cross_val_score
+
+from mlops.settings import get_settings
+from tasks.events import artifact_key
+from tasks.ingest import assemble_training_set
+from tasks.train import TrainConfig, TrainingSet, build_pipeline
+
+
+class TuneParameters(BaseModel):
+    """What to search (the training flow's family, seed, folds and grid)."""
+
+    training: TrainConfig = Field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class Scored:
+    params: dict[str, Any]
+    cv_rmse: float
+    worker: str
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    """The best grid point and every score; ``param_grid`` feeds the training flow."""
+
+    family: str
+    best: dict[str, Any]
+    best_cv_rmse: float
+    param_grid: dict[str, list[Any]]
+    scores: list[Scored]
+    workers: int
+
+
+@task
+def score_point(data: TrainingSet, config: TrainConfig, params: dict[str, Any]) -> Scored:
+    """Cross-validated RMSE of one grid point, on the training part of the split (as GridSearchCV does)."""
+    x_train, y_train, _, _ = data.split()
+    model = build_pipeline(config.family, config.seed).set_params(**params)
+    folds = KFold(config.cv_folds, shuffle=True, random_state=config.seed)
+    scores = cross_val_score(model, x_train, y_train, cv=folds, scoring="neg_root_mean_squared_error", n_jobs=1)
+    return Scored(params, float(-np.mean(scores)), f"{os.uname().nodename}:{os.getpid()}")
+
+
+def dask_runner() -> DaskTaskRunner:
+    """The scheduler at MLOPS_DASK_ADDRESS, else a local cluster of one single-threaded process per core."""
+    address = os.environ.get("MLOPS_DASK_ADDRESS")
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": os.cpu_count() or 1, "threads_per_worker": 1, "processes": True})
+
+
+@flow(name="tune", log_prints=True, task_runner=dask_runner())  # type: ignore[arg-type]
+def tune_flow(params: TuneParameters | None = None) -> TuneOutcome:
+    """Score every point of the family's grid as its own task on Dask; return the best."""
+    params = params or TuneParameters()
+    settings = get_settings()
+    config = params.training
+    frame, snapshot = assemble_training_set(settings.data)
+    data = TrainingSet(frame, list(settings.feature_columns), settings.target_column, config.holdout_fraction)
+    points = list(ParameterGrid(config.grid()))
+    futures = score_point.map(unmapped(data), unmapped(config), points)
+    scores = sorted((future.result() for future in futures), key=lambda scored: scored.cv_rmse)
+    best = scores[0]
+    create_table_artifact(
+        key=artifact_key("tune", config.family.value),
+        table=[{**s.params, "cv_rmse": round(s.cv_rmse, 3), "worker": s.worker} for s in scores],
+        description=f"{len(points)} grid points on dataset {snapshot.digest[:12]}, best first",
+    )
+    workers = len({s.worker for s in scores})
+    get_run_logger().info(
+        "best of %d points (%d workers): %s, cv rmse %.3f", len(points), workers, best.params, best.cv_rmse
+    )
+    return TuneOutcome(
+        config.family.value,
+        best.params,
+        best.cv_rmse,
+        {key: [value] for key, value in best.params.items()},
+        scores,
+        workers,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.tune", description=__doc__)
+    parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
+    args = parser.parse_args(argv)
+    try:
+        outcome = tune_flow(TuneParameters(training=TrainConfig(family=args.family)))
+    except Exception as error:  # the flow run already logged the traceback
+        print(f"tuning failed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(outcome), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
