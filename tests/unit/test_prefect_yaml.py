@@ -5,22 +5,25 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect import Flow
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_deployments_resolve_to_flows_with_valid_parameters() -> None:
-    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    assert config["deployments"], "prefect.yaml defines no deployment"
+@pytest.mark.parametrize("file", ["prefect.yaml", "deployments/prefect.team.yaml"])
+def test_deployments_resolve_to_flows_with_valid_parameters(file: str) -> None:
+    config = yaml.safe_load((ROOT / file).read_text())
+    assert config["deployments"], f"{file} defines no deployment"
+    pool = "local-process" if file == "prefect.yaml" else "mlops-kubernetes"
     for deployment in config["deployments"]:
         path, name = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
         flow = getattr(module, name)
         assert isinstance(flow, Flow), deployment["entrypoint"]
         flow.validate_parameters(deployment.get("parameters") or {})
-        assert deployment["work_pool"]["name"] == "local-process"
+        assert deployment["work_pool"]["name"] == pool
 
 
 def test_every_flow_has_a_deployment_and_the_automations_name_real_ones() -> None:
