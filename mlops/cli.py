@@ -25,6 +25,13 @@ def _configure_clients(settings: Settings) -> None:
     get_settings.cache_clear()
 
 
+def score(source: str, output: str | None, version: str, chunk_rows: int | None) -> Any:
+    from flows.batch_score import BatchScoreParameters, batch_score_flow
+
+    options = {"chunk_rows": chunk_rows} if chunk_rows else {}
+    return batch_score_flow(BatchScoreParameters(input=source, output=output, version=version, **options))
+
+
 def monitor(minutes: float) -> Any:
     from flows.monitor import MonitorParameters, monitor_flow
 
@@ -103,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     deploy_parser.add_argument(
         "--release-params", type=json.loads, default=None, help="parameters of automated releases (JSON)"
     )
+    score_parser = commands.add_parser("score", help="batch-score a CSV/Parquet file or folder with onnxruntime")
+    score_parser.add_argument("input", help="file or folder")
+    score_parser.add_argument("output", nargs="?", default=None, help="default: <home>/batch/output/...")
+    score_parser.add_argument("--version", default="champion", help="number or alias (champion)")
+    score_parser.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk and part (50000)")
     monitor_parser = commands.add_parser("monitor", help="judge the last window of served requests once")
     monitor_parser.add_argument("--minutes", type=float, default=60.0, help="window length (default 60)")
     land_parser = commands.add_parser("land", help="land default diabetes batches in the landing folder")
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command in ("demo", "train", "promote", "serve", "release", "deploy", "monitor"):
+    if args.command in ("demo", "train", "promote", "serve", "release", "deploy", "monitor", "score"):
         _configure_clients(settings)
         settings = get_settings()
     try:
@@ -144,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             down(settings)
         elif args.command == "deploy":
             deploy(settings, args.release_params)
+        elif args.command == "score":
+            print(json.dumps(asdict(score(args.input, args.output, args.version, args.chunk_rows)), indent=2))
         elif args.command == "monitor":
             print(json.dumps(asdict(monitor(args.minutes)), indent=2))
         elif args.command == "land":
