@@ -81,12 +81,17 @@ class ProcessTarget:
 
 @dataclass
 class DockerTarget:
-    """A container of the version's release image (``image_ref`` tag) per deployment, host network."""
+    """A container of the version's release image (``image_ref`` tag) per deployment, host network.
+
+    With ``home``, the container collects its requests into ``<home>/requests/<model>`` (mounted at
+    ``/requests``, writable by the image's uid 65532), where the monitor reads them.
+    """
 
     tracking_uri: str
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     kind: str = "docker"
     ready_timeout: float = 60.0
+    home: Path | None = None
 
     def _engine(self) -> Any:
         from tasks.docker_engine import connect
@@ -104,12 +109,21 @@ class DockerTarget:
                 f"image_smoke={tags.get('image_smoke')!r}): run the release flow's image step first"
             )
         port = free_port()
+        environment = {"MLOPS_SERVING_HOST": "127.0.0.1", "MLOPS_SERVING_PORT": str(port)}
+        volumes = {}
+        if self.home is not None:
+            collected = requests_dir(self.home, model_name)
+            collected.mkdir(parents=True, exist_ok=True)
+            collected.chmod(0o777)  # the image runs as uid 65532, not as the host's user
+            volumes[str(collected)] = {"bind": "/requests", "mode": "rw"}
+            environment["MLOPS_SERVING_COLLECT_DIR"] = "/requests"
         container = self._engine().containers.run(
             image,
             detach=True,
             name=f"mlops-{name}",
             network_mode="host",
-            environment={"MLOPS_SERVING_HOST": "127.0.0.1", "MLOPS_SERVING_PORT": str(port), **self.env.get(name, {})},
+            environment={**environment, **self.env.get(name, {})},
+            volumes=volumes,
             labels={"mlops.role": "deployment", "mlops.deployment": name, "mlops.model": model_name},
         )
         url = f"http://127.0.0.1:{port}"

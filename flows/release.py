@@ -106,7 +106,7 @@ def engine_answers() -> bool:
 def deployment_target(config: RolloutConfig, settings: Settings, canary: str) -> DeploymentTarget:
     env = {canary: config.canary_env} if config.canary_env else {}
     if config.target == "docker":
-        return DockerTarget(settings.tracking_uri, env)
+        return DockerTarget(settings.tracking_uri, env, home=settings.resolved_home)
     return ProcessTarget(settings.tracking_uri, settings.resolved_home, env)
 
 

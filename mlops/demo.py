@@ -20,7 +20,6 @@ from typing import Any, cast
 from mlops.settings import Settings
 
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 5, "min_requests": 20, "p99_slack_ms": 50, "compare_predictions": False}
-RELEASE = {"params": {"version": "challenger", "image": "auto", "rollout": ROLLOUT}}
 FOLLOWED = ["drift.", "performance.", "data.", "model.", "rollout."]
 ENDS = {"rollout.promoted", "rollout.rolled_back", "model.kept"}
 
@@ -94,6 +93,7 @@ def run_demo(settings: Settings, family: str) -> int:
     """Tell the whole story once (see the module doc); print where to look."""
     from datetime import UTC, datetime
 
+    from flows.release import engine_answers
     from mlops.stack import deploy, up
     from mlops.traffic import BackgroundTraffic
     from tasks.dataset import ledger_entries
@@ -104,8 +104,10 @@ def run_demo(settings: Settings, family: str) -> int:
     progress = Progress()
     progress("starting the MLflow and Prefect servers ...")
     up(settings)
-    progress("starting the worker, registering the deployments and automations ...")
-    deploy(settings, RELEASE)
+    # Containers of smoke-tested images where a Docker engine answers, processes otherwise.
+    rollout = {**ROLLOUT, "target": "docker" if engine_answers() else "process"}
+    progress(f"starting the worker, registering the deployments and automations (deployments: {rollout['target']}) ...")
+    deploy(settings, {"params": {"version": "challenger", "image": "auto", "rollout": rollout}})
     tracking, model = settings.tracking_uri, settings.model_name
     ingested = {entry["name"] for entry in ledger_entries(settings.data)}
     if alias_version(tracking, model, "champion") is None:
@@ -115,7 +117,7 @@ def run_demo(settings: Settings, family: str) -> int:
         _run("train/weekly", {"params": {"training": {"family": family}}})
     champion = alias_version(tracking, model, "champion")
     progress(f"version {champion} is the champion; putting it behind the endpoint ...")
-    _run("release/challenger", {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}})
+    _run("release/challenger", {"params": {"version": "champion", "image": "auto", "rollout": rollout}})
     endpoint = f"http://{settings.endpoint_host}:{settings.endpoint_port}"
     later = [index for index in range(1, DEFAULT_BATCHES) if batch_name(index) not in ingested]
     if not later:

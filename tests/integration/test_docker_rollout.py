@@ -15,6 +15,8 @@ from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings
 from mlops.traffic import BackgroundTraffic
+from serving.collector import requests_dir
+from tasks.collected import load_requests
 from tasks.image import ImageSpec
 from tasks.ingest import accepted_frame
 from tasks.registry import CHALLENGER, CHAMPION
@@ -67,3 +69,7 @@ def test_containers_of_the_release_images_are_rolled_out(settings: Settings, doc
     assert [(c.name, c.image.tags[0] if c.image.tags else "") for c in running] == [
         ("mlops-v2", f"mlops/{settings.model_name}:2")
     ]
+    # The containers collected what they scored where the monitor reads it, on the host.
+    served = load_requests(requests_dir(settings.resolved_home, settings.model_name), since=0)
+    assert set(served["model_version"]) == {"1", "2"}
+    assert (served["model_version"] == "1").sum() == load.result.deployments["v1"]  # v1 stopped: all flushed
