@@ -7,6 +7,7 @@ them, like any deployment); containers are labelled and found again by name.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -108,23 +109,27 @@ class DockerTarget:
                 f"{model_name} version {version} has no smoke-tested image (image_ref={image!r}, "
                 f"image_smoke={tags.get('image_smoke')!r}): run the release flow's image step first"
             )
+        engine = self._engine()
+        self._remove_leftover(engine, name)
         port = free_port()
         environment = {"MLOPS_SERVING_HOST": "127.0.0.1", "MLOPS_SERVING_PORT": str(port)}
+        labels = {"mlops.role": "deployment", "mlops.deployment": name, "mlops.model": model_name}
         volumes = {}
         if self.home is not None:
+            labels["mlops.home"] = str(self.home)
             collected = requests_dir(self.home, model_name)
             collected.mkdir(parents=True, exist_ok=True)
             collected.chmod(0o777)  # the image runs as uid 65532, not as the host's user
             volumes[str(collected)] = {"bind": "/requests", "mode": "rw"}
             environment["MLOPS_SERVING_COLLECT_DIR"] = "/requests"
-        container = self._engine().containers.run(
+        container = engine.containers.run(
             image,
             detach=True,
             name=f"mlops-{name}",
             network_mode="host",
             environment={**environment, **self.env.get(name, {})},
             volumes=volumes,
-            labels={"mlops.role": "deployment", "mlops.deployment": name, "mlops.model": model_name},
+            labels=labels,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -133,6 +138,21 @@ class DockerTarget:
             container.remove(force=True)
             raise RuntimeError(f"deployment {name} ({image}) did not start: {error}") from error
         return url
+
+    @staticmethod
+    def _remove_leftover(engine: Any, name: str) -> None:
+        """A container of this name not in the routing table is a leftover of a crashed or stopped run."""
+        from docker.errors import NotFound
+
+        with contextlib.suppress(NotFound):
+            engine.containers.get(f"mlops-{name}").remove(force=True)
+
+    def running(self) -> list[str]:
+        """Names of the deployments this target started for its home and that still exist."""
+        if self.home is None:
+            return []
+        found = self._engine().containers.list(all=True, filters={"label": f"mlops.home={self.home}"})
+        return sorted(container.labels["mlops.deployment"] for container in found)
 
     def stop(self, name: str) -> bool:
         from docker.errors import NotFound

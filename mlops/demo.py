@@ -71,8 +71,29 @@ def describe(event: Any) -> str:
     return name
 
 
+def failed_runs(since: Any) -> list[str]:
+    """Flow runs that started after ``since`` and failed or crashed, each as one line."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    wanted = FlowRunFilter(
+        start_time=FlowRunFilterStartTime(after_=since),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])),
+    )
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_flow_runs(flow_run_filter=wanted)
+    return [f"flow run {run.name} {run.state_name}: {run.state.message if run.state else ''}"[:400] for run in runs]
+
+
 def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> str | None:
-    """Print the model's lifecycle events as they arrive until the story ends; returns the last one's name."""
+    """Print the model's lifecycle events as they arrive until the story ends (or a flow run fails);
+    returns the last event's name."""
     from tasks.events import read_events
 
     seen: set[str] = set()
@@ -85,6 +106,10 @@ def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> s
             progress(describe(event))
             if event.event in ENDS:
                 return event.event
+        if failures := failed_runs(since):
+            for failure in failures:
+                progress(failure)
+            return "a flow run failed (see the Prefect UI)"
         time.sleep(1.0)
     return None
 

@@ -46,12 +46,21 @@ def down(settings: Settings) -> None:
     from deployments.endpoint import stop_endpoint
     from deployments.prefect_server import stop_prefect
     from deployments.prefect_worker import stop_worker
-    from deployments.targets import ProcessTarget
+    from deployments.targets import DockerTarget, ProcessTarget
     from mlflow_server import MlflowServerConfig, stop_mlflow
+    from tasks.docker_engine import EngineUnavailable, connect
 
     target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
     for deployment in target.running():
         print(f"deployment {deployment}: {'stopped' if target.stop(deployment) else 'not running'}")
+    try:
+        connect(timeout=10)
+    except EngineUnavailable:
+        pass  # no engine: no containers of ours either
+    else:
+        containers = DockerTarget(settings.tracking_uri, home=settings.resolved_home)
+        for deployment in containers.running():
+            print(f"container mlops-{deployment}: {'stopped' if containers.stop(deployment) else 'not running'}")
     print(f"Endpoint: {'stopped' if stop_endpoint(settings) else 'not running (nothing of ours to stop)'}")
     for name, stopped in (
         ("Worker", stop_worker(settings)),
