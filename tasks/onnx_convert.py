@@ -52,7 +52,7 @@ def to_onnx(model: Any, n_features: int) -> onnx.ModelProto:
     estimator = steps[-1][1]
     try:
         if not isinstance(estimator, FLOAT32_ONLY):
-            return _convert(model, DoubleTensorType([None, n_features]), INPUT_NAME, OUTPUT_NAME)
+            return _named(_convert(model, DoubleTensorType([None, n_features]), INPUT_NAME, OUTPUT_NAME), estimator)
         tree = _convert(estimator, FloatTensorType([None, n_features]), "tree_input", "tree_output")
         preprocessing = (
             _convert(Pipeline(steps[:-1]), DoubleTensorType([None, n_features]), INPUT_NAME, "preprocessed")
@@ -61,7 +61,14 @@ def to_onnx(model: Any, n_features: int) -> onnx.ModelProto:
         )
     except Exception as error:  # skl2onnx raises plain RuntimeError/NotImplementedError subclasses
         raise ExportError(f"skl2onnx cannot convert {type(estimator).__name__}: {error}") from error
-    return _chain_through_float32(preprocessing, tree, n_features)
+    return _named(_chain_through_float32(preprocessing, tree, n_features), estimator)
+
+
+def _named(converted: onnx.ModelProto, estimator: Any) -> onnx.ModelProto:
+    """skl2onnx names the graph with a random uuid; a fixed name makes the same model the same bytes
+    (so its sha256, the key of image reuse and of the immutable version tag, is reproducible)."""
+    converted.graph.name = type(estimator).__name__
+    return converted
 
 
 def _convert(model: Any, input_type: Any, input_name: str, output_name: str) -> onnx.ModelProto:

@@ -38,6 +38,13 @@ def test_every_family_passes_the_default_parity_gate(family: ModelFamily, frame:
     assert parity.rows == len(x_holdout) and parity.tolerance == pytest.approx(1e-5 * target_range)
 
 
+@pytest.mark.parametrize("family", list(ModelFamily))
+def test_the_same_model_exports_to_the_same_bytes(family: ModelFamily, frame: pd.DataFrame) -> None:
+    model, _, _ = fit(build_pipeline(family, 42), frame)
+    first, second = (to_onnx(model, len(FEATURES)).SerializeToString() for _ in range(2))
+    assert first == second  # the sha256 keys image reuse and the immutable version tag
+
+
 def test_trees_behind_a_scaler_keep_the_preprocessing_in_double(frame: pd.DataFrame) -> None:
     pipeline = Pipeline([("scale", StandardScaler()), ("model", RandomForestRegressor(50, random_state=0))])
     model, x_holdout, target_range = fit(pipeline, frame)
