@@ -273,7 +273,15 @@ def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_w
 
     assert posts[0]["subject"] == f"mlops: data.rejected on {settings.model_name}"
     assert "batch-9999.csv" in posts[0]["body"]
-    runs = loop.flow_runs("train/weekly")
+    # data.rejected (and so the notice) comes from inside the training run, before the run ends failed
+    runs = wait_for(
+        "the training run to end",
+        lambda: (
+            (runs := loop.flow_runs("train/weekly"))[-1]["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and runs
+        ),
+        timeout=120,
+        interval=1,
+    )
     assert len(runs) == trains_before + 1 and runs[-1]["state_type"] == "FAILED"
     assert runs[-1]["created_by"]["type"] == "AUTOMATION"
     quarantined = list(Path(settings.data).rglob("batch-9999.csv"))
