@@ -11,11 +11,9 @@ quarantined rows). Progress shows as a Prefect progress artifact and a log line 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 from uuid import UUID
@@ -24,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from pydantic import BaseModel, Field
 
+from flows.run_once import print_outcome
 from mlops.settings import get_settings
 from serving.model import open_session
 from tasks.batch import (
@@ -160,13 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     params = BatchScoreParameters(
         input=args.input, output=args.output, version=args.version, chunk_rows=args.chunk_rows, threads=args.threads
     )
-    try:
-        outcome = batch_score_flow(params)
-    except Exception as error:  # the flow run already logged the traceback
-        print(f"batch scoring failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(asdict(outcome), indent=2))
-    return 0
+    return print_outcome(lambda: batch_score_flow(params), "batch scoring")
 
 
 if __name__ == "__main__":

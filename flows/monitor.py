@@ -17,11 +17,9 @@ describes). Run with the defaults: ``python -m flows.monitor [--minutes 60]``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +28,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from flows.run_once import print_outcome
 from mlops.settings import get_settings
 from serving.collector import requests_dir
 from tasks.collected import load_requests
@@ -204,13 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.monitor", description=__doc__)
     parser.add_argument("--minutes", type=float, default=60.0)
     args = parser.parse_args(argv)
-    try:
-        outcome = monitor_flow(MonitorParameters(window_minutes=args.minutes))
-    except Exception as error:  # the flow run already logged the traceback
-        print(f"monitoring failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(asdict(outcome), indent=2))
-    return 0
+    return print_outcome(lambda: monitor_flow(MonitorParameters(window_minutes=args.minutes)), "monitoring")
 
 
 if __name__ == "__main__":

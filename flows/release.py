@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from deployments.endpoint import start_endpoint
 from deployments.targets import DeploymentTarget, DockerTarget, ProcessTarget
+from flows.run_once import print_outcome
 from mlops.settings import Settings, get_settings
 from tasks.docker_engine import EngineUnavailable, connect
 from tasks.events import artifact_key
@@ -216,13 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     params = ReleaseParameters(version=args.version, push=not args.no_push)
     if args.no_rollout:
         params.rollout = None
-    try:
-        outcome = release_flow(params)
-    except Exception as error:  # the flow run already logged the traceback
-        print(f"release failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(asdict(outcome), indent=2))
-    return 0
+    return print_outcome(lambda: release_flow(params), "release")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ PREFECT_API_URL). Re-running on the same data, code and parameters registers not
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from flows.run_once import print_outcome
 from mlops.settings import get_settings
 from tasks.dataset import ledger_entries
 from tasks.evaluate import PromotionCriteria, evaluate_against_champion, publish_comparison
@@ -191,13 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     params = TrainParameters(training=TrainConfig(family=ModelFamily(args.family), seed=args.seed))
-    try:
-        outcome = train_flow(params)
-    except Exception as error:  # the flow run already logged the traceback
-        print(f"training failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(asdict(outcome), indent=2))
-    return 0
+    return print_outcome(lambda: train_flow(params), "training")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ the training flow, and returns the best parameters as a one-point ``param_grid``
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +23,7 @@ from prefect_dask import DaskTaskRunner
 from pydantic import BaseModel, Field
 from sklearn.model_selection import KFold, ParameterGrid, cross_val_score
 
+from flows.run_once import print_outcome
 from mlops.settings import get_settings
 from tasks.events import artifact_key
 from tasks.ingest import assemble_training_set
@@ -109,13 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.tune", description=__doc__)
     parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
     args = parser.parse_args(argv)
-    try:
-        outcome = tune_flow(TuneParameters(training=TrainConfig(family=args.family)))
-    except Exception as error:  # the flow run already logged the traceback
-        print(f"tuning failed: {error}", file=sys.stderr)
-        return 1
-    print(json.dumps(asdict(outcome), indent=2, default=str))
-    return 0
+    return print_outcome(lambda: tune_flow(TuneParameters(training=TrainConfig(family=args.family))), "tuning")
 
 
 if __name__ == "__main__":
