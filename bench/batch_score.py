@@ -22,7 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.model import open_session
-from tasks.onnx_convert import INPUT_NAME, to_onnx
+from tasks.onnx_convert import MATRIX_INPUT, numeric_columns, to_onnx
 from tasks.train import ModelFamily, build_pipeline
 
 FEATURES = [f"f{i}" for i in range(10)]
@@ -60,7 +60,7 @@ def main() -> None:
     print("|---" * (2 + 2 * len(args.chunks)) + "|")
     for family in ModelFamily:
         model = build_pipeline(family, 0).set_params(**PARAMS[family]).fit(train, target)
-        onnx_bytes = to_onnx(model, len(FEATURES)).SerializeToString()
+        onnx_bytes = to_onnx(model, numeric_columns(FEATURES)).model.SerializeToString()
         sklearn = best_seconds(lambda model=model: model.predict(data), args.repeat)
         cells = [f"{args.rows / sklearn:,.0f}"]
         for chunk in args.chunks:
@@ -69,7 +69,7 @@ def main() -> None:
 
                 def score(session: object = session, chunk: int = chunk) -> None:
                     for start in range(0, len(matrix), chunk):
-                        session.run(None, {INPUT_NAME: matrix[start : start + chunk]})  # type: ignore[attr-defined]
+                        session.run(None, {MATRIX_INPUT: matrix[start : start + chunk]})  # type: ignore[attr-defined]
 
                 seconds = best_seconds(score, args.repeat)
                 cells.append(f"{args.rows / seconds:,.0f} ({sklearn / seconds:.2f}x)")

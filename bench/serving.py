@@ -41,7 +41,7 @@ from mlops.process import free_port  # noqa: E402
 from serving.bundle import ModelMetadata, write_bundle  # noqa: E402
 from serving.model import open_session  # noqa: E402
 from tasks.export import measure_latency  # noqa: E402
-from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx  # noqa: E402
+from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx  # noqa: E402
 from tasks.sample_data import diabetes_frame  # noqa: E402
 from tasks.train import ModelFamily, build_pipeline  # noqa: E402
 
@@ -73,13 +73,13 @@ def write_models(workdir: Path) -> tuple[Path, Path, str]:
     x = frame[FEATURES]
     mlflow_dir = workdir / "mlflow-model"
     mlflow.sklearn.save_model(model, str(mlflow_dir), signature=infer_signature(x, model.predict(x)))  # type: ignore[attr-defined]
-    onnx_bytes = to_onnx(model, len(FEATURES)).SerializeToString()
+    onnx_bytes = to_onnx(model, numeric_columns(FEATURES)).model.SerializeToString()
 
     bundle = write_bundle(
         workdir / "bundle",
         onnx_bytes,
         ModelMetadata(
-            "diabetes", "1", tuple(FEATURES), INPUT_NAME, OUTPUT_NAME, hashlib.sha256(onnx_bytes).hexdigest()
+            "diabetes", "1", tuple(FEATURES), MATRIX_INPUT, OUTPUT_NAME, hashlib.sha256(onnx_bytes).hexdigest()
         ),
     )
     row = x.iloc[0].tolist()
@@ -246,7 +246,7 @@ def inprocess_table() -> None:
     print(f"{'family':<18} {'rows':>6} {'sklearn':>10} {'onnx':>10} {'speed-up':>9}")
     for family in ModelFamily:
         model, frame = fitted(family)
-        inference = open_session(to_onnx(model, len(FEATURES)).SerializeToString())
+        inference = open_session(to_onnx(model, numeric_columns(FEATURES)).model.SerializeToString())
         figures = measure_latency(inference, model, frame[FEATURES], [1, 100, 10_000], 0.5)
         for rows in (1, 100, 10_000):
             sk, ox = figures[f"sklearn.{rows}"], figures[f"onnx.{rows}"]

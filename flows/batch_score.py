@@ -38,7 +38,7 @@ from tasks.batch import (
     write_part,
 )
 from tasks.events import artifact_key
-from tasks.onnx_convert import INPUT_NAME
+from tasks.onnx_convert import MATRIX_INPUT
 from tasks.serving_bundle import fetch_bundle, model_uri, resolve_version
 from tasks.tracking import check_tracking_server
 
@@ -114,7 +114,7 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
                 resumed += 1
             else:
                 matrix, scorable = split_scorable(frame, features, path.name)
-                predictions = session.run(None, {INPUT_NAME: matrix[scorable.to_numpy()]})[0].reshape(-1)
+                predictions = session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1)
                 good, bad = write_part(
                     frame,
                     scorable,

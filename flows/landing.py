@@ -17,17 +17,19 @@ from tasks.ingest import list_new_batches
 
 
 @flow(name="landing", log_prints=True)
-def landing_flow() -> list[str]:
-    """List new batches in the landing folder; emit ``data.landed`` when there are any."""
+def landing_flow(model: str | None = None) -> list[str]:
+    """List new batches in the model's landing folder; emit ``data.landed`` when there are any."""
     settings = get_settings()
-    batches = list_new_batches(settings.landing)
+    spec = settings.spec(model)
+    landing = spec.landing_uri(settings.landing)
+    batches = list_new_batches(landing)
     names = [batch.name for batch in batches]
     if names:
         emit(
             "data.landed",
             "dataset",
-            settings.model_name,
-            {"batches": names, "bytes": sum(batch.size for batch in batches), "landing": settings.landing},
+            spec.name,
+            {"batches": names, "bytes": sum(batch.size for batch in batches), "landing": landing},
         )
-    get_run_logger().info("%d new batch(es) in %s: %s", len(names), settings.landing, ", ".join(names) or "none")
+    get_run_logger().info("%d new batch(es) in %s: %s", len(names), landing, ", ".join(names) or "none")
     return names

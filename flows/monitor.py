@@ -29,13 +29,13 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.run_once import print_outcome
+from mlops.policies import MonitorPolicy
 from mlops.settings import get_settings
 from serving.collector import requests_dir
 from tasks.collected import load_requests
 from tasks.evaluate import champion_version
 from tasks.events import artifact_key
 from tasks.monitoring import (
-    MonitorPolicy,
     drift_report,
     holdout_rmse,
     judge_drift,
@@ -45,7 +45,7 @@ from tasks.monitoring import (
 )
 from tasks.reference import PREDICTION, load_reference
 from tasks.tracking import check_tracking_server
-from tasks.validate import ValidationPolicy, validate_batch
+from tasks.validate import validate_batch
 
 
 class NoChampionError(RuntimeError):
@@ -57,9 +57,8 @@ class MonitorParameters(BaseModel):
 
     window_minutes: float = Field(60, gt=0, description="Judge the requests served in this many minutes.")
     window_end: datetime | None = Field(None, description="End of the window (default: now); set it to re-judge one.")
-    policy: MonitorPolicy = Field(default_factory=MonitorPolicy)
-    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
-    model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
+    policy: MonitorPolicy | None = Field(None, description="Replaces the spec's monitoring policy for this run.")
+    model_name: str | None = Field(None, description="The model (its spec's name; default: MLOPS_MODEL_NAME).")
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,10 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     params = params or MonitorParameters()
     settings = get_settings()
     logger = get_run_logger()
-    model_name = params.model_name or settings.model_name
-    features = list(settings.feature_columns)
+    spec = settings.spec(params.model_name)
+    model_name = spec.name
+    policy = params.policy or spec.monitoring
+    features = spec.feature_names
     tracking = settings.tracking_uri
     check_tracking_server(tracking)
     version = champion_version(tracking, model_name)
@@ -111,34 +112,32 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     label = window_label(since, until)
     served = load_requests(requests_dir(settings.resolved_home, model_name), since, until, features)
     window = served[served["model_version"] == version].reset_index(drop=True)
-    if len(window) < params.policy.min_rows:
+    if len(window) < policy.min_rows:
         message = (
             f"{len(window)} rows served by {model_name} version {version} in {label} "
-            f"(need {params.policy.min_rows}): nothing judged"
+            f"(need {policy.min_rows}): nothing judged"
         )
         logger.info("%s", message)
         return MonitorOutcome("too-few-rows", message, model_name, version, label, len(window))
 
     context = {"window": label, "flow_run_id": str(flow_run.id or "none")}
     reference = load_reference(tracking, model_name, version)
-    verdict = judge_drift(reference.profile, window, features, params.policy, model_name, version, context)
+    verdict = judge_drift(reference.profile, window, features, policy, model_name, version, context)
 
     reports = settings.resolved_home / "reports" / model_name
     report = reports / f"drift-{datetime.fromtimestamp(until, UTC):%Y%m%dT%H%M%S}.html"
     columns = [*features, PREDICTION]
-    evidently_drifted = drift_report(reference.sample, window, columns, params.policy.report_rows, report)
+    evidently_drifted = drift_report(reference.sample, window, columns, policy.report_rows, report)
     shutil.copyfile(report, reports / "drift-latest.html")
 
-    quality = validate_batch(
-        window[features], f"requests {label}", features, reference.sample[features], params.validation
-    )
+    quality = validate_batch(window[features], f"requests {label}", spec, reference.sample[features], with_target=False)
     baseline = holdout_rmse(tracking, model_name, version)
     performance = judge_performance(
         window,
         settings.resolved_home / "labels" / model_name,
-        settings.target_column,
+        spec.target.column,
         baseline,
-        params.policy,
+        policy,
         model_name,
         version,
         context,
@@ -154,9 +153,7 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     }
     if performance.rmse is not None:
         metrics["rmse"] = performance.rmse
-    recorded = record_window(
-        tracking, f"{settings.experiment_name}-monitoring", model_name, version, metrics, report, until
-    )
+    recorded = record_window(tracking, f"{spec.name}-monitoring", model_name, version, metrics, report, until)
     _publish(model_name, verdict.decision.scores, verdict.decision.threshold, recorded.report_url, label)
 
     message = (

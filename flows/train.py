@@ -16,10 +16,13 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from flows.run_once import print_outcome
-from mlops.settings import get_settings
+from mlops.policies import ValidationPolicy
+from mlops.settings import Settings, get_settings
+from mlops.spec import ModelSpec, PromotionSpec, TrainingSpec, load_spec
 from tasks.dataset import ledger_entries
-from tasks.evaluate import PromotionCriteria, evaluate_against_champion, publish_comparison
+from tasks.evaluate import evaluate_against_champion, publish_comparison
 from tasks.export import ExportConfig, export_onnx
+from tasks.features import load_factory
 from tasks.ingest import (
     accept_batch,
     assemble_training_set,
@@ -31,8 +34,8 @@ from tasks.ingest import (
 from tasks.lineage import git_commit, training_key
 from tasks.registry import keep_champion, register_candidate
 from tasks.tracking import check_tracking_server, run_url, version_url
-from tasks.train import Lineage, ModelFamily, TrainConfig, TrainingSet, find_previous_training, train_candidate
-from tasks.validate import ValidationPolicy, unreadable_report, validate_batch
+from tasks.train import Lineage, TrainingSet, find_previous_training, train_candidate
+from tasks.validate import unreadable_report, validate_batch
 
 
 class DataRejectedError(RuntimeError):
@@ -40,13 +43,25 @@ class DataRejectedError(RuntimeError):
 
 
 class TrainParameters(BaseModel):
-    """Parameters of a training run (rendered as a form in the Prefect UI)."""
+    """Parameters of a training run (rendered as a form in the Prefect UI); sections given here replace the spec's."""
 
-    training: TrainConfig = Field(default_factory=TrainConfig)
-    criteria: PromotionCriteria = Field(default_factory=PromotionCriteria)
-    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    model: str | None = Field(
+        None, description="Model spec: a name in the models folder, or a spec file (default: MLOPS_MODEL_NAME)."
+    )
+    training: TrainingSpec | None = Field(None, description="Replaces the spec's training section for this run.")
+    promotion: PromotionSpec | None = Field(None, description="Replaces the spec's promotion criteria.")
+    validation: ValidationPolicy | None = Field(None, description="Replaces the spec's validation policy.")
     export: ExportConfig = Field(default_factory=ExportConfig)
-    model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
+
+
+def resolve_spec(params: TrainParameters, settings: Settings) -> ModelSpec:
+    """The run's model spec: the file, with the sections the parameters give.
+
+    Raises:
+        SpecError: No such spec, or it is invalid (the message names the file and field).
+    """
+    spec = load_spec(params.model or settings.model_name, settings.specs_dir)
+    return spec.with_sections(training=params.training, promotion=params.promotion, validation=params.validation)
 
 
 @dataclass(frozen=True)
@@ -84,32 +99,35 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     params = params or TrainParameters()
     settings = get_settings()
     logger = get_run_logger()
-    model_name = params.model_name or settings.model_name
-    columns = [*settings.feature_columns, settings.target_column]
+    spec = resolve_spec(params, settings)
+    model_name = spec.name
+    landing, data_uri = spec.landing_uri(settings.landing), spec.data_uri(settings.data)
     tracking = settings.tracking_uri
     check_tracking_server(tracking)
+    factory = load_factory(spec.training.pipeline) if spec.training.pipeline else None
 
     accepted: list[str] = []
     rejected: list[str] = []
-    for batch in list_new_batches(settings.landing):
+    for batch in list_new_batches(landing):
         read = read_batch(batch)
         if read.frame is None:
             report = unreadable_report(batch.name, read.error or "unreadable")
         else:
-            report = validate_batch(read.frame, batch.name, columns, reference_data(settings.data), params.validation)
+            report = validate_batch(read.frame, batch.name, spec, reference_data(data_uri))
         if report.success and read.frame is not None:
-            accept_batch(batch, read.frame, settings.data, model_name, report.to_dict())
+            accept_batch(batch, read.frame, data_uri, model_name, report.to_dict())
             accepted.append(batch.name)
         else:
-            where = quarantine_batch(batch, settings.data, model_name, report.to_dict())
+            where = quarantine_batch(batch, data_uri, model_name, report.to_dict())
             rejected.append(f"{batch.name} quarantined at {where}: {report.reason}")
     if rejected:
         raise DataRejectedError("new data failed validation, nothing was trained: " + " | ".join(rejected))
 
-    frame, snapshot = assemble_training_set(settings.data)
+    frame, snapshot = assemble_training_set(data_uri)
     commit = git_commit()
-    key = training_key(snapshot.digest, commit, params.training.model_dump(mode="json"))
-    previous = find_previous_training(tracking, settings.experiment_name, key)
+    choices = {**spec.training.model_dump(mode="json"), "factory_sha256": factory.sha256 if factory else None}
+    key = training_key(snapshot.digest, commit, {"spec": spec.model_dump(mode="json"), "training": choices})
+    previous = find_previous_training(tracking, spec.experiment, key)
     if previous is not None:
         outcome = previous["outcome"]
         version = outcome.split(":", 1)[1] if outcome.startswith("registered:") else None
@@ -128,7 +146,7 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
             logger,
         )
 
-    reports = {entry["name"]: entry.get("validation", {}) for entry in ledger_entries(settings.data)}
+    reports = {entry["name"]: entry.get("validation", {}) for entry in ledger_entries(data_uri)}
     expectations = sum(int(report.get("expectations", 0)) for report in reports.values())
     lineage = Lineage(
         dataset_digest=snapshot.digest,
@@ -138,21 +156,10 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
         validation=f"passed: {len(reports)} batch(es), {expectations} expectations",
         training_key=key,
     )
-    candidate = train_candidate(
-        frame,
-        snapshot,
-        list(settings.feature_columns),
-        settings.target_column,
-        params.training,
-        lineage,
-        tracking,
-        settings.experiment_name,
-        model_name,
-        reports,
-    )
-    data = TrainingSet(frame, list(settings.feature_columns), settings.target_column, params.training.holdout_fraction)
-    export = export_onnx(candidate, data, tracking, model_name, params.export)
-    comparison = evaluate_against_champion(candidate, data, tracking, model_name, params.criteria)
+    data = TrainingSet(frame, spec)
+    candidate = train_candidate(data, snapshot, lineage, tracking, reports, factory)
+    export = export_onnx(candidate, data, tracking, params.export)
+    comparison = evaluate_against_champion(candidate, data, tracking, model_name, spec)
     publish_comparison(comparison, model_name)
     common: dict[str, Any] = {
         "model_name": model_name,
@@ -185,13 +192,25 @@ def _report(outcome: TrainOutcome, logger: Any) -> TrainOutcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the flow once with defaults (optionally another family or seed) and print the outcome."""
+    """Run the flow once for a model (optionally one family, another seed) and print the outcome."""
     parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
-    parser.add_argument("--family", choices=[family.value for family in ModelFamily], default=ModelFamily.RIDGE.value)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--model", default=None, help="model spec name or file (default: MLOPS_MODEL_NAME)")
+    parser.add_argument("--family", default=None, help="train this family only (default: the spec's families)")
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    params = TrainParameters(training=TrainConfig(family=ModelFamily(args.family), seed=args.seed))
-    return print_outcome(lambda: train_flow(params), "training")
+    return print_outcome(lambda: train_flow(parameters(args.model, args.family, args.seed)), "training")
+
+
+def parameters(model: str | None, family: str | None = None, seed: int | None = None) -> TrainParameters:
+    """Run parameters for a model, with the spec's training section changed only where asked."""
+    if family is None and seed is None:
+        return TrainParameters(model=model)
+    spec = load_spec(model or get_settings().model_name, get_settings().specs_dir)
+    changes: dict[str, Any] = {"families": [family], "grid": None, "pipeline": None} if family else {}
+    if seed is not None:
+        changes["seed"] = seed
+    training = TrainingSpec.model_validate({**spec.training.model_dump(), **changes})
+    return TrainParameters(model=model, training=training)
 
 
 if __name__ == "__main__":

@@ -26,20 +26,23 @@ from sklearn.model_selection import KFold, ParameterGrid, cross_val_score
 from flows.run_once import print_outcome
 from mlops.settings import get_settings
 from tasks.events import artifact_key
+from tasks.features import build_estimator, default_grid
 from tasks.ingest import assemble_training_set
-from tasks.train import TrainConfig, TrainingSet, build_pipeline
+from tasks.metrics import cv_scoring
+from tasks.train import TrainingSet
 
 
 class TuneParameters(BaseModel):
-    """What to search (the training flow's family, seed, folds and grid)."""
+    """What to search: the model spec's training section (its first family, seed, folds and grid)."""
 
-    training: TrainConfig = Field(default_factory=TrainConfig)
+    model: str | None = Field(None, description="Model spec name (default: MLOPS_MODEL_NAME).")
+    family: str | None = Field(None, description="The family whose grid is searched (default: the spec's first).")
 
 
 @dataclass(frozen=True)
 class Scored:
     params: dict[str, Any]
-    cv_rmse: float
+    cv_score: float  # the task's scorer: higher is better (negative RMSE for regression)
     worker: str
 
 
@@ -49,20 +52,21 @@ class TuneOutcome:
 
     family: str
     best: dict[str, Any]
-    best_cv_rmse: float
+    best_cv_score: float
     param_grid: dict[str, list[Any]]
     scores: list[Scored]
     workers: int
 
 
 @task
-def score_point(data: TrainingSet, config: TrainConfig, params: dict[str, Any]) -> Scored:
-    """Cross-validated RMSE of one grid point, on the training part of the split (as GridSearchCV does)."""
+def score_point(data: TrainingSet, family: str, params: dict[str, Any]) -> Scored:
+    """Cross-validated score of one grid point, on the training part of the split (as GridSearchCV does)."""
+    spec = data.spec
     x_train, y_train, _, _ = data.split()
-    model = build_pipeline(config.family, config.seed).set_params(**params)
-    folds = KFold(config.cv_folds, shuffle=True, random_state=config.seed)
-    scores = cross_val_score(model, x_train, y_train, cv=folds, scoring="neg_root_mean_squared_error", n_jobs=1)
-    return Scored(params, float(-np.mean(scores)), f"{os.uname().nodename}:{os.getpid()}")
+    model = build_estimator(spec, family).set_params(**params)
+    folds = KFold(spec.training.cv_folds, shuffle=True, random_state=spec.training.seed)
+    scores = cross_val_score(model, x_train, y_train, cv=folds, scoring=cv_scoring(spec.task), n_jobs=1)
+    return Scored(params, float(np.mean(scores)), f"{os.uname().nodename}:{os.getpid()}")
 
 
 def dask_runner() -> DaskTaskRunner:
@@ -78,26 +82,27 @@ def tune_flow(params: TuneParameters | None = None) -> TuneOutcome:
     """Score every point of the family's grid as its own task on Dask; return the best."""
     params = params or TuneParameters()
     settings = get_settings()
-    config = params.training
-    frame, snapshot = assemble_training_set(settings.data)
-    data = TrainingSet(frame, list(settings.feature_columns), settings.target_column, config.holdout_fraction)
-    points = list(ParameterGrid(config.grid()))
-    futures = score_point.map(unmapped(data), unmapped(config), points)
-    scores = sorted((future.result() for future in futures), key=lambda scored: scored.cv_rmse)
+    spec = settings.spec(params.model)
+    family = params.family or spec.families[0]
+    frame, snapshot = assemble_training_set(spec.data_uri(settings.data))
+    data = TrainingSet(frame, spec)
+    points = list(ParameterGrid(default_grid(spec, family)))
+    futures = score_point.map(unmapped(data), unmapped(family), points)
+    scores = sorted((future.result() for future in futures), key=lambda scored: -scored.cv_score)
     best = scores[0]
     create_table_artifact(
-        key=artifact_key("tune", config.family.value),
-        table=[{**s.params, "cv_rmse": round(s.cv_rmse, 3), "worker": s.worker} for s in scores],
-        description=f"{len(points)} grid points on dataset {snapshot.digest[:12]}, best first",
+        key=artifact_key("tune", family),
+        table=[{**s.params, "cv_score": round(s.cv_score, 4), "worker": s.worker} for s in scores],
+        description=f"{len(points)} grid points of {spec.name} on dataset {snapshot.digest[:12]}, best first",
     )
     workers = len({s.worker for s in scores})
     get_run_logger().info(
-        "best of %d points (%d workers): %s, cv rmse %.3f", len(points), workers, best.params, best.cv_rmse
+        "best of %d points (%d workers): %s, cv score %.4f", len(points), workers, best.params, best.cv_score
     )
     return TuneOutcome(
-        config.family.value,
+        family,
         best.params,
-        best.cv_rmse,
+        best.cv_score,
         {key: [value] for key, value in best.params.items()},
         scores,
         workers,
@@ -106,9 +111,10 @@ def tune_flow(params: TuneParameters | None = None) -> TuneOutcome:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.tune", description=__doc__)
-    parser.add_argument("--family", default="ridge", choices=["ridge", "random_forest", "gradient_boosting"])
+    parser.add_argument("--model", default=None, help="model spec name (default: MLOPS_MODEL_NAME)")
+    parser.add_argument("--family", default=None, help="the family whose grid is searched")
     args = parser.parse_args(argv)
-    return print_outcome(lambda: tune_flow(TuneParameters(training=TrainConfig(family=args.family))), "tuning")
+    return print_outcome(lambda: tune_flow(TuneParameters(model=args.model, family=args.family)), "tuning")
 
 
 if __name__ == "__main__":

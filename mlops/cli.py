@@ -13,9 +13,6 @@ from typing import Any
 from mlops.settings import Settings, get_settings
 from mlops.stack import deploy, down, up
 
-# The values of tasks.train.ModelFamily, spelled out so `mlops --help` does not import scikit-learn.
-FAMILIES = ("ridge", "random_forest", "gradient_boosting")
-
 
 def _configure_clients(settings: Settings) -> None:
     """Point MLflow and Prefect clients at the embedded servers unless the environment chose others."""
@@ -25,33 +22,34 @@ def _configure_clients(settings: Settings) -> None:
     get_settings.cache_clear()
 
 
-def score(source: str, output: str | None, version: str, chunk_rows: int | None) -> Any:
+def score(model: str | None, source: str, output: str | None, version: str, chunk_rows: int | None) -> Any:
     from flows.batch_score import BatchScoreParameters, batch_score_flow
 
     options = {"chunk_rows": chunk_rows} if chunk_rows else {}
-    return batch_score_flow(BatchScoreParameters(input=source, output=output, version=version, **options))
+    params = BatchScoreParameters(input=source, output=output, version=version, model_name=model, **options)
+    return batch_score_flow(params)
 
 
-def monitor(minutes: float) -> Any:
+def monitor(model: str | None, minutes: float) -> Any:
     from flows.monitor import MonitorParameters, monitor_flow
 
-    return monitor_flow(MonitorParameters(window_minutes=minutes))
+    return monitor_flow(MonitorParameters(window_minutes=minutes, model_name=model))
 
 
-def land(settings: Settings, batches: list[int]) -> list[str]:
+def land(settings: Settings, model: str | None, batches: list[int]) -> list[str]:
     from tasks.sample_data import land_batches
 
-    written = land_batches(settings.landing, batches)
+    spec = settings.spec(model)
+    written = land_batches(spec.landing_uri(settings.landing), batches, spec=spec)
     for uri in written:
         print(f"landed {uri}")
     return written
 
 
-def train(family: str, seed: int) -> Any:
-    from flows.train import TrainParameters, train_flow
-    from tasks.train import ModelFamily, TrainConfig
+def train(model: str | None, family: str | None, seed: int | None) -> Any:
+    from flows.train import parameters, train_flow
 
-    return train_flow(TrainParameters(training=TrainConfig(family=ModelFamily(family), seed=seed)))
+    return train_flow(parameters(model, family, seed))
 
 
 def demo(settings: Settings, family: str) -> int:
@@ -60,13 +58,14 @@ def demo(settings: Settings, family: str) -> int:
     return run_demo(settings, family)
 
 
-def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
+def serve(settings: Settings, model: str | None, model_uri: str | None, extra: list[str]) -> int:
     """Replace this process with the ONNX server for a registered version (default: the champion)."""
-    uri = model_uri or f"models:/{settings.model_name}@champion"
+    name = model or settings.model_name
+    uri = model_uri or f"models:/{name}@champion"
     home = settings.resolved_home
     from serving.collector import requests_dir
 
-    command = [sys.executable, "-m", "serving", uri, "--collect-dir", str(requests_dir(home, settings.model_name))]
+    command = [sys.executable, "-m", "serving", uri, "--collect-dir", str(requests_dir(home, name))]
     if uri.startswith("models:/"):  # fetched to <home>/bundles/<name>-<alias or version>
         folder = re.sub(r"[@/]", "-", uri.removeprefix("models:/"))
         command += ["--bundle-dir", str(home / "bundles" / folder)]
@@ -75,10 +74,12 @@ def serve(settings: Settings, model_uri: str | None, extra: list[str]) -> int:
     return 0  # not reached: execv replaces the process
 
 
-def release(version: str, push: bool, rollout: bool, bake: float | None, min_requests: int | None) -> Any:
+def release(
+    model: str | None, version: str, push: bool, rollout: bool, bake: float | None, min_requests: int | None
+) -> Any:
     from flows.release import ReleaseParameters, release_flow
 
-    params = ReleaseParameters(version=version, push=push)
+    params = ReleaseParameters(version=version, push=push, model_name=model)
     if not rollout:
         params.rollout = None
     elif params.rollout is not None:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser(
         "demo", help="the whole loop on the default data: champion, drift, retraining, canary, promotion"
     )
-    demo_parser.add_argument("--family", default="ridge", choices=FAMILIES)
+    demo_parser.add_argument("--family", default="ridge", help="the diabetes family (ridge, random_forest, ...)")
     commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
     commands.add_parser("down", help="stop the servers this project started")
     deploy_parser = commands.add_parser(
@@ -117,11 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     score_parser.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk and part (50000)")
     monitor_parser = commands.add_parser("monitor", help="judge the last window of served requests once")
     monitor_parser.add_argument("--minutes", type=float, default=60.0, help="window length (default 60)")
-    land_parser = commands.add_parser("land", help="land default diabetes batches in the landing folder")
+    land_parser = commands.add_parser("land", help="land batches of the model's example data in its landing folder")
     land_parser.add_argument("batches", nargs="*", type=int, default=[0, 1, 2, 3], help="batch indices (0-3)")
     train_parser = commands.add_parser("train", help="run the training flow once")
-    train_parser.add_argument("--family", default="ridge", choices=FAMILIES)
-    train_parser.add_argument("--seed", type=int, default=42)
+    train_parser.add_argument("--family", default=None, help="train this family only (default: the spec's)")
+    train_parser.add_argument("--seed", type=int, default=None, help="default: the spec's")
     serve_parser = commands.add_parser("serve", help="serve a registered version with the ONNX server")
     serve_parser.add_argument("model_uri", nargs="?", default=None, help="default: models:/<MLOPS_MODEL_NAME>@champion")
     for flag, kind in (("--host", str), ("--port", int), ("--workers", int)):
@@ -137,7 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
-    promote_parser.add_argument("--model", default=None)
+    for command in (
+        score_parser,
+        monitor_parser,
+        land_parser,
+        train_parser,
+        serve_parser,
+        release_parser,
+        promote_parser,
+    ):
+        command.add_argument("--model", default=None, help="the model (its spec's name; default: MLOPS_MODEL_NAME)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -149,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             return demo(settings, args.family)
         if args.command == "serve":
             flags = {"--host": args.host, "--port": args.port, "--workers": args.workers}
-            return serve(settings, args.model_uri, [str(x) for k, v in flags.items() if v is not None for x in (k, v)])
+            return serve(
+                settings,
+                args.model,
+                args.model_uri,
+                [str(x) for k, v in flags.items() if v is not None for x in (k, v)],
+            )
         if args.command == "up":
             up(settings)
         elif args.command == "down":
@@ -157,15 +172,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "deploy":
             deploy(settings, args.release_params)
         elif args.command == "score":
-            print(json.dumps(asdict(score(args.input, args.output, args.version, args.chunk_rows)), indent=2))
+            print(
+                json.dumps(asdict(score(args.model, args.input, args.output, args.version, args.chunk_rows)), indent=2)
+            )
         elif args.command == "monitor":
-            print(json.dumps(asdict(monitor(args.minutes)), indent=2))
+            print(json.dumps(asdict(monitor(args.model, args.minutes)), indent=2))
         elif args.command == "land":
-            land(settings, args.batches)
+            land(settings, args.model, args.batches)
         elif args.command == "train":
-            print(json.dumps(asdict(train(args.family, args.seed)), indent=2))
+            print(json.dumps(asdict(train(args.model, args.family, args.seed)), indent=2))
         elif args.command == "release":
-            outcome = release(args.version, not args.no_push, not args.no_rollout, args.bake, args.min_requests)
+            outcome = release(
+                args.model, args.version, not args.no_push, not args.no_rollout, args.bake, args.min_requests
+            )
             print(json.dumps(asdict(outcome), indent=2))
         elif args.command == "promote":
             promote(args.model or settings.model_name, args.version, args.reason)

@@ -134,12 +134,14 @@ def run_demo(settings: Settings, family: str) -> int:
     progress(f"starting the worker, registering the deployments and automations (deployments: {rollout['target']}) ...")
     deploy(settings, {"params": {"version": "challenger", "image": "auto", "rollout": rollout}})
     tracking, model = settings.tracking_uri, settings.model_name
-    ingested = {entry["name"] for entry in ledger_entries(settings.data)}
+    spec = settings.spec(model)
+    landing, data = spec.landing_uri(settings.landing), spec.data_uri(settings.data)
+    ingested = {entry["name"] for entry in ledger_entries(data)}
     if alias_version(tracking, model, "champion") is None:
         if batch_name(0) not in ingested:
-            land_batches(settings.landing, [0])
+            land_batches(landing, [0])
         progress("training the first champion on batch 0 (deployment train/weekly) ...")
-        _run("train/weekly", {"params": {"training": {"family": family}}})
+        _run("train/weekly", {"params": {"training": {**spec.training.model_dump(mode="json"), "families": [family]}}})
     champion = alias_version(tracking, model, "champion")
     progress(f"version {champion} is the champion; putting it behind the endpoint ...")
     _run("release/challenger", {"params": {"version": "champion", "image": "auto", "rollout": rollout}})
@@ -149,9 +151,9 @@ def run_demo(settings: Settings, family: str) -> int:
         progress("this home told the story before (every batch is trained on): nothing new to show")
         return _where_to_look(settings, endpoint)
 
-    frame = accepted_frame(settings.data)
+    frame = accepted_frame(data)
     assert frame is not None  # batch 0 was accepted above
-    rows = drifted(frame)[list(settings.feature_columns)].to_numpy().tolist()
+    rows = drifted(frame)[spec.feature_names].to_numpy().tolist()
     body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
     with BackgroundTraffic(f"{endpoint}/invocations", body, max_seconds=900, concurrency=2, pause=0.01) as traffic:
         progress("traffic flows through the endpoint; the world changed: 6 of 10 inputs have drifted")
@@ -159,7 +161,7 @@ def run_demo(settings: Settings, family: str) -> int:
             time.sleep(0.2)
         since = datetime.now(UTC)
         landed = time.monotonic()
-        land_batches(settings.landing, later)
+        land_batches(landing, later)
         progress(f"new labelled data landed ({len(later)} batches); the monitor judges the last hour ...")
         _run("monitor/hourly")
         end = follow(model, since, progress, timeout=900)

@@ -13,18 +13,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DIABETES_FEATURES: tuple[str, ...] = (
-    "age",
-    "sex",
-    "bmi",
-    "bp",
-    "s1",
-    "s2",
-    "s3",
-    "s4",
-    "s5",
-    "s6",
-)
+from mlops.spec import ModelSpec, load_spec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
@@ -43,10 +34,12 @@ class Settings(BaseSettings):
         default=None,
         description="Folder or fsspec URI for snapshots, processed and quarantined batches (default: <home>/data).",
     )
-    model_name: str = "diabetes"
-    experiment_name: str = "diabetes-training"
-    target_column: str = "target"
-    feature_columns: tuple[str, ...] = DIABETES_FEATURES
+    models_dir: Path | None = Field(
+        default=None, description="Folder of the model specs, <name>.yaml each (default: models/ of this project)."
+    )
+    model_name: str = Field(
+        default="diabetes", description="The model a command works on when it is given none (--model overrides)."
+    )
 
     mlflow_tracking_uri: str | None = Field(
         default=None,
@@ -137,6 +130,26 @@ class Settings(BaseSettings):
     @property
     def prefect_url(self) -> str:
         return self.prefect_api_url or f"http://{self.prefect_host}:{self.prefect_port}/api"
+
+    @property
+    def specs_dir(self) -> Path:
+        return (self.models_dir or PROJECT_ROOT / "models").expanduser().resolve()
+
+    def spec(self, model: str | None = None) -> ModelSpec:
+        """The spec of ``model`` (default: ``model_name``) from the models folder.
+
+        Raises:
+            SpecError: No such spec, or it is invalid.
+        """
+        return load_spec(model or self.model_name, self.specs_dir)
+
+    def landing_for(self, model: str | None = None) -> str:
+        """Where ``model``'s batches land (its spec's ``data.landing``, else ``<landing>/<model>``)."""
+        return self.spec(model).landing_uri(self.landing)
+
+    def data_for(self, model: str | None = None) -> str:
+        """Where ``model``'s snapshots, ledger, processed and quarantined batches live."""
+        return self.spec(model).data_uri(self.data)
 
     @property
     def logs_dir(self) -> Path:

@@ -15,6 +15,9 @@ from typing import Any
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
+# A missing category reaches the model as this string (string tensors hold no nulls); training and
+# every client of a bundle fill it the same way.
+MISSING_CATEGORY = "__missing__"
 
 
 class BundleError(ValueError):
@@ -70,6 +73,11 @@ class ModelMetadata:
         run_id: The MLflow run that trained the model.
         family: Model family (ridge, random_forest, ...).
         example: A known request and answer, for smoke tests of a deployment.
+        task: ``regression``, ``binary`` or ``multiclass``.
+        inputs: Per feature: ``column``, graph ``input``, tensor ``type`` (double/string), ``kind``,
+            ``nullable`` and, for categories, the ``fill`` string a missing value becomes.
+        outputs: The graph's outputs: ``variable``, or ``label`` and ``probabilities``.
+        classes: Class labels in the order of ``probabilities`` (classifiers).
         extra: Anything else worth carrying (parity, git commit); not read by the server.
     """
 
@@ -82,10 +90,20 @@ class ModelMetadata:
     run_id: str = ""
     family: str = ""
     example: Example | None = None
+    task: str = "regression"
+    inputs: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[str, ...] = ("variable",)
+    classes: tuple[Any, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def numeric_matrix(self) -> bool:
+        """Whether the graph takes one float64 matrix of every feature (today's serving path)."""
+        return bool(self.input_name) and all(spec.get("type", "double") == "double" for spec in self.inputs)
+
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT_VERSION, **asdict(self), "features": list(self.features)}, indent=2)
+        fields = {**asdict(self), "features": list(self.features), "outputs": list(self.outputs)}
+        return json.dumps({"format": FORMAT_VERSION, **fields}, indent=2)
 
     @classmethod
     def from_json(cls, text: str, source: str = METADATA_FILE) -> ModelMetadata:
@@ -115,6 +133,10 @@ class ModelMetadata:
             run_id=str(raw.get("run_id", "")),
             family=str(raw.get("family", "")),
             example=None if raw.get("example") is None else Example.from_dict(raw["example"], f"{source}"),
+            task=str(raw.get("task", "regression")),
+            inputs=tuple(dict(item) for item in raw.get("inputs") or ()),
+            outputs=tuple(str(item) for item in raw.get("outputs") or ("variable",)),
+            classes=tuple(raw.get("classes") or ()),
             extra=dict(raw.get("extra") or {}),
         )
 

@@ -48,6 +48,11 @@ class OnnxModel:
             BundleError: Missing files, checksum mismatch, or a graph that does not match the metadata.
         """
         model_file, metadata = read_bundle(self.bundle_dir)
+        if metadata.task != "regression" or not metadata.numeric_matrix:
+            raise BundleError(
+                f"{metadata.name} is a {metadata.task} model on typed columns; this server serves regressions "
+                "on numeric features only (one float64 matrix): score it with batch scoring or the MLflow model"
+            )
         try:
             session = open_session(str(model_file), self.intra_op_threads)
         except Exception as error:  # onnxruntime raises its own untyped errors

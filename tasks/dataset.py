@@ -6,6 +6,7 @@ row order), never on the file format a batch arrived in or on pandas' dtype choi
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -96,12 +97,35 @@ def parse_table(payload: bytes, name: str) -> pd.DataFrame:
     lowered = name.lower()
     try:
         if lowered.endswith(".csv"):
-            return pd.read_csv(io.BytesIO(payload))
+            text = io.StringIO(payload.decode("utf-8-sig"))  # a byte-order mark is not part of the first name
+            header = next(csv.reader(text), [])
+            _refuse_duplicates(header, name)
+            text.seek(0)
+            return pd.read_csv(text)  # CRLF and blank trailing lines read as a clean file does
         if lowered.endswith((".parquet", ".pq")):
-            return pd.read_parquet(io.BytesIO(payload))
+            frame = pd.read_parquet(io.BytesIO(payload))
+            _refuse_duplicates([str(column) for column in frame.columns], name)
+            return frame
+    except DuplicateColumnsError:
+        raise
     except Exception as error:  # any parser failure means the batch is unreadable
-        raise ValueError(f"{name}: cannot be parsed: {error}") from error
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ValueError(f"{name}: cannot be parsed: {first}") from error
     raise ValueError(f"{name}: unsupported file type (expected .csv or .parquet)")
+
+
+class DuplicateColumnsError(ValueError):
+    """A batch names a column twice: which of the two is meant cannot be known."""
+
+
+def _refuse_duplicates(header: list[str], name: str) -> None:
+    names = [column.strip() for column in header]
+    repeated = sorted({column for column in names if names.count(column) > 1})
+    if repeated:
+        raise DuplicateColumnsError(
+            f"{name}: duplicated column names {repeated}: every column needs a name of its own; "
+            "rename or drop the repeated ones and land the file again"
+        )
 
 
 def store_snapshot(frame: pd.DataFrame, data_uri: str, name: str) -> Snapshot:

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-EVIDENTLY_THRESHOLD = 0.1  # Evidently 0.7: Wasserstein (normed) > 0.1 means drift, above 1000 rows
+from mlops.policies import EVIDENTLY_THRESHOLD
+
 GRID = 1000
 
 
@@ -45,8 +46,8 @@ class ReferenceProfile:
         levels = _levels(grid)
         return cls(
             columns=tuple(chosen),
-            quantiles={c: np.quantile(frame[c].to_numpy(dtype=float), levels).tolist() for c in chosen},
-            std={c: float(np.std(frame[c].to_numpy(dtype=float))) for c in chosen},
+            quantiles={c: np.nanquantile(frame[c].to_numpy(dtype=float), levels).tolist() for c in chosen},
+            std={c: float(np.nanstd(frame[c].to_numpy(dtype=float))) for c in chosen},
             rows=len(frame),
             grid=grid,
         )

@@ -6,24 +6,18 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
+import numpy as np
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel, Field
 
+from mlops.spec import ModelSpec
 from tasks.events import artifact_key
+from tasks.metrics import holdout_metrics
 from tasks.tracking import alias_version, client
-from tasks.train import Candidate, TrainingSet, regression_metrics
+from tasks.train import Candidate, TrainingSet
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-
-
-class PromotionCriteria(BaseModel):
-    """When a candidate counts as better than the champion."""
-
-    min_rmse_improvement: float = Field(0.01, ge=0, description="Required relative RMSE improvement (0.01 = 1%).")
-    max_mae_regression: float = Field(0.02, ge=0, description="Allowed relative MAE increase.")
-    max_r2_drop: float = Field(0.01, ge=0, description="Allowed absolute R² decrease.")
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,8 @@ class Comparison:
     @property
     def summary(self) -> str:
         if self.champion_version is None:
-            return f"no champion yet; candidate rmse {self.candidate['rmse']:.3f}"
+            figures = ", ".join(f"{key} {value:.3f}" for key, value in self.candidate.items())
+            return f"no champion yet; candidate {figures}"
         return ", ".join(
             f"{row['metric']} {row['candidate']:.3f} vs {row['champion']:.3f} ({'ok' if row['passed'] else 'fails'})"
             for row in self.rows
@@ -57,35 +52,45 @@ class Comparison:
         return {**asdict(self), "summary": self.summary}
 
 
-def compare(
-    candidate: dict[str, float], champion: dict[str, float], criteria: PromotionCriteria
-) -> tuple[bool, tuple[dict[str, Any], ...]]:
-    """Apply the criteria; lower RMSE/MAE and higher R² are better."""
-    checks = [
-        (
-            "rmse",
-            candidate["rmse"] <= champion["rmse"] * (1 - criteria.min_rmse_improvement),
-            f"<= champion x {1 - criteria.min_rmse_improvement:g}",
-        ),
-        (
-            "mae",
-            candidate["mae"] <= champion["mae"] * (1 + criteria.max_mae_regression),
-            f"<= champion x {1 + criteria.max_mae_regression:g}",
-        ),
-        ("r2", candidate["r2"] >= champion["r2"] - criteria.max_r2_drop, f">= champion - {criteria.max_r2_drop:g}"),
-    ]
-    rows = tuple(
-        {
-            "metric": metric,
-            "candidate": candidate[metric],
-            "champion": champion[metric],
-            "change": candidate[metric] - champion[metric],
-            "rule": rule,
-            "passed": bool(passed),
-        }
-        for metric, passed, rule in checks
+ERRORS = ("rmse", "mae", "log_loss")  # lower is better; compared relatively (scores absolutely)
+
+
+def _rule(metric: str, champion: float, allowed: float, improve: bool) -> tuple[float, str]:
+    """The bound a candidate's ``metric`` must meet, and how it reads."""
+    if metric in ERRORS:
+        factor = 1 - allowed if improve else 1 + allowed
+        return champion * factor, f"<= champion x {factor:g}"
+    return (
+        (champion + allowed, f">= champion + {allowed:g}")
+        if improve
+        else (champion - allowed, f">= champion - {allowed:g}")
     )
-    return all(row["passed"] for row in rows), rows
+
+
+def compare(
+    candidate: dict[str, float], champion: dict[str, float], spec: ModelSpec
+) -> tuple[bool, tuple[dict[str, Any], ...]]:
+    """The spec's promotion rule: the primary metric improves by ``min_improvement``, the others worsen by no
+    more than their tolerance (relative for errors, absolute for scores). A NaN metric never passes."""
+    checks = [(spec.primary_metric, spec.promotion.min_improvement, True)] + [
+        (metric, allowed, False) for metric, allowed in spec.tolerances.items()
+    ]
+    rows = []
+    for metric, allowed, improve in checks:
+        bound, rule = _rule(metric, champion[metric], allowed, improve)
+        value = candidate[metric]
+        passed = value <= bound if metric in ERRORS else value >= bound
+        rows.append(
+            {
+                "metric": metric,
+                "candidate": value,
+                "champion": champion[metric],
+                "change": value - champion[metric],
+                "rule": rule,
+                "passed": bool(passed and np.isfinite(value)),
+            }
+        )
+    return all(row["passed"] for row in rows), tuple(rows)
 
 
 def champion_version(tracking_uri: str, model_name: str) -> str | None:
@@ -99,7 +104,7 @@ def evaluate_against_champion(
     data: TrainingSet,
     tracking_uri: str,
     model_name: str,
-    criteria: PromotionCriteria,
+    spec: ModelSpec,
 ) -> Comparison:
     """Score the champion on the candidate's holdout and apply the promotion criteria."""
     _, _, x_holdout, y_holdout = data.split()
@@ -109,8 +114,8 @@ def evaluate_against_champion(
     else:
         # The trusted skops types were recorded in the model's flavor config when it was logged.
         champion_model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
-        champion = regression_metrics(y_holdout, champion_model.predict(x_holdout))
-        better, rows = compare(candidate.metrics, champion, criteria)
+        champion = holdout_metrics(spec.task, champion_model, x_holdout, y_holdout)
+        better, rows = compare(candidate.metrics, champion, spec)
         comparison = Comparison(better, version, candidate.metrics, champion, rows)
     tracker = client(tracking_uri)
     tracker.log_dict(candidate.run_id, comparison.to_dict(), "comparison.json")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -25,9 +26,11 @@ import pandas as pd
 from prefect import task
 from pydantic import BaseModel, Field, PositiveInt
 
+from mlops.spec import ModelSpec
 from serving.bundle import Example, ModelMetadata, write_bundle
 from serving.model import open_session
-from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, ExportError, to_onnx
+from tasks.features import category_fill, typed_features
+from tasks.onnx_convert import LABEL, MATRIX_INPUT, OUTPUT_NAME, Converted, ExportError, to_onnx
 from tasks.tracking import client
 from tasks.train import Candidate, TrainingSet
 
@@ -40,7 +43,14 @@ class ExportConfig(BaseModel):
     """How the export is checked and measured."""
 
     parity_tolerance: float = Field(
-        1e-5, gt=0, description="Allowed max |onnx - sklearn| on the holdout, as a fraction of the target's range."
+        1e-5,
+        gt=0,
+        description="Regression: allowed max |onnx - sklearn| on the holdout, as a fraction of the target's range.",
+    )
+    probability_tolerance: float = Field(
+        1e-5,
+        gt=0,
+        description="Classification: allowed max |onnx - sklearn| of any class probability (labels must be equal).",
     )
     latency_batch_sizes: list[PositiveInt] = Field(
         default_factory=lambda: [1, 100, 10_000], description="Rows per call for the latency figures."
@@ -53,24 +63,32 @@ class Parity:
     """ONNX vs scikit-learn on the holdout.
 
     Attributes:
-        max_abs_error: Largest absolute difference of predictions.
-        tolerance: The allowed difference (config fraction x target range).
-        target_range: max - min of the target on the training data.
+        max_abs_error: Largest absolute difference of predictions (classifiers: of any class probability).
+        tolerance: The allowed difference (regression: config fraction x target range).
+        target_range: max - min of the target on the training data (1 for classifiers).
         rows: Holdout rows compared.
+        label_agreement: Share of equal labels (classifiers; None for regression). Anything below 1 fails.
     """
 
     max_abs_error: float
     tolerance: float
     target_range: float
     rows: int
+    label_agreement: float | None = None
 
     @property
     def passed(self) -> bool:
-        return bool(np.isfinite(self.max_abs_error)) and self.max_abs_error <= self.tolerance
+        labels_ok = self.label_agreement is None or self.label_agreement == 1.0
+        return bool(np.isfinite(self.max_abs_error)) and self.max_abs_error <= self.tolerance and labels_ok
 
     @property
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
+        if self.label_agreement is not None:
+            return (
+                f"parity {verdict}: labels {self.label_agreement:.2%} equal, max |onnx - sklearn| probability "
+                f"{self.max_abs_error:.3g} on {self.rows} holdout rows, allowed {self.tolerance:.3g}"
+            )
         ratio = self.tolerance / self.target_range
         return (
             f"parity {verdict}: max |onnx - sklearn| {self.max_abs_error:.3g} on {self.rows} holdout rows, "
@@ -113,12 +131,24 @@ class ParityError(ExportError):
 
 
 def check_parity(
-    inference: ort.InferenceSession, model: Any, x_holdout: pd.DataFrame, target_range: float, tolerance: float
+    inference: ort.InferenceSession,
+    converted: Converted,
+    model: Any,
+    x_holdout: pd.DataFrame,
+    target_range: float,
+    tolerance: float,
 ) -> Parity:
-    expected = np.asarray(model.predict(x_holdout), dtype=np.float64).ravel()
-    actual = inference.run(None, {INPUT_NAME: x_holdout.to_numpy(dtype=np.float64)})[0].ravel()
-    error = float(np.max(np.abs(actual - expected))) if len(expected) else float("nan")
-    return Parity(error, tolerance * target_range, target_range, len(expected))
+    """Compare both engines on the typed holdout; ``target_range`` None means a classifier (labels + probabilities)."""
+    outputs = inference.run(list(converted.outputs), converted.feeds(x_holdout))
+    rows = len(x_holdout)
+    if LABEL not in converted.outputs:
+        expected = np.asarray(model.predict(x_holdout), dtype=np.float64).ravel()
+        error = float(np.max(np.abs(outputs[0].ravel() - expected))) if rows else float("nan")
+        return Parity(error, tolerance * target_range, target_range, rows)
+    labels, probabilities = outputs
+    agreement = float(np.mean(labels.ravel() == np.asarray(model.predict(x_holdout)))) if rows else float("nan")
+    error = float(np.max(np.abs(probabilities - model.predict_proba(x_holdout)))) if rows else float("nan")
+    return Parity(error, tolerance, 1.0, rows, agreement)
 
 
 def known_answer(model: Any, x_holdout: pd.DataFrame, tolerance: float, rows: int = EXAMPLE_ROWS) -> Example:
@@ -130,6 +160,17 @@ def known_answer(model: Any, x_holdout: pd.DataFrame, tolerance: float, rows: in
         predictions=tuple(float(p) for p in predictions),
         tolerance=tolerance,
     )
+
+
+def classifier_answer(model: Any, x_holdout: pd.DataFrame, rows: int = EXAMPLE_ROWS) -> dict[str, Any]:
+    """A classifier's known answer: typed input records (NaN as null), labels and probabilities."""
+    sample = x_holdout.iloc[:rows]
+    records = sample.astype(object).where(sample.notna(), None).to_dict(orient="records")
+    return {
+        "inputs": records,
+        "labels": np.asarray(model.predict(sample)).tolist(),
+        "probabilities": np.asarray(model.predict_proba(sample)).tolist(),
+    }
 
 
 def median_microseconds(call: Callable[[], object], budget_seconds: float, max_calls: int = 1000) -> float:
@@ -145,17 +186,41 @@ def median_microseconds(call: Callable[[], object], budget_seconds: float, max_c
 
 
 def measure_latency(
-    inference: ort.InferenceSession, model: Any, features: pd.DataFrame, sizes: list[int], budget: float
+    inference: ort.InferenceSession,
+    converted: Converted,
+    model: Any,
+    features: pd.DataFrame,
+    sizes: list[int],
+    budget: float,
 ) -> dict[str, float]:
-    """Median µs per call for both engines at each batch size (rows drawn with replacement)."""
+    """Median µs per call for both engines at each batch size (typed rows drawn with replacement)."""
     rng = np.random.default_rng(0)
     figures: dict[str, float] = {}
     for size in sizes:
         rows = features.iloc[rng.integers(0, len(features), size)].reset_index(drop=True)
-        matrix = rows.to_numpy(dtype=np.float64)
+        feeds = converted.feeds(rows)
         figures[f"sklearn.{size}"] = median_microseconds(partial(model.predict, rows), budget)
-        figures[f"onnx.{size}"] = median_microseconds(partial(inference.run, None, {INPUT_NAME: matrix}), budget)
+        figures[f"onnx.{size}"] = median_microseconds(partial(inference.run, None, feeds), budget)
     return figures
+
+
+def _convert_or_record(model: Any, data: TrainingSet, candidate: Candidate, tracking_uri: str) -> Converted:
+    """Convert; on failure keep the converter's full output as ``export/error.txt`` in the run, raise a short error."""
+    try:
+        converted = to_onnx(model, data.input_columns)
+        open_session(converted.model.SerializeToString()).run(None, converted.feeds(data.split()[2].head(2)))
+        return converted
+    except Exception as error:  # converter and onnxruntime errors alike
+        detail = error.detail if isinstance(error, ExportError) else traceback.format_exc()
+        tracker = client(tracking_uri)
+        tracker.log_text(candidate.run_id, detail, "export/error.txt")
+        tracker.set_tag(candidate.run_id, "onnx_export", "failed")
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ExportError(
+            f"ONNX export of run {candidate.run_id} ({candidate.family}) failed: {first} "
+            "(full output: export/error.txt in the run)",
+            detail,
+        ) from error
 
 
 @task
@@ -163,44 +228,58 @@ def export_onnx(
     candidate: Candidate,
     data: TrainingSet,
     tracking_uri: str,
-    model_name: str,
     config: ExportConfig,
 ) -> OnnxExport:
     """Convert the logged candidate to ONNX, check parity on the holdout, store the bundle with the run.
 
     Raises:
-        ExportError: Conversion failed.
+        ExportError: Conversion failed (the converter's output is a run artifact).
         ParityError: Predictions differ beyond the tolerance; nothing is stored as a bundle, and the
             run is tagged ``onnx_parity=failed`` with the figures.
     """
     tracker = client(tracking_uri)
+    spec = data.spec
     model = mlflow.sklearn.load_model(candidate.model_uri)
     _, y_train, x_holdout, _ = data.split()
-    features = data.features
-    onnx_bytes = to_onnx(model, len(features)).SerializeToString()
+    converted = _convert_or_record(model, data, candidate, tracking_uri)
+    onnx_bytes = converted.model.SerializeToString()
     inference = open_session(onnx_bytes)  # timed and checked exactly as the server will run it
-    target_range = float(y_train.max() - y_train.min()) or 1.0
-    parity = check_parity(inference, model, x_holdout, target_range, config.parity_tolerance)
+    if spec.task.is_classification:
+        parity = check_parity(inference, converted, model, x_holdout, 1.0, config.probability_tolerance)
+    else:
+        target_range = float(y_train.max() - y_train.min()) or 1.0
+        parity = check_parity(inference, converted, model, x_holdout, target_range, config.parity_tolerance)
     if not parity.passed:
         tracker.set_tag(candidate.run_id, "onnx_parity", "failed")
         tracker.set_tag(candidate.run_id, "onnx_parity_summary", parity.summary)
         raise ParityError(f"ONNX export of run {candidate.run_id} ({candidate.family}) blocked: {parity.summary}")
+    features = typed_features(data.frame, spec)
     latency = measure_latency(
-        inference, model, data.frame[features], config.latency_batch_sizes, config.latency_budget_seconds
+        inference, converted, model, features, config.latency_batch_sizes, config.latency_budget_seconds
     )
+    classifier = spec.task.is_classification
+    numeric = converted.matrix and not classifier
     with tempfile.TemporaryDirectory() as scratch:
         bundle = Path(scratch) / ONNX_ARTIFACT_DIR
         metadata = ModelMetadata(
-            name=model_name,
+            name=spec.name,
             version=UNREGISTERED,
-            features=tuple(features),
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
+            features=tuple(spec.feature_names),
+            input_name=MATRIX_INPUT if converted.matrix else "",
+            output_name=LABEL if classifier else OUTPUT_NAME,
             sha256=hashlib.sha256(onnx_bytes).hexdigest(),
             run_id=candidate.run_id,
             family=candidate.family,
-            example=known_answer(model, x_holdout, parity.tolerance),
-            extra={"parity": {**asdict(parity), "summary": parity.summary}, "latency_us": latency},
+            example=known_answer(model, x_holdout, parity.tolerance) if numeric else None,
+            task=spec.task.value,
+            inputs=tuple(input_schema(spec, converted)),
+            outputs=converted.outputs,
+            classes=tuple(candidate.classes),
+            extra={
+                "parity": {**asdict(parity), "summary": parity.summary},
+                "latency_us": latency,
+                **({"known_answer": classifier_answer(model, x_holdout)} if classifier else {}),
+            },
         )
         write_bundle(bundle, onnx_bytes, metadata)
         tracker.log_artifacts(candidate.run_id, str(bundle), ONNX_ARTIFACT_DIR)
@@ -210,3 +289,19 @@ def export_onnx(
     for key, value in {**export.tags(), "onnx_parity_summary": parity.summary}.items():
         tracker.set_tag(candidate.run_id, key, value)
     return export
+
+
+def input_schema(spec: ModelSpec, converted: Converted) -> list[dict[str, Any]]:
+    """Per feature: column, graph input, tensor type, kind, nullable, and the string a missing category becomes."""
+    by_column = {column.column: column for column in converted.columns}
+    return [
+        {
+            "column": feature.name,
+            "input": MATRIX_INPUT if converted.matrix else by_column[feature.name].name,
+            "type": by_column[feature.name].type,
+            "kind": feature.kind.value,
+            "nullable": feature.nullable,
+            **({"fill": category_fill(feature)} if feature.is_categorical else {}),
+        }
+        for feature in spec.features
+    ]

@@ -19,34 +19,15 @@ from typing import Any
 import mlflow
 import pandas as pd
 from prefect import task
-from pydantic import BaseModel, Field
 
+from mlops.policies import MonitorPolicy
 from tasks.collected import join_labels, load_labels, rmse
-from tasks.drift import EVIDENTLY_THRESHOLD, DriftDecision, ReferenceProfile, decide
+from tasks.drift import DriftDecision, ReferenceProfile, decide
 from tasks.events import emit, run_logger
 from tasks.reference import PREDICTION
 from tasks.tracking import client
 
 REPORT_DIR = "drift"
-
-
-class MonitorPolicy(BaseModel):
-    """When a window counts as drifted or degraded (Evidently's defaults for drift)."""
-
-    min_rows: int = Field(100, ge=1, description="Fewest served rows in the window to judge it at all.")
-    column_threshold: float = Field(
-        EVIDENTLY_THRESHOLD, gt=0, description="Normed Wasserstein distance above which a column drifted."
-    )
-    drift_share: float = Field(
-        0.5, gt=0, le=1, description="Share of drifted feature columns from which the data set drifted."
-    )
-    prediction_drift: bool = Field(True, description="A drifted prediction distribution alone also counts as drift.")
-    max_rows: int = Field(200_000, ge=1000, description="Rows sampled for the decision in a larger window.")
-    report_rows: int = Field(5000, ge=100, description="Rows of each side in the Evidently report.")
-    min_labels: int = Field(30, ge=1, description="Fewest labelled rows to judge performance.")
-    rmse_ratio: float = Field(
-        1.25, gt=1, description="Degraded when the window's RMSE exceeds the champion's holdout RMSE by this factor."
-    )
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from typing import Any, Literal
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, Field, field_validator
 from scipy.stats import ks_2samp
 
 from deployments.endpoint import EndpointClient
 from deployments.targets import DeploymentTarget
+from mlops.policies import RolloutConfig
 from serving.endpoint import Deployment
 from tasks.events import emit, run_logger
 from tasks.registry import CHALLENGER, CHAMPION, record_promotion
@@ -43,42 +43,6 @@ from tasks.tracking import alias_version, client
 
 class RolloutError(RuntimeError):
     """The endpoint or registry is in a state a rollout cannot start from."""
-
-
-class RolloutConfig(BaseModel):
-    """Schedule and thresholds of a canary rollout (flow parameters)."""
-
-    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], description="Canary weight (%) per step.")
-    bake_seconds: float = Field(30.0, gt=0, description="Minimum observation time per step.")
-    min_requests: int = Field(
-        30, ge=0, description="Canary requests needed for a verdict (0: a step without traffic passes on its checks)."
-    )
-    max_wait_factor: float = Field(4.0, ge=1, description="A step waits at most bake_seconds x this for traffic.")
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest canary 5xx share.")
-    max_p99_ratio: float = Field(2.0, ge=1, description="Canary p99 may be this many times the stable p99 ...")
-    p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
-    max_ks: float = Field(0.3, gt=0, le=1, description="Largest KS distance between canary and stable predictions.")
-    ks_alpha: float = Field(0.001, gt=0, lt=1, description="Significance a KS failure also needs.")
-    compare_predictions: bool = Field(
-        True,
-        description="Roll back when canary and stable predictions differ (KS). Off: the KS distance is only "
-        "reported — for retrains after drift, whose predictions are meant to move (the known-answer check stays).",
-    )
-    shadow_seconds: float = Field(
-        0.0, ge=0, description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none)."
-    )
-    target: Literal["process", "docker"] = Field("process", description="Where deployments run.")
-    canary_env: dict[str, str] = Field(
-        default_factory=dict,
-        description="Extra MLOPS_SERVING_* settings of the canary deployment (e.g. threads, or chaos knobs).",
-    )
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
-        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-            raise ValueError(f"steps must increase strictly within 1..100 and end at 100, got {steps}")
-        return steps
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,31 @@
-"""The default data: scikit-learn's diabetes set, cut into ordered batches that 'arrive'."""
+"""Example data that packages ship (no downloads), cut into ordered batches that 'arrive'.
+
+- ``diabetes_frame``: scikit-learn's diabetes set in original units (the demo regression);
+- ``tumours_frame``: scikit-learn's breast-cancer measurements made into the table a team really
+  has: a patient id, string columns, an integer count, a flag, missing values, a free-text column
+  to ignore, and string class labels (the example classifier, ``models/tumours.yaml``).
+"""
 
 from __future__ import annotations
 
-import pandas as pd
-from sklearn.datasets import load_diabetes
+import importlib
 
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_breast_cancer, load_diabetes
+
+from mlops.spec import ModelSpec
 from tasks.dataset import join_uri, write_bytes
 
 DEFAULT_BATCHES = 4
+TUMOUR_MEASUREMENTS = (
+    "mean radius",
+    "mean texture",
+    "mean smoothness",
+    "mean concave points",
+    "worst area",
+    "worst symmetry",
+)
 
 
 def diabetes_frame() -> pd.DataFrame:
@@ -17,30 +35,75 @@ def diabetes_frame() -> pd.DataFrame:
     return frame
 
 
-def diabetes_batches(n_batches: int = DEFAULT_BATCHES) -> list[pd.DataFrame]:
-    """The data set cut into ``n_batches`` consecutive, nearly equal batches."""
-    frame = diabetes_frame()
+def tumours_frame(seed: int = 7) -> pd.DataFrame:
+    """569 rows: ``patient_id``, six measurements (two with gaps), ``lymph_nodes`` (integer, gaps),
+    ``repeat_biopsy`` (flag), ``clinic`` (string, gaps), ``texture_grade`` (string), ``referral_note``
+    (free text) and ``diagnosis`` (``benign``/``malignant``). The same seed gives the same table."""
+    data = load_breast_cancer(as_frame=True)
+    rng = np.random.default_rng(seed)
+    frame = data.frame[list(TUMOUR_MEASUREMENTS)].copy()
+    rows = len(frame)
+    malignant = data.target.to_numpy() == 0
+    frame.insert(0, "patient_id", [f"P{index:05d}" for index in range(1, rows + 1)])
+    nodes = rng.poisson(np.where(malignant, 3.0, 0.6)).astype("float64")
+    frame["lymph_nodes"] = pd.array(np.where(rng.random(rows) < 0.06, np.nan, nodes)).astype("Int64")
+    frame["repeat_biopsy"] = rng.random(rows) < np.where(malignant, 0.4, 0.15)
+    clinics = np.array(["north", "south", "east", "west"], dtype=object)
+    frame["clinic"] = pd.Series(clinics[rng.integers(0, 4, rows)]).where(rng.random(rows) >= 0.05, None)
+    frame["texture_grade"] = pd.cut(
+        frame["mean texture"] + rng.normal(0, 2, rows), [-np.inf, 17, 22, np.inf], labels=["fine", "medium", "coarse"]
+    ).astype(str)
+    for column, share in (("mean smoothness", 0.04), ("worst symmetry", 0.03)):
+        frame.loc[rng.random(rows) < share, column] = np.nan
+    frame["referral_note"] = np.where(rng.random(rows) < 0.5, "routine", "urgent, see letter")
+    frame["diagnosis"] = np.where(malignant, "malignant", "benign")
+    return frame
+
+
+def example_frame(spec: ModelSpec) -> pd.DataFrame:
+    """The example data a spec names (``data.example``: ``module:function``).
+
+    Raises:
+        ValueError: The spec names no example data.
+    """
+    if spec.data.example is None:
+        raise ValueError(f"model {spec.name} names no example data (data.example in its spec): land your own files")
+    module, _, function = spec.data.example.partition(":")
+    frame: pd.DataFrame = getattr(importlib.import_module(module), function)()
+    return frame
+
+
+def cut_batches(frame: pd.DataFrame, n_batches: int = DEFAULT_BATCHES) -> list[pd.DataFrame]:
+    """``frame`` cut into ``n_batches`` consecutive, nearly equal batches."""
     size = -(-len(frame) // n_batches)
     return [frame.iloc[start : start + size].reset_index(drop=True) for start in range(0, len(frame), size)]
 
 
-def batch_name(index: int) -> str:
-    return f"diabetes_batch_{index:03d}.csv"
+def diabetes_batches(n_batches: int = DEFAULT_BATCHES) -> list[pd.DataFrame]:
+    """The diabetes set cut into ``n_batches`` consecutive, nearly equal batches."""
+    return cut_batches(diabetes_frame(), n_batches)
 
 
-def land_batches(landing_uri: str, indices: list[int], n_batches: int = DEFAULT_BATCHES) -> list[str]:
-    """Write the chosen batches as CSV files into the landing area.
+def batch_name(index: int, prefix: str = "diabetes") -> str:
+    return f"{prefix}_batch_{index:03d}.csv"
+
+
+def land_batches(
+    landing_uri: str, indices: list[int], n_batches: int = DEFAULT_BATCHES, spec: ModelSpec | None = None
+) -> list[str]:
+    """Write the chosen batches of the example data (default: diabetes) as CSV files into the landing area.
 
     Raises:
-        ValueError: An index is outside ``0..n_batches-1``.
+        ValueError: An index is outside ``0..n_batches-1``, or the spec names no example data.
     """
-    batches = diabetes_batches(n_batches)
+    batches = cut_batches(example_frame(spec) if spec is not None else diabetes_frame(), n_batches)
+    prefix = spec.name if spec is not None else "diabetes"
     bad = [index for index in indices if not 0 <= index < len(batches)]
     if bad:
         raise ValueError(f"batch indices {bad} out of range: there are {len(batches)} batches (0..{len(batches) - 1})")
     written = []
     for index in indices:
-        uri = join_uri(landing_uri, batch_name(index))
+        uri = join_uri(landing_uri, batch_name(index, prefix))
         write_bytes(uri, batches[index].to_csv(index=False).encode())
         written.append(uri)
     return written

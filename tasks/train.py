@@ -1,78 +1,43 @@
-"""Training: a scikit-learn pipeline per model family, a small grid search, one MLflow run."""
+"""Training: the spec's pipeline per family (or the user's own), a small grid search, one MLflow run.
+
+Before a grid search spends time, the estimator is fitted on a small sample and exported
+(:func:`probe_export`): one that cannot become ONNX is refused in seconds with a short error,
+the converter's full output kept as a run artifact.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from enum import StrEnum
+import traceback
+from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+import skops.io
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import task
-from pydantic import BaseModel, Field
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
-from sklearn.inspection import permutation_importance
-from sklearn.linear_model import Ridge
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from sklearn.model_selection import GridSearchCV, KFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, StratifiedKFold
 
+from mlops.spec import ModelSpec
+from serving.model import open_session
 from tasks.dataset import Snapshot
 from tasks.events import emit
+from tasks.features import Factory, build_estimator, default_grid, target_values, typed_features
 from tasks.lineage import lock_file
+from tasks.metrics import cv_scoring, holdout_metrics, log_classification_plots, log_importance, model_output
+from tasks.onnx_convert import ExportError, to_onnx
 from tasks.reference import log_reference
 from tasks.tracking import client
 
-# Tree models are saved with skops; these are the types their files hold beyond skops' defaults.
-SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree", "sklearn._loss.loss.HalfSquaredError"]
 MIN_TRAIN_ROWS = 20
 MIN_HOLDOUT_ROWS = 10
-
-
-class ModelFamily(StrEnum):
-    """The model families training offers."""
-
-    RIDGE = "ridge"
-    RANDOM_FOREST = "random_forest"
-    GRADIENT_BOOSTING = "gradient_boosting"
-
-
-DEFAULT_GRIDS: dict[ModelFamily, dict[str, list[Any]]] = {
-    ModelFamily.RIDGE: {"model__alpha": [0.01, 0.1, 1.0, 10.0]},
-    ModelFamily.RANDOM_FOREST: {
-        "model__n_estimators": [100],
-        "model__max_depth": [4, 8],
-        "model__min_samples_leaf": [1, 5],
-    },
-    ModelFamily.GRADIENT_BOOSTING: {
-        "model__n_estimators": [100, 200],
-        "model__learning_rate": [0.05, 0.1],
-        "model__max_depth": [2, 3],
-    },
-}
-
-
-class TrainConfig(BaseModel):
-    """What to train and how; everything here is logged with the run."""
-
-    family: ModelFamily = Field(ModelFamily.RIDGE, description="Model family.")
-    seed: int = Field(42, description="Seed of the search's folds and of randomised models.")
-    holdout_fraction: float = Field(
-        0.2, gt=0, lt=0.5, description="Share of rows held out, chosen by a hash of each row."
-    )
-    cv_folds: int = Field(5, ge=2, le=10, description="Folds of the grid search.")
-    param_grid: dict[str, list[Any]] | None = Field(
-        None, description="Grid over pipeline parameters (e.g. {'model__alpha': [1, 10]}); default per family."
-    )
-
-    def grid(self) -> dict[str, list[Any]]:
-        return self.param_grid if self.param_grid is not None else DEFAULT_GRIDS[self.family]
+PROBE_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -107,9 +72,10 @@ class Candidate:
         experiment_id: The run's experiment.
         model_uri: URI the model loads from.
         model_id: MLflow's id of the logged model.
-        family: Model family.
+        family: Model family, or the factory's ``module:function``.
         best_params: Parameters the search chose.
-        metrics: Holdout RMSE, MAE and R².
+        metrics: Holdout metrics of the spec's task.
+        classes: Class labels in the model's order (classifiers).
     """
 
     run_id: str
@@ -119,15 +85,7 @@ class Candidate:
     family: str
     best_params: dict[str, Any]
     metrics: dict[str, float]
-
-
-def build_pipeline(family: ModelFamily, seed: int) -> Pipeline:
-    """The untrained pipeline of a family (trees need no scaling)."""
-    if family is ModelFamily.RIDGE:
-        return Pipeline([("scale", StandardScaler()), ("model", Ridge())])
-    if family is ModelFamily.RANDOM_FOREST:
-        return Pipeline([("model", RandomForestRegressor(random_state=seed, n_jobs=1))])
-    return Pipeline([("model", GradientBoostingRegressor(random_state=seed))])
+    classes: tuple[Any, ...] = field(default_factory=tuple)
 
 
 def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
@@ -140,58 +98,83 @@ def holdout_mask(frame: pd.DataFrame, fraction: float) -> np.ndarray:
     return np.asarray((hashes % 10_000) < int(fraction * 10_000))
 
 
-def split(
-    frame: pd.DataFrame, features: list[str], target: str, fraction: float
-) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-    """Train/holdout split by row hash.
+@dataclass(frozen=True)
+class TrainingSet:
+    """The data a candidate was trained on, read by its spec (shared by training, export and evaluation)."""
+
+    frame: pd.DataFrame
+    spec: ModelSpec
+
+    def split(self) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
+        """Typed features and target, train/holdout by row hash.
+
+        Raises:
+            ValueError: Too few rows on either side, or a classifier with fewer than two classes to learn.
+        """
+        spec = self.spec
+        mask = holdout_mask(self.frame[[*spec.feature_names, spec.target.column]], spec.training.holdout)
+        features, target = typed_features(self.frame, spec), target_values(self.frame, spec)
+        train, holdout = ~mask, mask
+        if train.sum() < MIN_TRAIN_ROWS or holdout.sum() < MIN_HOLDOUT_ROWS:
+            raise ValueError(
+                f"not enough data: {int(train.sum())} training and {int(holdout.sum())} holdout rows "
+                f"(need {MIN_TRAIN_ROWS} and {MIN_HOLDOUT_ROWS}); land more batches"
+            )
+        if spec.task.is_classification and target[train].nunique() < 2:
+            raise ValueError(f"the training rows hold one class only ({target[train].iloc[0]!r}); land more batches")
+        return features[train], target[train], features[holdout], target[holdout]
+
+    @property
+    def input_columns(self) -> list[tuple[str, str]]:
+        """(column, ``double``/``string``) per feature: the ONNX graph's inputs."""
+        return [(f.name, "string" if f.is_categorical else "double") for f in self.spec.features]
+
+
+def probe_export(estimator: Any, grid: dict[str, list[Any]], data: TrainingSet, x: pd.DataFrame, y: pd.Series) -> None:
+    """Fit the estimator (first grid point) on a small sample, export it and open it in onnxruntime.
 
     Raises:
-        ValueError: Too few rows on either side to train or to judge a model.
+        ExportError: It cannot be converted or run; known before the search spends time.
     """
-    mask = holdout_mask(frame[[*features, target]], fraction)
-    train, holdout = frame[~mask], frame[mask]
-    if len(train) < MIN_TRAIN_ROWS or len(holdout) < MIN_HOLDOUT_ROWS:
-        raise ValueError(
-            f"not enough data: {len(train)} training and {len(holdout)} holdout rows "
-            f"(need {MIN_TRAIN_ROWS} and {MIN_HOLDOUT_ROWS}); land more batches"
-        )
-    return train[features], train[target], holdout[features], holdout[target]
+    sample = x.sample(n=min(PROBE_ROWS, len(x)), random_state=0)
+    probe = clone(estimator).set_params(**next(iter(ParameterGrid(grid))))
+    probe.fit(sample, y.loc[sample.index])
+    converted = to_onnx(probe, data.input_columns)
+    try:
+        open_session(converted.model.SerializeToString()).run(None, converted.feeds(sample.head(5)))
+    except Exception as error:  # onnxruntime raises untyped errors (e.g. NOT_IMPLEMENTED kernels)
+        name = type(estimator[-1] if hasattr(estimator, "steps") else estimator).__name__
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ExportError(
+            f"onnxruntime cannot run the ONNX graph of {name}: {first}", traceback.format_exc()
+        ) from error
 
 
 @dataclass(frozen=True)
-class TrainingSet:
-    """The data a candidate was trained on, and how its holdout is chosen (shared by export and evaluation)."""
+class Search:
+    """One family's (or the factory's) grid search."""
 
-    frame: pd.DataFrame
-    features: list[str]
-    target: str
-    holdout_fraction: float
+    family: str
+    search: GridSearchCV
 
-    def split(self) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
-        return split(self.frame, self.features, self.target, self.holdout_fraction)
-
-
-def regression_metrics(y_true: pd.Series, y_pred: np.ndarray) -> dict[str, float]:
-    return {
-        "rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
-        "mae": float(mean_absolute_error(y_true, y_pred)),
-        "r2": float(r2_score(y_true, y_pred)),
-    }
+    @property
+    def score(self) -> float:
+        return float(self.search.best_score_)
 
 
-def _importance_figure(names: list[str], means: np.ndarray, stds: np.ndarray) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    order = np.argsort(means)
-    figure = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.barh([names[i] for i in order], means[order], xerr=stds[order], color="#4c72b0")
-    axes.set_xlabel("increase in holdout RMSE when the feature is shuffled")
-    axes.set_title("Permutation importance")
-    figure.tight_layout()
-    return figure
+def _search(data: TrainingSet, family: str | None, factory: Factory | None, x: pd.DataFrame, y: pd.Series) -> Search:
+    spec = data.spec
+    estimator = build_estimator(spec, family, factory)
+    grid = default_grid(spec, family)
+    probe_export(estimator, grid, data, x, y)
+    folds = (
+        StratifiedKFold(spec.training.cv_folds, shuffle=True, random_state=spec.training.seed)
+        if spec.task.is_classification
+        else KFold(spec.training.cv_folds, shuffle=True, random_state=spec.training.seed)
+    )
+    search = GridSearchCV(estimator, grid or [{}], cv=folds, scoring=cv_scoring(spec.task), n_jobs=1)
+    search.fit(x, y)
+    return Search(family or (factory.reference if factory else "?"), search)
 
 
 def _requirements() -> list[str]:
@@ -199,65 +182,97 @@ def _requirements() -> list[str]:
     return [f"{name}=={package_version(name)}" for name in ("scikit-learn", "numpy", "pandas", "scipy", "skops")]
 
 
-@task
-def train_candidate(
-    frame: pd.DataFrame,
-    snapshot: Snapshot,
-    features: list[str],
-    target: str,
-    config: TrainConfig,
-    lineage: Lineage,
-    tracking_uri: str,
-    experiment: str,
-    model_name: str,
-    validation_reports: dict[str, Any],
-) -> Candidate:
-    """Search, fit and log one candidate: params, holdout metrics, model, lineage, plots."""
-    x_train, y_train, x_holdout, y_holdout = split(frame, features, target, config.holdout_fraction)
-    search = GridSearchCV(
-        build_pipeline(config.family, config.seed),
-        config.grid(),
-        cv=KFold(config.cv_folds, shuffle=True, random_state=config.seed),
-        scoring="neg_root_mean_squared_error",
-        n_jobs=1,
-    )
-    search.fit(x_train, y_train)
-    model = search.best_estimator_
-    metrics = regression_metrics(y_holdout, model.predict(x_holdout))
-    importance = permutation_importance(
-        model, x_holdout, y_holdout, n_repeats=10, random_state=config.seed, scoring="neg_root_mean_squared_error"
-    )
+def trusted_types(model: Any) -> list[str]:
+    """The types our own model's skops file holds beyond skops' defaults (we wrote it, so we trust them)."""
+    return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
+
+def record_export_failure(
+    tracking_uri: str, experiment: str, spec: ModelSpec, error: ExportError, lineage: Lineage
+) -> str:
+    """A failed run holding the converter's full output (``export/error.txt``); returns its id."""
     client(tracking_uri)
     mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"{config.family.value}-{snapshot.digest[:8]}", tags=lineage.tags()) as run:
+    with mlflow.start_run(run_name=f"export-refused-{lineage.dataset_digest[:8]}", tags=lineage.tags()) as run:
+        mlflow.set_tag("onnx_export", "refused")
+        mlflow.set_tag("onnx_export_error", str(error)[:500])
+        mlflow.log_text(error.detail, "export/error.txt")
+    client(tracking_uri).set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+@task
+def train_candidate(
+    data: TrainingSet,
+    snapshot: Snapshot,
+    lineage: Lineage,
+    tracking_uri: str,
+    validation_reports: dict[str, Any],
+    factory: Factory | None = None,
+) -> Candidate:
+    """Search every family of the spec (or the factory's estimator), keep the best by CV, log one run.
+
+    Raises:
+        ExportError: The estimator cannot be exported to ONNX (a failed run keeps the converter's output).
+    """
+    spec = data.spec
+    x_train, y_train, x_holdout, y_holdout = data.split()
+    try:
+        families: list[str | None] = [*spec.families] or [None]
+        searches = [_search(data, family, factory, x_train, y_train) for family in families]
+    except ExportError as error:
+        run_id = record_export_failure(tracking_uri, spec.experiment, spec, error, lineage)
+        raise ExportError(
+            f"{error} (refused before training; full output in run {run_id}, export/error.txt)", error.detail
+        ) from error
+    best = max(searches, key=lambda item: item.score)
+    model = best.search.best_estimator_
+    metrics = holdout_metrics(spec.task, model, x_holdout, y_holdout)
+    classes = tuple(model.classes_.tolist()) if spec.task.is_classification else ()
+
+    client(tracking_uri)
+    mlflow.set_experiment(spec.experiment)
+    with mlflow.start_run(
+        run_name=f"{best.family.rsplit(':', 1)[-1]}-{snapshot.digest[:8]}", tags=lineage.tags()
+    ) as run:
         mlflow.log_params(
             {
-                "family": config.family.value,
-                "seed": config.seed,
-                "holdout_fraction": config.holdout_fraction,
-                "cv_folds": config.cv_folds,
-                "param_grid": json.dumps(config.grid(), sort_keys=True),
+                "model": spec.name,
+                "task": spec.task.value,
+                "family": best.family,
+                "families_searched": ",".join(item.family for item in searches),
+                "seed": spec.training.seed,
+                "holdout_fraction": spec.training.holdout,
+                "cv_folds": spec.training.cv_folds,
+                "param_grid": json.dumps(best.search.param_grid, sort_keys=True, default=str)[:6000],
                 "train_rows": len(x_train),
                 "holdout_rows": len(x_holdout),
-                **{f"best.{key}": value for key, value in search.best_params_.items()},
+                **({"classes": json.dumps(classes, default=str)} if classes else {}),
+                **{f"best.{key}": value for key, value in best.search.best_params_.items()},
             }
         )
-        mlflow.log_metrics({**metrics, "cv_rmse": float(-search.best_score_)})
+        mlflow.log_metrics(
+            {**metrics, **{f"cv_score.{item.family.rsplit(':', 1)[-1]}": item.score for item in searches}}
+        )
+        mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
+        if factory is not None:
+            mlflow.set_tags({"pipeline_factory": factory.reference, "pipeline_factory_sha256": factory.sha256})
+            if Path(factory.source_file).is_file():
+                mlflow.log_artifact(factory.source_file, "factory")
         dataset = from_pandas(
-            frame, source=snapshot.uri, targets=target, name=f"{experiment}-training", digest=snapshot.digest[:36]
+            data.frame,
+            source=snapshot.uri,
+            targets=spec.target.column,
+            name=f"{spec.experiment}",
+            digest=snapshot.digest[:36],
         )
         mlflow.log_input(dataset, context="training")
-        mlflow.log_figure(
-            _importance_figure(features, importance.importances_mean, importance.importances_std),
-            "feature_importance.png",
-        )
-        mlflow.log_dict(
-            {name: float(value) for name, value in zip(features, importance.importances_mean, strict=True)},
-            "feature_importance.json",
-        )
+        log_importance(spec, model, x_holdout, y_holdout)
+        if spec.task.is_classification:
+            log_classification_plots(model, x_holdout, y_holdout)
         mlflow.log_dict(validation_reports, "validation/reports.json")
-        log_reference(frame, features, model.predict(frame[features]))
+        features = typed_features(data.frame, spec)
+        log_reference(data.frame.assign(**features), spec.numeric_features, model_output(spec.task, model, features))
         if (lock := lock_file()) is not None:
             mlflow.log_artifact(str(lock), "environment")
         info = mlflow.sklearn.log_model(
@@ -266,22 +281,23 @@ def train_candidate(
             signature=infer_signature(x_holdout, model.predict(x_holdout)),
             input_example=x_holdout.head(5),
             pip_requirements=_requirements(),
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            skops_trusted_types=trusted_types(model),
         )
     emit(
         "model.trained",
         "model",
-        model_name,
-        {"run_id": run.info.run_id, "family": config.family.value, "dataset_digest": snapshot.digest, **metrics},
+        spec.name,
+        {"run_id": run.info.run_id, "family": best.family, "dataset_digest": snapshot.digest, **metrics},
     )
     return Candidate(
         run_id=run.info.run_id,
         experiment_id=run.info.experiment_id,
         model_uri=info.model_uri,
         model_id=info.model_id,
-        family=config.family.value,
-        best_params=dict(search.best_params_),
+        family=best.family,
+        best_params=dict(best.search.best_params_),
         metrics=metrics,
+        classes=classes,
     )
 
 

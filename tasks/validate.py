@@ -17,11 +17,16 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from pydantic import BaseModel, Field
+
+from mlops.policies import ValidationPolicy
+from mlops.spec import Kind, ModelSpec
 
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64"]
 
+BOOLEAN_TYPES = ["bool", "boolean", *NUMERIC_TYPES, "object", "str", "string"]
+
 CHECK_NAMES = {
+    "expect_column_values_to_be_in_set": "categories",
     "expect_table_columns_to_match_set": "columns",
     "expect_table_row_count_to_be_between": "rows",
     "expect_column_values_to_be_in_type_list": "type",
@@ -30,21 +35,6 @@ CHECK_NAMES = {
     "expect_column_mean_to_be_between": "mean",
     "expect_column_stdev_to_be_between": "stdev",
 }
-
-
-class ValidationPolicy(BaseModel):
-    """How strict validation is; distribution bounds are relative to the reference data."""
-
-    range_margin: float = Field(
-        0.5, ge=0, description="Allowed overshoot of the reference min/max, as a share of its range."
-    )
-    mean_tolerance: float = Field(
-        0.5, gt=0, description="Allowed shift of a column mean, in reference standard deviations."
-    )
-    stdev_ratio: float = Field(
-        2.0, gt=1, description="Allowed factor between a batch's and the reference's standard deviation."
-    )
-    min_rows: int = Field(2, ge=1, description="Fewest rows a batch may have.")
 
 
 @dataclass(frozen=True)
@@ -87,6 +77,7 @@ class ValidationReport:
         expectations: How many expectations ran.
         failures: The failed checks, each naming its column.
         reference_rows: Rows of the reference the bounds came from (0: structural checks only).
+        warnings: Checks that failed without rejecting the batch (new categories, when the policy reports them).
     """
 
     batch: str
@@ -94,11 +85,12 @@ class ValidationReport:
     expectations: int
     failures: tuple[Failure, ...] = field(default_factory=tuple)
     reference_rows: int = 0
+    warnings: tuple[Failure, ...] = field(default_factory=tuple)
 
     @property
     def reason(self) -> str:
         if self.success:
-            return "passed"
+            return "passed" + (f" with warnings: {'; '.join(map(str, self.warnings))}" if self.warnings else "")
         return "; ".join(str(failure) for failure in self.failures)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,47 +98,89 @@ class ValidationReport:
 
 
 def learn_profile(reference: pd.DataFrame, columns: list[str]) -> ReferenceProfile:
-    """Per-column min, max, mean and standard deviation of the reference data."""
-    stats = {
-        name: ColumnProfile(
-            minimum=float(reference[name].min()),
-            maximum=float(reference[name].max()),
-            mean=float(reference[name].mean()),
-            stdev=float(reference[name].std(ddof=1)),
-        )
-        for name in columns
-    }
+    """Per-column min, max, mean and standard deviation of the reference data (missing values skipped)."""
+    stats = {}
+    for name in columns:
+        values = pd.to_numeric(reference[name], errors="coerce").dropna()
+        if len(values) > 1:
+            stats[name] = ColumnProfile(
+                minimum=float(values.min()),
+                maximum=float(values.max()),
+                mean=float(values.mean()),
+                stdev=float(values.std(ddof=1)),
+            )
     return ReferenceProfile(rows=len(reference), columns=stats)
 
 
-def _build_suite(columns: list[str], profile: ReferenceProfile | None, policy: ValidationPolicy) -> Any:
+def learn_categories(reference: pd.DataFrame, columns: list[str]) -> dict[str, list[Any]]:
+    """The values each categorical column took in accepted data (as stored: strings, numbers or flags)."""
+    return {name: sorted(reference[name].dropna().unique().tolist(), key=str) for name in columns}
+
+
+def _distribution(gx: Any, name: str, stats: ColumnProfile, policy: ValidationPolicy) -> list[Any]:
+    margin = policy.range_margin * (stats.maximum - stats.minimum)
+    shift = policy.mean_tolerance * stats.stdev
+    return [
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column=name,
+            min_value=stats.minimum - margin,
+            max_value=stats.maximum + margin,
+            mostly=policy.range_mostly,
+        ),
+        gx.expectations.ExpectColumnMeanToBeBetween(
+            column=name, min_value=stats.mean - shift, max_value=stats.mean + shift
+        ),
+        gx.expectations.ExpectColumnStdevToBeBetween(
+            column=name, min_value=stats.stdev / policy.stdev_ratio, max_value=stats.stdev * policy.stdev_ratio
+        ),
+    ]
+
+
+def _build_suite(
+    spec: ModelSpec,
+    present: list[str],
+    profile: ReferenceProfile | None,
+    categories: dict[str, list[Any]],
+    with_target: bool,
+) -> Any:
+    """The batch suite of a spec: structure always, learned bounds once a reference exists."""
     import great_expectations as gx
 
+    policy = spec.validation
+    required = [*spec.ids, *spec.feature_names, *([spec.target.column] if with_target else [])]
+    allowed = required + [name for name in spec.ignore if name in present]
     expectations: list[Any] = [
-        gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True),
+        gx.expectations.ExpectTableColumnsToMatchSet(column_set=allowed, exact_match=True),
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=policy.min_rows),
     ]
-    for name in columns:
-        expectations += [
-            gx.expectations.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES),
-            gx.expectations.ExpectColumnValuesToNotBeNull(column=name),
-        ]
-        if profile is None or name not in profile.columns:
-            continue
-        stats = profile.columns[name]
-        margin = policy.range_margin * (stats.maximum - stats.minimum)
-        shift = policy.mean_tolerance * stats.stdev
-        expectations += [
-            gx.expectations.ExpectColumnValuesToBeBetween(
-                column=name, min_value=stats.minimum - margin, max_value=stats.maximum + margin
-            ),
-            gx.expectations.ExpectColumnMeanToBeBetween(
-                column=name, min_value=stats.mean - shift, max_value=stats.mean + shift
-            ),
-            gx.expectations.ExpectColumnStdevToBeBetween(
-                column=name, min_value=stats.stdev / policy.stdev_ratio, max_value=stats.stdev * policy.stdev_ratio
-            ),
-        ]
+    for name in spec.ids:
+        expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name))
+    for feature in spec.features:
+        name = feature.name
+        if feature.kind is Kind.BOOLEAN:
+            expectations.append(gx.expectations.ExpectColumnValuesToBeInTypeList(column=name, type_list=BOOLEAN_TYPES))
+        elif not feature.is_categorical:
+            expectations.append(gx.expectations.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES))
+        mostly = 1 - policy.max_missing if feature.nullable else 1.0
+        if mostly > 0:
+            expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name, mostly=mostly))
+        if feature.is_categorical and name in categories:
+            expectations.append(gx.expectations.ExpectColumnValuesToBeInSet(column=name, value_set=categories[name]))
+        elif profile is not None and name in profile.columns and feature.kind in (Kind.NUMERIC, Kind.INTEGER):
+            expectations += _distribution(gx, name, profile.columns[name], policy)
+    if with_target:
+        target = spec.target.column
+        expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=target))
+        if not spec.task.is_classification:
+            expectations.append(
+                gx.expectations.ExpectColumnValuesToBeInTypeList(column=target, type_list=NUMERIC_TYPES)
+            )
+            if profile is not None and target in profile.columns:
+                expectations += _distribution(gx, target, profile.columns[target], policy)
+        elif spec.target.classes is not None:
+            expectations.append(
+                gx.expectations.ExpectColumnValuesToBeInSet(column=target, value_set=list(spec.target.classes))
+            )
     suite = gx.ExpectationSuite(name="batch")
     for expectation in expectations:
         suite.add_expectation(expectation)
@@ -221,25 +255,37 @@ def _batch_definition() -> Any:
 def validate_batch(
     frame: pd.DataFrame,
     batch: str,
-    columns: list[str],
+    spec: ModelSpec,
     reference: pd.DataFrame | None,
-    policy: ValidationPolicy,
+    with_target: bool = True,
 ) -> ValidationReport:
-    """Validate a frame against the suite built from the reference (None: structural checks only).
+    """Validate a frame by the model's spec against bounds learned from the reference (None: structural checks only).
 
+    A category never seen in the reference is a warning or a failure, as the spec's validation policy says.
     The caller quarantines a batch whose report is not a success.
     """
-    profile = learn_profile(reference, columns) if reference is not None and len(reference) > 1 else None
+    numeric = [f.name for f in spec.features if f.kind in (Kind.NUMERIC, Kind.INTEGER)]
+    if with_target and not spec.task.is_classification:
+        numeric.append(spec.target.column)
+    profile: ReferenceProfile | None = None
+    categories: dict[str, list[Any]] = {}
+    if reference is not None and len(reference) > 1:
+        profile = learn_profile(reference, [c for c in numeric if c in reference])
+        categories = learn_categories(reference, [c for c in spec.categorical_features if c in reference])
     definition = _batch_definition()  # the suite needs a live context before it is built
-    suite = _build_suite(columns, profile, policy)
+    suite = _build_suite(spec, list(frame.columns), profile, categories, with_target)
     result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
-    failures = _root_causes([_describe(item) for item in result.results if not item.success])
+    found = _root_causes([_describe(item) for item in result.results if not item.success])
+    report_only = spec.validation.new_categories == "report"
+    warnings = tuple(f for f in found if f.check == "categories" and report_only and f.column != spec.target.column)
+    failures = tuple(f for f in found if f not in warnings)
     return ValidationReport(
         batch=batch,
-        success=bool(result.success),
+        success=not failures,
         expectations=len(result.results),
         failures=failures,
         reference_rows=profile.rows if profile else 0,
+        warnings=warnings,
     )
 
 

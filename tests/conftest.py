@@ -41,13 +41,33 @@ def batches() -> list[pd.DataFrame]:
     return diabetes_batches()
 
 
+SHIPPED_SPECS = Path(__file__).resolve().parents[1] / "models"
+
+
+def write_spec(models_dir: Path, name: str, base: str = "diabetes", **sections: Any) -> Path:
+    """A copy of the shipped spec ``base`` named ``name`` (sections replaced) in ``models_dir``."""
+    import yaml
+
+    raw = yaml.safe_load((SHIPPED_SPECS / f"{base}.yaml").read_text())
+    raw.update(name=name, **sections)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def model_env(root: Path, prefix: str = "model", base: str = "diabetes") -> dict[str, str]:
+    """A home, a models folder and a model of their own (``<prefix>_<random>``, a copy of the ``base`` spec)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    write_spec(root / "models", name, base)
+    return {"MLOPS_HOME": str(root / "home"), "MLOPS_MODELS_DIR": str(root / "models"), "MLOPS_MODEL_NAME": name}
+
+
 @pytest.fixture
 def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """Settings whose home, data and model name belong to this test alone."""
-    name = f"model_{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLOPS_MODEL_NAME", name)
-    monkeypatch.setenv("MLOPS_EXPERIMENT_NAME", f"{name}-training")
+    """Settings whose home, data and model (spec and name) belong to this test alone."""
+    for key, value in model_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
@@ -86,15 +106,15 @@ def write_tiny_bundle(directory: Path, model: Any, version: str = "7", name: str
     """A serving bundle of a model on ``TINY_FEATURES``, with a known answer for ``TINY_ROWS``."""
     from serving.bundle import ModelMetadata, write_bundle
     from tasks.export import known_answer
-    from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
+    from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx
 
-    onnx_bytes = to_onnx(model, len(TINY_FEATURES)).SerializeToString()
+    onnx_bytes = to_onnx(model, numeric_columns(TINY_FEATURES)).model.SerializeToString()
     rows = pd.DataFrame(TINY_ROWS, columns=list(TINY_FEATURES))
     metadata = ModelMetadata(
         name,
         version,
         TINY_FEATURES,
-        INPUT_NAME,
+        MATRIX_INPUT,
         OUTPUT_NAME,
         hashlib.sha256(onnx_bytes).hexdigest(),
         run_id="r1",

@@ -8,7 +8,7 @@ from tasks.validate import ValidationPolicy, validate_batch
 
 def test_each_default_batch_passes_against_what_arrived_before(batches: list[pd.DataFrame]) -> None:
     settings = Settings()
-    columns = [*settings.feature_columns, settings.target_column]
+    columns = [*settings.spec().feature_names, settings.spec().target.column]
     assert len(batches) == 4 and sum(len(batch) for batch in batches) == 442
     for index, batch in enumerate(batches):
         reference = pd.concat(batches[:index], ignore_index=True) if index else None

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from mlops.settings import Settings
 from mlops.traffic import BackgroundTraffic
 from tasks.ingest import accepted_frame
 from tasks.sample_data import drifted, land_batches
+from tests.conftest import model_env
 
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}
 RELEASE = {"params": {"version": "challenger", "image": "never", "rollout": ROLLOUT}}
@@ -138,12 +138,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Loop]:
     root = tmp_path_factory.mktemp("loop")
-    name = f"looped_{uuid.uuid4().hex[:6]}"
     mlflow = MlflowServerConfig.scratch(root / "mlflow", free_port())
     values = {
-        "MLOPS_HOME": str(root / "home"),
-        "MLOPS_MODEL_NAME": name,
-        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+        **model_env(root, "looped"),
         "MLFLOW_TRACKING_URI": mlflow.url,
         "MLOPS_PREFECT_PORT": str(free_port()),
         "MLOPS_WORKER_PORT": str(free_port()),
@@ -196,16 +193,16 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     assert set(apply_automations(loop).values()) == {"unchanged"}  # idempotent
 
     # The first champion, trained and put behind the endpoint by CLI-triggered deployment runs.
-    land_batches(settings.landing, [0])
+    land_batches(settings.landing_for(), [0])
     assert "Completed" in loop.run_deployment("train/weekly")
     assert loop.alias("champion") == "1"
     release = {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}}
     assert "Completed" in loop.run_deployment("release/challenger", release)
 
-    frame = accepted_frame(settings.data)
+    frame = accepted_frame(settings.data_for())
     assert frame is not None
-    rows = drifted(frame)[list(settings.feature_columns)].to_numpy().tolist()
-    land_batches(settings.landing, [1, 2, 3])  # the labelled data a retraining will find
+    rows = drifted(frame)[list(settings.spec().feature_names)].to_numpy().tolist()
+    land_batches(settings.landing_for(), [1, 2, 3])  # the labelled data a retraining will find
 
     endpoint = f"http://127.0.0.1:{settings.endpoint_port}/invocations"
     body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
@@ -264,8 +261,8 @@ def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_w
     if not loop.flow_runs("train/weekly"):
         apply_automations(loop)
     bad = pd.DataFrame({"age": [0.01, 0.02], "sex": ["x", "y"]})  # columns missing, one not numeric
-    Path(settings.landing).mkdir(parents=True, exist_ok=True)
-    bad.to_csv(Path(settings.landing) / "batch-9999.csv", index=False)
+    Path(settings.landing_for()).mkdir(parents=True, exist_ok=True)
+    bad.to_csv(Path(settings.landing_for()) / "batch-9999.csv", index=False)
     trains_before = len(loop.flow_runs("train/weekly"))
 
     assert "Completed" in loop.run_deployment("landing/check")
@@ -284,7 +281,7 @@ def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_w
     )
     assert len(runs) == trains_before + 1 and runs[-1]["state_type"] == "FAILED"
     assert runs[-1]["created_by"]["type"] == "AUTOMATION"
-    quarantined = list(Path(settings.data).rglob("batch-9999.csv"))
+    quarantined = list(Path(settings.data_for()).rglob("batch-9999.csv"))
     assert quarantined and quarantined[0].read_bytes() == bad.to_csv(index=False).encode()
 
 

@@ -37,7 +37,7 @@ def test_flow_module_runs_against_a_real_prefect_server(
     prefect_settings: Settings, mlflow_config: MlflowServerConfig
 ) -> None:
     settings = prefect_settings
-    land_batches(settings.landing, [0, 1, 2])
+    land_batches(settings.landing_for(), [0, 1, 2])
     env = {
         **os.environ,
         "PREFECT_API_URL": settings.prefect_url,

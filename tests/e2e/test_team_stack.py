@@ -79,7 +79,7 @@ def test_the_training_flow_on_postgresql_backed_mlflow_and_prefect(
     try:
         start_prefect(settings)
         try:
-            land_batches(settings.landing, [0, 1])
+            land_batches(settings.landing_for(), [0, 1])
             env = {
                 **os.environ,
                 "PREFECT_API_URL": settings.prefect_url,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,6 +14,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from mlflow_server import MlflowServerConfig
 from mlops.settings import Settings, get_settings
+from tests.conftest import model_env
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +67,8 @@ def model_home(
     from flows.train import TrainParameters, train_flow
     from tasks.sample_data import land_batches
 
-    name = f"{prefix}_{uuid.uuid4().hex[:6]}"
     values = {
-        "MLOPS_HOME": str(tmp_path_factory.mktemp(f"{prefix}-home")),
-        "MLOPS_MODEL_NAME": name,
-        "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+        **model_env(tmp_path_factory.mktemp(f"{prefix}-home"), prefix),
         "MLFLOW_TRACKING_URI": tracking_uri,
         **env,
     }
@@ -81,7 +78,7 @@ def model_home(
         get_settings.cache_clear()
         settings = get_settings()
         for batches, alias in trainings:
-            land_batches(settings.landing, batches)
+            land_batches(settings.landing_for(), batches)
             outcome = train_flow(TrainParameters())
             assert outcome.alias == alias, outcome.message
         yield settings

@@ -32,7 +32,7 @@ def scored(
     tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
 ) -> Iterator[tuple[Settings, pd.DataFrame]]:
     with model_home(tmp_path_factory, mlflow_config.url, "batched", (([0, 1], CHAMPION),)) as settings:
-        frame = accepted_frame(settings.data)
+        frame = accepted_frame(settings.data_for())
         assert frame is not None
         yield settings, frame
 
@@ -45,10 +45,10 @@ def test_a_folder_is_scored_once_per_row_like_the_trained_model(
     scored: tuple[Settings, pd.DataFrame], tmp_path: Path
 ) -> None:
     settings, frame = scored
-    features = list(settings.feature_columns)
+    features = list(settings.spec().feature_names)
     inputs = tmp_path / "in"
     inputs.mkdir()
-    first = rows(frame, 230, seed=1).drop(columns=[settings.target_column])
+    first = rows(frame, 230, seed=1).drop(columns=[settings.spec().target.column])
     first.loc[[5, 77], "bmi"] = np.nan
     first["bmi"] = first["bmi"].astype(object)
     first.loc[100, "bmi"] = "n/a"

@@ -50,9 +50,9 @@ def test_containers_of_the_release_images_are_rolled_out(settings: Settings, doc
     first = release_flow(ReleaseParameters(version=CHAMPION, rollout=DOCKER))
     assert (first.rollout, first.image) == ("nothing_to_do", f"mlops/{settings.model_name}:1")
     endpoint = start_endpoint(settings)
-    frame = accepted_frame(settings.data)
+    frame = accepted_frame(settings.data_for())
     assert frame is not None
-    rows = frame[list(settings.feature_columns)].to_numpy().tolist()
+    rows = frame[list(settings.spec().feature_names)].to_numpy().tolist()
     load = BackgroundTraffic(
         f"{endpoint.url}/invocations", lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}, 120, concurrency=4
     )

@@ -56,7 +56,7 @@ def released(
     with model_home(tmp_path_factory, mlflow_config.url, "imaged") as settings:
         name = settings.model_name
         outcome = release_flow(ReleaseParameters(version="champion", rollout=None))
-        frame = accepted_frame(settings.data)
+        frame = accepted_frame(settings.data_for())
         assert frame is not None
         version = mlflow.MlflowClient(settings.tracking_uri).get_model_version(name, "1")
         yield Released(settings, outcome, frame, float(version.tags["onnx_parity_tolerance"]))
@@ -129,7 +129,7 @@ def test_the_container_answers_like_the_trained_model_and_stops_cleanly(released
             assert container.status == "running", container.logs().decode()
             assert time.monotonic() < deadline, container.logs().decode()
             time.sleep(0.2)
-        rows = released.frame[list(settings.feature_columns)].sample(40, random_state=1)
+        rows = released.frame[list(settings.spec().feature_names)].sample(40, random_state=1)
         expected = mlflow.sklearn.load_model(f"models:/{settings.model_name}/1").predict(rows)
         split = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
         answer = httpx.post(f"{url}/invocations", json=split)

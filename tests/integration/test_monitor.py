@@ -45,7 +45,7 @@ def served(
     tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
 ) -> Iterator[Served]:
     with model_home(tmp_path_factory, mlflow_config.url, "watched", (([0, 1], CHAMPION),)) as settings:
-        frame = accepted_frame(settings.data)
+        frame = accepted_frame(settings.data_for())
         assert frame is not None
         target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
         url = target.start("v1", settings.model_name, "1")
@@ -57,7 +57,7 @@ def served(
 
 def send(served: Served, rows: pd.DataFrame, per_request: int = 10) -> list[str]:
     """Score ``rows`` in requests of ``per_request`` rows with our own request ids; returns the ids."""
-    features = list(served.settings.feature_columns)
+    features = list(served.settings.spec().feature_names)
     ids = []
     with httpx.Client(base_url=served.url, timeout=10) as client:
         for start in range(0, len(rows), per_request):
@@ -88,11 +88,11 @@ def test_training_like_traffic_is_judged_stable_and_recorded_in_mlflow(served: S
     assert Path(outcome.report_file or "").read_text().lstrip().lower().startswith("<!doctype html")
     assert (settings.resolved_home / "reports" / settings.model_name / "drift-latest.html").is_file()
     client = mlflow.MlflowClient(settings.tracking_uri)
-    experiment = client.get_experiment_by_name(f"{settings.experiment_name}-monitoring")
+    experiment = client.get_experiment_by_name(f"{settings.spec().experiment}-monitoring")
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id], f"tags.monitored_model = '{settings.model_name}'")
     assert run.data.tags["monitored_version"] == "1" and run.data.metrics["rows"] == 300
-    assert {f"drift_score.{c}" for c in settings.feature_columns} <= set(run.data.metrics)
+    assert {f"drift_score.{c}" for c in settings.spec().feature_names} <= set(run.data.metrics)
     reports = [item.path for item in client.list_artifacts(run.info.run_id, "drift")]
     assert f"drift/{Path(outcome.report_file or '').name}" in reports
     assert model_events(settings.model_name, since, "drift.", set(), timeout=2) == []
@@ -106,7 +106,7 @@ def test_shifted_traffic_emits_drift_and_late_labels_emit_degradation(served: Se
     ids = send(served, rows)
     # Labels arrive later, keyed by request id and row; these are far from every prediction.
     labels = pd.DataFrame(
-        {"request_id": np.repeat(ids, 10), "row": np.tile(np.arange(10), len(ids)), settings.target_column: 1000.0}
+        {"request_id": np.repeat(ids, 10), "row": np.tile(np.arange(10), len(ids)), settings.spec().target.column: 1000.0}
     )
     folder = settings.resolved_home / "labels" / settings.model_name
     folder.mkdir(parents=True, exist_ok=True)

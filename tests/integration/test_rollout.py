@@ -32,7 +32,7 @@ from mlops.traffic import BackgroundTraffic, TrafficResult
 from serving.bundle import ModelMetadata, write_bundle
 from tasks.export import known_answer
 from tasks.ingest import accepted_frame
-from tasks.onnx_convert import INPUT_NAME, OUTPUT_NAME, to_onnx
+from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig, Window, bake_step, reconcile_endpoint, start_canary
 from tests.integration.conftest import model_events, model_home
@@ -57,7 +57,7 @@ def loop(
     trainings = (([0], CHAMPION), ([1, 2, 3], CHALLENGER))
     port = str(free_port())
     with model_home(tmp_path_factory, mlflow_config.url, "rolled", trainings, MLOPS_ENDPOINT_PORT=port) as settings:
-        frame = accepted_frame(settings.data)
+        frame = accepted_frame(settings.data_for())
         assert frame is not None
         endpoint = start_endpoint(settings)
         try:
@@ -81,7 +81,7 @@ def alias(loop: Loop, name: str) -> str | None:
 
 
 def traffic(loop: Loop) -> BackgroundTraffic:
-    rows = loop.frame[list(loop.settings.feature_columns)].to_numpy().tolist()
+    rows = loop.frame[list(loop.settings.spec().feature_names)].to_numpy().tolist()
     return BackgroundTraffic(
         f"{loop.endpoint.url}/invocations",
         lambda rng: {"instances": [rows[rng.randrange(len(rows))]]},
@@ -100,7 +100,7 @@ def assert_consistent(loop: Loop, champion: str) -> None:
 def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
     """A new version holding the challenger's model (or ``model``), predictions shifted by ``shift``."""
     settings = loop.settings
-    features = list(settings.feature_columns)
+    features = list(settings.spec().feature_names)
     if model is None:
         model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/2")
     if shift:
@@ -108,16 +108,16 @@ def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
 
         x = loop.frame[features]
         model = Ridge().fit(x, model.predict(x) + shift)
-    onnx_bytes = to_onnx(model, len(features)).SerializeToString()
+    onnx_bytes = to_onnx(model, numeric_columns(features)).model.SerializeToString()
     sha = hashlib.sha256(onnx_bytes).hexdigest()
     client = tracker(loop)
-    experiment = client.get_experiment_by_name(settings.experiment_name)
+    experiment = client.get_experiment_by_name(settings.spec().experiment)
     assert experiment is not None
     run = client.create_run(experiment.experiment_id, tags={"purpose": "rollout test"})
     with tempfile.TemporaryDirectory() as scratch:
         sample = loop.frame[features].head(8)
         metadata = ModelMetadata(
-            settings.model_name, "unregistered", tuple(features), INPUT_NAME, OUTPUT_NAME, sha,
+            settings.model_name, "unregistered", tuple(features), MATRIX_INPUT, OUTPUT_NAME, sha,
             run_id=run.info.run_id, example=known_answer(model, sample, 1e-3),
         )  # fmt: skip
         write_bundle(Path(scratch) / "onnx", onnx_bytes, metadata)

@@ -54,7 +54,7 @@ def trained(
 ) -> Iterator[Trained]:
     """A champion trained and exported by the real flow, in a home of this module's own."""
     with model_home(tmp_path_factory, mlflow_config.url, "served") as settings:
-        frame = accepted_frame(settings.data)
+        frame = accepted_frame(settings.data_for())
         assert frame is not None
         version = mlflow.MlflowClient(settings.tracking_uri).get_model_version(settings.model_name, "1")
         tolerance = float(version.tags["onnx_parity_tolerance"])
@@ -106,7 +106,7 @@ def auth() -> dict[str, str]:
 
 def test_both_protocols_match_the_scikit_learn_model(trained: Trained, served: Server) -> None:
     settings = trained.settings
-    features = list(settings.feature_columns)
+    features = list(settings.spec().feature_names)
     rows = trained.frame[features].head(40)
     sklearn_model = mlflow.sklearn.load_model(f"models:/{settings.model_name}@champion")
     expected = sklearn_model.predict(rows)
@@ -134,7 +134,7 @@ def test_both_protocols_match_the_scikit_learn_model(trained: Trained, served: S
 
 
 def test_bad_requests_get_4xx_and_the_server_stays_up(trained: Trained, served: Server) -> None:
-    features = list(trained.settings.feature_columns)
+    features = list(trained.settings.spec().feature_names)
     good_row = trained.frame[features].iloc[0].tolist()
     url = f"{served.url}/invocations"
     cases = [
@@ -189,7 +189,7 @@ def read_response(connection: socket.socket) -> tuple[int, dict[str, object]]:
 
 
 def test_sigterm_finishes_in_flight_requests_and_flushes_collection(trained: Trained, served: Server) -> None:
-    features = list(trained.settings.feature_columns)
+    features = list(trained.settings.spec().feature_names)
     rows = trained.frame[features].head(20).to_numpy().tolist()
     for _ in range(3):
         assert httpx.post(f"{served.url}/invocations", json={"instances": rows[:2]}, headers=auth()).status_code == 200

@@ -50,7 +50,7 @@ def versions(settings: Settings) -> list[str]:
 
 
 def test_first_champion_then_better_challenger_with_lineage(stack: Settings) -> None:
-    land_batches(stack.landing, [0, 1, 2, 3])
+    land_batches(stack.landing_for(), [0, 1, 2, 3])
     first = train_flow(WEAK)
     assert (first.status, first.version, first.alias) == ("registered", "1", "champion")
     assert aliases(stack) == {"champion": "1"}
@@ -62,7 +62,7 @@ def test_first_champion_then_better_challenger_with_lineage(stack: Settings) -> 
     tags = registry(stack).get_model_version(stack.model_name, "2").tags
     assert set(tags) >= LINEAGE_TAGS
     assert tags["validation_status"] == "passed"
-    columns = len(stack.feature_columns) + 1  # the first batch had no reference: structural checks only
+    columns = len(stack.spec().feature_names) + 1  # the first batch had no reference: structural checks only
     expectations = (2 + 2 * columns) + 3 * (2 + 5 * columns)
     assert tags["validation_summary"] == f"passed: 4 batch(es), {expectations} expectations"
     assert len(tags["dataset_digest"]) == 64
@@ -95,11 +95,11 @@ def assert_exported(settings: Settings, version: str, run_id: str) -> None:
         )
         assert hashlib.sha256(model_file.read_bytes()).hexdigest() == tags["onnx_sha256"] == metadata.sha256
         assert (metadata.name, metadata.version) == (settings.model_name, version)
-        assert list(metadata.features) == list(settings.feature_columns)
+        assert list(metadata.features) == list(settings.spec().feature_names)
 
 
 def test_worse_candidate_registers_nothing_and_rerun_is_idempotent(stack: Settings) -> None:
-    land_batches(stack.landing, [0, 1, 2, 3])
+    land_batches(stack.landing_for(), [0, 1, 2, 3])
     assert train_flow(DEFAULT).alias == "champion"
     worse = train_flow(WEAK)
     assert worse.status == "kept" and worse.version is None
@@ -113,10 +113,10 @@ def test_worse_candidate_registers_nothing_and_rerun_is_idempotent(stack: Settin
 
 
 def test_rejected_batch_is_quarantined_and_nothing_is_trained(stack: Settings) -> None:
-    land_batches(stack.landing, [0, 1])
+    land_batches(stack.landing_for(), [0, 1])
     train_flow(DEFAULT)
-    land_batches(stack.landing, [2])
-    landed = Path(stack.landing) / "diabetes_batch_002.csv"
+    land_batches(stack.landing_for(), [2])
+    landed = Path(stack.landing_for()) / "diabetes_batch_002.csv"
     lines = landed.read_text().splitlines()
     header = lines[0].split(",")
     bmi = header.index("bmi")
@@ -126,7 +126,7 @@ def test_rejected_batch_is_quarantined_and_nothing_is_trained(stack: Settings) -
 
     with pytest.raises(DataRejectedError, match=r"diabetes_batch_002.csv quarantined at .*bmi: nulls"):
         train_flow(DEFAULT)
-    quarantined = Path(stack.data) / "quarantine" / "diabetes_batch_002.csv"
+    quarantined = Path(stack.data_for()) / "quarantine" / "diabetes_batch_002.csv"
     assert hashlib.sha256(quarantined.read_bytes()).digest() == hashlib.sha256(original).digest()
     report = json.loads(Path(str(quarantined) + ".validation.json").read_text())
     assert report["success"] is False and report["failures"][0]["column"] == "bmi"
@@ -135,7 +135,7 @@ def test_rejected_batch_is_quarantined_and_nothing_is_trained(stack: Settings) -
 
 
 def test_promote_moves_champion_and_records_why(stack: Settings) -> None:
-    land_batches(stack.landing, [0, 1, 2, 3])
+    land_batches(stack.landing_for(), [0, 1, 2, 3])
     train_flow(WEAK)
     train_flow(DEFAULT)
     promotion = promote.fn(stack.tracking_uri, stack.model_name, "2", "beat champion offline", actor="alice")
@@ -151,7 +151,7 @@ def test_promote_moves_champion_and_records_why(stack: Settings) -> None:
 
 
 def test_promote_refuses_missing_and_unvalidated_versions(stack: Settings) -> None:
-    land_batches(stack.landing, [0, 1, 2, 3])
+    land_batches(stack.landing_for(), [0, 1, 2, 3])
     train_flow(WEAK)
     train_flow(DEFAULT)
     with pytest.raises(PromotionError, match="has no version '9'"):
@@ -164,7 +164,7 @@ def test_promote_refuses_missing_and_unvalidated_versions(stack: Settings) -> No
 
 @pytest.mark.parametrize("family", [ModelFamily.RANDOM_FOREST, ModelFamily.GRADIENT_BOOSTING])
 def test_tree_families_train_and_register(stack: Settings, family: ModelFamily) -> None:
-    land_batches(stack.landing, [0, 1, 2, 3])
+    land_batches(stack.landing_for(), [0, 1, 2, 3])
     outcome = train_flow(TrainParameters(training=TrainConfig(family=family)))
     assert outcome.status == "registered" and outcome.alias == "champion"
     assert registry(stack).get_model_version(stack.model_name, "1").tags["model_family"] == family.value
@@ -176,7 +176,7 @@ def test_tree_families_train_and_register(stack: Settings, family: ModelFamily) 
 
 
 def test_an_export_that_fails_parity_blocks_registration(stack: Settings) -> None:
-    land_batches(stack.landing, [0, 1, 2, 3])
+    land_batches(stack.landing_for(), [0, 1, 2, 3])
     strict = TrainParameters(
         training=TrainConfig(family=ModelFamily.RANDOM_FOREST, param_grid={"model__max_depth": [4]}),
         export=ExportConfig(parity_tolerance=1e-12),
@@ -184,7 +184,7 @@ def test_an_export_that_fails_parity_blocks_registration(stack: Settings) -> Non
     with pytest.raises(ParityError, match=r"ONNX export of run .* blocked: parity FAILED"):
         train_flow(strict)
     assert versions(stack) == []
-    experiment = registry(stack).get_experiment_by_name(stack.experiment_name)
+    experiment = registry(stack).get_experiment_by_name(stack.spec().experiment)
     assert experiment is not None
     [run] = registry(stack).search_runs([experiment.experiment_id])
     assert run.data.tags["onnx_parity"] == "failed"

@@ -20,11 +20,11 @@ def test_the_grid_is_scored_across_dask_workers_and_agrees_with_grid_search(
     with model_home(tmp_path_factory, mlflow_config.url, "tuned", (([0, 1, 2], CHAMPION),)) as settings:
         config = TrainConfig(family=ModelFamily.GRADIENT_BOOSTING, cv_folds=3)
         outcome = tune_flow(TuneParameters(training=config))
-        frame, _ = assemble_training_set(settings.data)
+        frame, _ = assemble_training_set(settings.data_for())
 
     assert len(outcome.scores) == 8 and len({str(s.params) for s in outcome.scores}) == 8  # the 2x2x2 grid
     assert outcome.workers >= 2  # the points ran in more than one worker process
-    x_train, y_train, _, _ = TrainingSet(frame, list(settings.feature_columns), settings.target_column, 0.2).split()
+    x_train, y_train, _, _ = TrainingSet(frame, list(settings.spec().feature_names), settings.spec().target.column, 0.2).split()
     search = GridSearchCV(
         build_pipeline(config.family, config.seed),
         config.grid(),

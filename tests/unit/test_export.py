@@ -1,88 +1,159 @@
-"""ONNX conversion and the parity gate, per model family, without a tracking server."""
+"""ONNX conversion and the parity gate for every family x task, without a tracking server.
+
+Tables: diabetes (numbers, regression), tumours (mixed types with gaps, binary, string labels) and
+wine with a string column and gaps added (multiclass, string labels).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pandas as pd
 import pytest
-from sklearn.ensemble import RandomForestRegressor
+from sklearn.datasets import load_wine
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVR
 
-from mlops.settings import Settings
+from mlops.spec import CLASSIFICATION_FAMILIES, REGRESSION_FAMILIES, ModelSpec, load_spec, parse_spec
 from serving.model import open_session
 from tasks.export import ExportConfig, Parity, check_parity, measure_latency
+from tasks.features import build_estimator, preprocessing
 from tasks.onnx_convert import ExportError, to_onnx
-from tasks.train import ModelFamily, build_pipeline, split
+from tasks.sample_data import diabetes_frame, tumours_frame
+from tasks.train import TrainingSet
+from tests.conftest import write_spec
 
-FEATURES = list(Settings().feature_columns)
+SPECS = Path(__file__).resolve().parents[2] / "models"
+
+
+def wine_frame() -> pd.DataFrame:
+    data = load_wine(as_frame=True)
+    rng = np.random.default_rng(3)
+    frame = data.frame.drop(columns=["target"]).iloc[:, :6].copy()
+    frame["region"] = np.array(["hill", "valley", "coast"], dtype=object)[rng.integers(0, 3, len(frame))]
+    frame.loc[rng.random(len(frame)) < 0.05, "alcohol"] = np.nan
+    frame["cultivar"] = np.array(["barolo", "grignolino", "barbera"])[data.target]
+    return frame
 
 
 @pytest.fixture(scope="module")
-def frame(batches: list[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat(batches, ignore_index=True)
+def wine_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
+    frame = wine_frame()
+    features = [{"name": c, "kind": "numeric"} for c in frame.columns[:6]]
+    features[0]["nullable"] = True
+    features.append({"name": "region", "kind": "categorical"})
+    path = write_spec(
+        tmp_path_factory.mktemp("specs"),
+        "wine",
+        task="multiclass",
+        target={"column": "cultivar"},
+        features=features,
+        training={"families": ["logistic_regression"]},
+        promotion={"primary": "roc_auc", "tolerances": {}},
+        data={},
+    )
+    return parse_spec(path)
 
 
-def fit(model: Pipeline, frame: pd.DataFrame) -> tuple[Pipeline, pd.DataFrame, float]:
-    x_train, y_train, x_holdout, _ = split(frame, FEATURES, "target", 0.2)
-    model.fit(x_train, y_train)
-    return model, x_holdout, float(y_train.max() - y_train.min())
+TABLES = {"diabetes": diabetes_frame, "tumours": tumours_frame}
+CASES = [("diabetes", f) for f in REGRESSION_FAMILIES] + [
+    (table, f) for table in ("tumours", "wine") for f in CLASSIFICATION_FAMILIES
+]
 
 
-@pytest.mark.parametrize("family", list(ModelFamily))
-def test_every_family_passes_the_default_parity_gate(family: ModelFamily, frame: pd.DataFrame) -> None:
-    model, x_holdout, target_range = fit(build_pipeline(family, 42), frame)
-    inference = open_session(to_onnx(model, len(FEATURES)).SerializeToString())
-    assert inference.get_inputs()[0].type == "tensor(double)"
-    parity = check_parity(inference, model, x_holdout, target_range, ExportConfig().parity_tolerance)
+def fitted(spec: ModelSpec, frame: pd.DataFrame, family: str) -> tuple[Any, TrainingSet, pd.DataFrame, pd.Series]:
+    data = TrainingSet(frame, spec)
+    x_train, y_train, x_holdout, _ = data.split()
+    return build_estimator(spec, family).fit(x_train, y_train), data, x_holdout, y_train
+
+
+@pytest.mark.parametrize(("table", "family"), CASES)
+def test_every_family_and_task_passes_the_parity_gate(table: str, family: str, wine_spec: ModelSpec) -> None:
+    spec = wine_spec if table == "wine" else load_spec(table, SPECS)
+    frame = wine_frame() if table == "wine" else TABLES[table]()
+    model, data, x_holdout, y_train = fitted(spec, frame, family)
+    converted = to_onnx(model, data.input_columns)
+    inference = open_session(converted.model.SerializeToString())
+    config = ExportConfig()
+    if spec.task.is_classification:
+        parity = check_parity(inference, converted, model, x_holdout, 1.0, config.probability_tolerance)
+        assert parity.label_agreement == 1.0
+        assert [o.name for o in inference.get_outputs()] == ["label", "probabilities"]
+        assert inference.get_outputs()[1].type == "tensor(double)"
+        assert not converted.matrix and any(i.type == "tensor(string)" for i in inference.get_inputs())
+    else:
+        target_range = float(y_train.max() - y_train.min())
+        parity = check_parity(inference, converted, model, x_holdout, target_range, config.parity_tolerance)
+        assert converted.matrix and [i.name for i in inference.get_inputs()] == ["input"]
     assert parity.passed, parity.summary
-    assert parity.rows == len(x_holdout) and parity.tolerance == pytest.approx(1e-5 * target_range)
+    print(f"PARITY {table} {spec.task.value} {family}: {parity.summary}")
 
 
-@pytest.mark.parametrize("family", list(ModelFamily))
-def test_the_same_model_exports_to_the_same_bytes(family: ModelFamily, frame: pd.DataFrame) -> None:
-    model, _, _ = fit(build_pipeline(family, 42), frame)
-    first, second = (to_onnx(model, len(FEATURES)).SerializeToString() for _ in range(2))
+def test_columns_with_spaces_keep_their_names_in_the_bundle() -> None:
+    spec = load_spec("tumours", SPECS)
+    model, data, _, _ = fitted(spec, tumours_frame(), "logistic_regression")
+    converted = to_onnx(model, data.input_columns)
+    mapping = {c.column: c.name for c in converted.columns}
+    assert mapping["mean radius"] == "mean_radius" and mapping["clinic"] == "clinic"
+    assert [i.name for i in open_session(converted.model.SerializeToString()).get_inputs()] == list(mapping.values())
+
+
+@pytest.mark.parametrize("family", ["ridge", "random_forest"])
+def test_the_same_model_exports_to_the_same_bytes(family: str) -> None:
+    model, data, _, _ = fitted(load_spec("diabetes", SPECS), diabetes_frame(), family)
+    first, second = (to_onnx(model, data.input_columns).model.SerializeToString() for _ in range(2))
     assert first == second  # the sha256 keys image reuse and the immutable version tag
 
 
-def test_trees_behind_a_scaler_keep_the_preprocessing_in_double(frame: pd.DataFrame) -> None:
-    pipeline = Pipeline([("scale", StandardScaler()), ("model", RandomForestRegressor(50, random_state=0))])
-    model, x_holdout, target_range = fit(pipeline, frame)
-    onnx_model = to_onnx(model, len(FEATURES))
-    casts = [node for node in onnx_model.graph.node if node.op_type == "Cast"]
-    assert casts, "trees take float32: the graph casts after the double-precision scaler"
-    parity = check_parity(
-        open_session(onnx_model.SerializeToString()), model, x_holdout, target_range, ExportConfig().parity_tolerance
-    )
-    assert parity.passed, parity.summary
+def test_trees_get_the_preprocessing_in_double_and_a_cast_before_them() -> None:
+    model, data, x_holdout, _ = fitted(load_spec("tumours", SPECS), tumours_frame(), "random_forest")
+    converted = to_onnx(model, data.input_columns)
+    casts = [n for n in converted.model.graph.node if n.op_type == "Cast" and n.name == "to_float32"]
+    imputers = [n for n in converted.model.graph.node if n.op_type == "Imputer"]
+    assert casts and not imputers  # double imputation is IsNaN/Where: onnxruntime has no double Imputer
 
 
-def test_a_tolerance_tighter_than_float32_trees_fails_the_gate(frame: pd.DataFrame) -> None:
-    model, x_holdout, target_range = fit(build_pipeline(ModelFamily.RANDOM_FOREST, 42), frame)
-    parity = check_parity(
-        open_session(to_onnx(model, len(FEATURES)).SerializeToString()), model, x_holdout, target_range, 1e-12
-    )
-    assert not parity.passed
-    assert "parity FAILED" in parity.summary and "holdout rows" in parity.summary
+def test_a_tolerance_tighter_than_float32_trees_fails_the_gate() -> None:
+    model, data, x_holdout, y_train = fitted(load_spec("diabetes", SPECS), diabetes_frame(), "random_forest")
+    converted = to_onnx(model, data.input_columns)
+    inference = open_session(converted.model.SerializeToString())
+    parity = check_parity(inference, converted, model, x_holdout, float(y_train.max() - y_train.min()), 1e-12)
+    assert not parity.passed and "parity FAILED" in parity.summary and "holdout rows" in parity.summary
 
 
-def test_nan_error_never_passes() -> None:
+def test_nan_error_or_a_different_label_never_passes() -> None:
     assert not Parity(float("nan"), 1.0, 10.0, 0).passed
+    assert not Parity(0.0, 1e-5, 1.0, 100, label_agreement=0.99).passed
 
 
-def test_a_model_without_a_converter_gives_a_clear_error() -> None:
+def test_a_model_without_a_converter_gives_a_short_error_and_keeps_the_detail() -> None:
     class Custom:
         def predict(self, x: object) -> None:
             return None
 
-    with pytest.raises(ExportError, match="skl2onnx cannot convert Custom"):
-        to_onnx(Custom(), 3)
+    with pytest.raises(ExportError, match="skl2onnx cannot convert Custom") as caught:
+        to_onnx(Custom(), [("x", "double")])
+    assert len(str(caught.value).splitlines()) <= 20 and "Traceback" in caught.value.detail
 
 
-def test_latency_figures_cover_both_engines_and_every_size(frame: pd.DataFrame) -> None:
-    model, _, _ = fit(build_pipeline(ModelFamily.RIDGE, 42), frame)
+def test_an_svr_converts_but_onnxruntime_cannot_run_it() -> None:
+    spec = load_spec("diabetes", SPECS)
+    data = TrainingSet(diabetes_frame(), spec)
+    x_train, y_train, _, _ = data.split()
+    model = Pipeline([("prep", preprocessing(spec)), ("model", SVR())]).fit(x_train, y_train)
+    converted = to_onnx(model, data.input_columns)
+    with pytest.raises(Exception, match="SVMRegressor|NOT_IMPLEMENTED"):
+        open_session(converted.model.SerializeToString()).run(None, converted.feeds(x_train.head(2)))
+
+
+def test_latency_figures_cover_both_engines_and_every_size() -> None:
+    model, data, _, _ = fitted(load_spec("tumours", SPECS), tumours_frame(), "logistic_regression")
+    converted = to_onnx(model, data.input_columns)
+    features = data.split()[0]
     figures = measure_latency(
-        open_session(to_onnx(model, len(FEATURES)).SerializeToString()), model, frame[FEATURES], [1, 50], 0.01
+        open_session(converted.model.SerializeToString()), converted, model, features, [1, 50], 0.01
     )
     assert set(figures) == {"sklearn.1", "onnx.1", "sklearn.50", "onnx.50"}
     assert all(value > 0 for value in figures.values())

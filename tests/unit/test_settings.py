@@ -44,10 +44,3 @@ def test_importing_the_code_does_nothing(tmp_path: Path) -> None:
         check=True,
         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")},
     )
-
-
-def test_cli_offers_every_model_family() -> None:
-    from mlops.cli import FAMILIES
-    from tasks.train import ModelFamily
-
-    assert set(FAMILIES) == {family.value for family in ModelFamily}

@@ -1,0 +1,97 @@
+"""Policies a model spec carries and tasks apply: validation, monitoring and rollout.
+
+They live at the bottom of the layers (tasks and flows import them) so that a spec is checked
+whole, before anything runs, without importing scikit-learn, Great Expectations or Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# Evidently 0.7: Wasserstein (normed) > 0.1 means drift, above 1000 rows
+EVIDENTLY_THRESHOLD = 0.1
+
+
+class RolloutConfig(BaseModel):
+    """Schedule and thresholds of a canary rollout (flow parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100], description="Canary weight (%) per step.")
+    bake_seconds: float = Field(30.0, gt=0, description="Minimum observation time per step.")
+    min_requests: int = Field(
+        30, ge=0, description="Canary requests needed for a verdict (0: a step without traffic passes on its checks)."
+    )
+    max_wait_factor: float = Field(4.0, ge=1, description="A step waits at most bake_seconds x this for traffic.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest canary 5xx share.")
+    max_p99_ratio: float = Field(2.0, ge=1, description="Canary p99 may be this many times the stable p99 ...")
+    p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
+    max_ks: float = Field(0.3, gt=0, le=1, description="Largest KS distance between canary and stable predictions.")
+    ks_alpha: float = Field(0.001, gt=0, lt=1, description="Significance a KS failure also needs.")
+    compare_predictions: bool = Field(
+        True,
+        description="Roll back when canary and stable predictions differ (KS). Off: the KS distance is only "
+        "reported — for retrains after drift, whose predictions are meant to move (the known-answer check stays).",
+    )
+    shadow_seconds: float = Field(
+        0.0, ge=0, description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none)."
+    )
+    target: Literal["process", "docker"] = Field("process", description="Where deployments run.")
+    canary_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra MLOPS_SERVING_* settings of the canary deployment (e.g. threads, or chaos knobs).",
+    )
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[int]) -> list[int]:
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"steps must increase strictly within 1..100 and end at 100, got {steps}")
+        return steps
+
+
+class MonitorPolicy(BaseModel):
+    """When a window counts as drifted or degraded (Evidently's defaults for drift)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_rows: int = Field(100, ge=1, description="Fewest served rows in the window to judge it at all.")
+    column_threshold: float = Field(
+        EVIDENTLY_THRESHOLD, gt=0, description="Normed Wasserstein distance above which a column drifted."
+    )
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="Share of drifted feature columns from which the data set drifted."
+    )
+    prediction_drift: bool = Field(True, description="A drifted prediction distribution alone also counts as drift.")
+    max_rows: int = Field(200_000, ge=1000, description="Rows sampled for the decision in a larger window.")
+    report_rows: int = Field(5000, ge=100, description="Rows of each side in the Evidently report.")
+    min_labels: int = Field(30, ge=1, description="Fewest labelled rows to judge performance.")
+    rmse_ratio: float = Field(
+        1.25, gt=1, description="Degraded when the window's RMSE exceeds the champion's holdout RMSE by this factor."
+    )
+
+
+class ValidationPolicy(BaseModel):
+    """How strict validation is; distribution bounds are relative to the reference data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    range_margin: float = Field(
+        0.5, ge=0, description="Allowed overshoot of the reference min/max, as a share of its range."
+    )
+    mean_tolerance: float = Field(
+        0.5, gt=0, description="Allowed shift of a column mean, in reference standard deviations."
+    )
+    stdev_ratio: float = Field(
+        2.0, gt=1, description="Allowed factor between a batch's and the reference's standard deviation."
+    )
+    min_rows: int = Field(2, ge=1, description="Fewest rows a batch may have.")
+    range_mostly: float = Field(
+        0.99, gt=0, le=1, description="Share of a batch's values that must lie in the range (outliers happen)."
+    )
+    max_missing: float = Field(0.2, ge=0, le=1, description="Largest share of missing values in a nullable column.")
+    new_categories: Literal["report", "reject"] = Field(
+        "report", description="A category never seen in accepted data: report it, or reject the batch."
+    )
