@@ -89,7 +89,7 @@ class ValidationPolicy(BaseModel):
     )
     min_rows: int = Field(2, ge=1, description="Fewest rows a batch may have.")
     range_mostly: float = Field(
-        0.99, gt=0, le=1, description="Share of a batch's values that must lie in the range (outliers happen)."
+        0.98, gt=0, le=1, description="Share of a batch's values that must lie in the range (outliers happen)."
     )
     max_missing: float = Field(0.2, ge=0, le=1, description="Largest share of missing values in a nullable column.")
     new_categories: Literal["report", "reject"] = Field(

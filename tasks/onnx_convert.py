@@ -32,6 +32,7 @@ from skl2onnx.operator_converters.imputer_op import convert_sklearn_imputer
 from skl2onnx.proto import onnx_proto
 from skl2onnx.shape_calculators.imputer import calculate_sklearn_imputer_output_shapes
 from sklearn.base import is_classifier
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
     ExtraTreesClassifier,
     ExtraTreesRegressor,
@@ -195,32 +196,42 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
     estimator = steps[-1][1]
     classifier = estimator if _is_classifier(estimator) else None
     label = type(estimator).__name__
+    matrix = all(c.type == "double" for c in inputs)
+    # Several double inputs into anything but a ColumnTransformer get concatenated by skl2onnx's
+    # FeatureVectorizer, which outputs float32: such a model takes the matrix directly.
+    direct = matrix and not isinstance(steps[0][1], ColumnTransformer)
+    types = [(MATRIX_INPUT, DoubleTensorType([None, len(inputs)]))] if direct else _types(inputs)
     try:
         if isinstance(estimator, FLOAT32_ONLY):
-            graph = _through_float32(steps, inputs, classifier)
+            graph = _through_float32(steps, inputs, classifier, types, direct)
         else:
-            graph = _convert(model, _types(inputs), classifier)
+            graph = _convert(model, types, classifier)
         outputs = (LABEL, PROBABILITIES) if classifier is not None else (OUTPUT_NAME,)
         graph = _double_outputs(graph, outputs)
     except ExportError:
         raise
     except Exception as error:  # skl2onnx raises plain RuntimeError/NotImplementedError/TypeError subclasses
         raise ExportError(f"skl2onnx cannot convert {label}: {_short(error)}", traceback.format_exc()) from error
-    matrix = all(c.type == "double" for c in inputs)
-    if matrix:
+    if matrix and not direct:
         graph = _matrix_input(graph, [c.name for c in inputs])
     graph.graph.name = label  # skl2onnx's random uuid would make the same model different bytes
     onnx.checker.check_model(graph)
     return Converted(graph, tuple(inputs), matrix, outputs)
 
 
-def _through_float32(steps: list[tuple[str, Any]], inputs: list[InputColumn], classifier: Any) -> onnx.ModelProto:
+def _through_float32(
+    steps: list[tuple[str, Any]],
+    inputs: list[InputColumn],
+    classifier: Any,
+    types: list[tuple[str, Any]],
+    direct: bool,
+) -> onnx.ModelProto:
     """inputs (f64) → preprocessing (f64) → Cast f32 → trees (f32)."""
     estimator = steps[-1][1]
     width = int(estimator.n_features_in_)
     trees = _convert(estimator, [("tree_input", FloatTensorType([None, width]))], classifier)
     if len(steps) > 1:
-        preprocessing = _convert(Pipeline(steps[:-1]), _types(inputs))
+        preprocessing = _convert(Pipeline(steps[:-1]), types)
         if len(preprocessing.graph.output) != 1:
             raise ExportError("the preprocessing in front of the trees has more than one output")
         source = "pre_" + preprocessing.graph.output[0].name
@@ -239,6 +250,9 @@ def _through_float32(steps: list[tuple[str, Any]], inputs: list[InputColumn], cl
         graph_inputs = list(prefixed.graph.input)
         for entry in prefixed.opset_import:
             opsets[entry.domain] = max(opsets.get(entry.domain, 0), entry.version)
+    elif direct:
+        graph_inputs = [helper.make_tensor_value_info(MATRIX_INPUT, TensorProto.DOUBLE, [None, len(inputs)])]
+        source = MATRIX_INPUT
     else:
         graph_inputs = [helper.make_tensor_value_info(c.name, TensorProto.DOUBLE, [None, 1]) for c in inputs]
         nodes.append(helper.make_node("Concat", [c.name for c in inputs], [source], axis=1, name="concat_columns"))

@@ -21,7 +21,10 @@ from prefect import task
 from mlops.policies import ValidationPolicy
 from mlops.spec import Kind, ModelSpec
 
-NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64"]
+NUMERIC_TYPES = [
+    *("float64", "float32", "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64"),
+    *("Float64", "Float32", "Int64", "Int32", "Int16", "Int8", "UInt8", "UInt16", "UInt32", "UInt64"),
+]
 
 BOOLEAN_TYPES = ["bool", "boolean", *NUMERIC_TYPES, "object", "str", "string"]
 
@@ -251,6 +254,14 @@ def _batch_definition() -> Any:
     return asset.add_batch_definition_whole_dataframe("whole")
 
 
+def _plain_numbers(column: pd.Series) -> pd.Series:
+    """pandas' nullable numbers (Int64, Float64, as Parquet gives them) as float64: GX checks numpy types."""
+    extension = isinstance(column.dtype, pd.api.extensions.ExtensionDtype)
+    if extension and pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        return column.astype("float64")
+    return column
+
+
 @task
 def validate_batch(
     frame: pd.DataFrame,
@@ -272,6 +283,7 @@ def validate_batch(
     if reference is not None and len(reference) > 1:
         profile = learn_profile(reference, [c for c in numeric if c in reference])
         categories = learn_categories(reference, [c for c in spec.categorical_features if c in reference])
+    frame = frame.apply(_plain_numbers)
     definition = _batch_definition()  # the suite needs a live context before it is built
     suite = _build_suite(spec, list(frame.columns), profile, categories, with_target)
     result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)

@@ -106,7 +106,11 @@ def test_shifted_traffic_emits_drift_and_late_labels_emit_degradation(served: Se
     ids = send(served, rows)
     # Labels arrive later, keyed by request id and row; these are far from every prediction.
     labels = pd.DataFrame(
-        {"request_id": np.repeat(ids, 10), "row": np.tile(np.arange(10), len(ids)), settings.spec().target.column: 1000.0}
+        {
+            "request_id": np.repeat(ids, 10),
+            "row": np.tile(np.arange(10), len(ids)),
+            settings.spec().target.column: 1000.0,
+        }
     )
     folder = settings.resolved_home / "labels" / settings.model_name
     folder.mkdir(parents=True, exist_ok=True)

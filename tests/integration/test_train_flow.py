@@ -13,11 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from flows.train import DataRejectedError, TrainParameters, train_flow
 from mlops.settings import Settings
+from mlops.spec import TrainingSpec
 from tasks.export import ExportConfig, ParityError
 from tasks.registry import PromotionError, promote
 from tasks.sample_data import land_batches
 from tasks.serving_bundle import fetch_bundle
-from tasks.train import ModelFamily, TrainConfig
 
 LINEAGE_TAGS = {
     "dataset_digest",
@@ -32,7 +32,7 @@ LINEAGE_TAGS = {
     "metrics_vs_champion",
 }
 # A ridge this regularised predicts little more than the mean: a champion any real model beats.
-WEAK = TrainParameters(training=TrainConfig(param_grid={"model__alpha": [10_000.0]}))
+WEAK = TrainParameters(training=TrainingSpec(families=["ridge"], grid={"model__alpha": [10_000.0]}))
 DEFAULT = TrainParameters()
 
 
@@ -162,10 +162,10 @@ def test_promote_refuses_missing_and_unvalidated_versions(stack: Settings) -> No
     assert aliases(stack) == {"champion": "1", "challenger": "2"}
 
 
-@pytest.mark.parametrize("family", [ModelFamily.RANDOM_FOREST, ModelFamily.GRADIENT_BOOSTING])
-def test_tree_families_train_and_register(stack: Settings, family: ModelFamily) -> None:
+@pytest.mark.parametrize("family", ["random_forest", "hist_gradient_boosting"])
+def test_tree_families_train_and_register(stack: Settings, family: str) -> None:
     land_batches(stack.landing_for(), [0, 1, 2, 3])
-    outcome = train_flow(TrainParameters(training=TrainConfig(family=family)))
+    outcome = train_flow(TrainParameters(training=TrainingSpec(families=[family])))
     assert outcome.status == "registered" and outcome.alias == "champion"
     assert registry(stack).get_model_version(stack.model_name, "1").tags["model_family"] == family.value
     import mlflow
@@ -178,7 +178,7 @@ def test_tree_families_train_and_register(stack: Settings, family: ModelFamily) 
 def test_an_export_that_fails_parity_blocks_registration(stack: Settings) -> None:
     land_batches(stack.landing_for(), [0, 1, 2, 3])
     strict = TrainParameters(
-        training=TrainConfig(family=ModelFamily.RANDOM_FOREST, param_grid={"model__max_depth": [4]}),
+        training=TrainingSpec(families=["random_forest"], grid={"model__max_depth": [4]}),
         export=ExportConfig(parity_tolerance=1e-12),
     )
     with pytest.raises(ParityError, match=r"ONNX export of run .* blocked: parity FAILED"):

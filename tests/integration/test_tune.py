@@ -10,7 +10,7 @@ from flows.tune import TuneParameters, tune_flow
 from mlflow_server import MlflowServerConfig
 from tasks.ingest import assemble_training_set
 from tasks.registry import CHAMPION
-from tasks.train import ModelFamily, TrainConfig, TrainingSet, build_pipeline
+from tasks.train import TrainingSet
 from tests.integration.conftest import model_home
 
 
@@ -18,13 +18,15 @@ def test_the_grid_is_scored_across_dask_workers_and_agrees_with_grid_search(
     tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
 ) -> None:
     with model_home(tmp_path_factory, mlflow_config.url, "tuned", (([0, 1, 2], CHAMPION),)) as settings:
-        config = TrainConfig(family=ModelFamily.GRADIENT_BOOSTING, cv_folds=3)
-        outcome = tune_flow(TuneParameters(training=config))
+        outcome = tune_flow(TuneParameters(family="gradient_boosting"))
+        spec = settings.spec()
         frame, _ = assemble_training_set(settings.data_for())
 
     assert len(outcome.scores) == 8 and len({str(s.params) for s in outcome.scores}) == 8  # the 2x2x2 grid
     assert outcome.workers >= 2  # the points ran in more than one worker process
-    x_train, y_train, _, _ = TrainingSet(frame, list(settings.spec().feature_names), settings.spec().target.column, 0.2).split()
+    x_train, y_train, _, _ = TrainingSet(
+        frame, list(settings.spec().feature_names), settings.spec().target.column, 0.2
+    ).split()
     search = GridSearchCV(
         build_pipeline(config.family, config.seed),
         config.grid(),

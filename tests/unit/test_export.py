@@ -108,7 +108,7 @@ def test_the_same_model_exports_to_the_same_bytes(family: str) -> None:
 
 
 def test_trees_get_the_preprocessing_in_double_and_a_cast_before_them() -> None:
-    model, data, x_holdout, _ = fitted(load_spec("tumours", SPECS), tumours_frame(), "random_forest")
+    model, data, _, _ = fitted(load_spec("tumours", SPECS), tumours_frame(), "random_forest")
     converted = to_onnx(model, data.input_columns)
     casts = [n for n in converted.model.graph.node if n.op_type == "Cast" and n.name == "to_float32"]
     imputers = [n for n in converted.model.graph.node if n.op_type == "Imputer"]
@@ -144,7 +144,7 @@ def test_an_svr_converts_but_onnxruntime_cannot_run_it() -> None:
     x_train, y_train, _, _ = data.split()
     model = Pipeline([("prep", preprocessing(spec)), ("model", SVR())]).fit(x_train, y_train)
     converted = to_onnx(model, data.input_columns)
-    with pytest.raises(Exception, match="SVMRegressor|NOT_IMPLEMENTED"):
+    with pytest.raises(Exception, match=r"SVMRegressor|NOT_IMPLEMENTED"):
         open_session(converted.model.SerializeToString()).run(None, converted.feeds(x_train.head(2)))
 
 
