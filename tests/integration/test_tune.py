@@ -24,15 +24,13 @@ def test_the_grid_is_scored_across_dask_workers_and_agrees_with_grid_search(
 
     assert len(outcome.scores) == 8 and len({str(s.params) for s in outcome.scores}) == 8  # the 2x2x2 grid
     assert outcome.workers >= 2  # the points ran in more than one worker process
-    x_train, y_train, _, _ = TrainingSet(
-        frame, list(settings.spec().feature_names), settings.spec().target.column, 0.2
-    ).split()
+    x_train, y_train, _, _ = TrainingSet(frame, spec).split()
     search = GridSearchCV(
-        build_pipeline(config.family, config.seed),
-        config.grid(),
-        cv=KFold(config.cv_folds, shuffle=True, random_state=config.seed),
+        build_estimator(spec, "gradient_boosting"),
+        DEFAULT_GRIDS["gradient_boosting"],
+        cv=KFold(spec.training.cv_folds, shuffle=True, random_state=spec.training.seed),
         scoring="neg_root_mean_squared_error",
     ).fit(x_train, y_train)
     assert outcome.best == search.best_params_
-    assert outcome.best_cv_rmse == pytest.approx(-search.best_score_)
+    assert outcome.best_cv_score == pytest.approx(search.best_score_)
     assert outcome.param_grid == {key: [value] for key, value in search.best_params_.items()}
