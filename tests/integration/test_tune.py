@@ -8,6 +8,7 @@ from sklearn.model_selection import GridSearchCV, KFold
 
 from flows.tune import TuneParameters, tune_flow
 from mlflow_server import MlflowServerConfig
+from tasks.features import DEFAULT_GRIDS, build_estimator
 from tasks.ingest import assemble_training_set
 from tasks.registry import CHAMPION
 from tasks.train import TrainingSet

@@ -73,6 +73,6 @@ def test_a_flow_refuses_a_bad_spec_before_anything_runs(tmp_path: Path, monkeypa
     monkeypatch.setenv("MLOPS_MODELS_DIR", str(tmp_path))
     bad = TrainParameters(model="houses", training=TrainingSpec(families=["logistic_regression"]))
     with pytest.raises(
-        SpecError, match="model houses with the run's parameters: .*training.families .* do not fit task regression"
+        SpecError, match=r"model houses with the run's parameters: .*training.families .* do not fit task regression"
     ):
         resolve_spec(bad, Settings())
