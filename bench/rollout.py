@@ -43,9 +43,9 @@ def main() -> None:
         try:
             config = RolloutConfig(steps=args.steps, bake_seconds=args.bake, min_requests=args.min_requests)
             release_flow(ReleaseParameters(version="1", image="never", rollout=config))  # v1 behind the endpoint
-            frame = accepted_frame(settings.data)
+            frame = accepted_frame(settings.data_for())
             assert frame is not None
-            rows = frame[list(settings.feature_columns)].to_numpy().tolist()
+            rows = frame[settings.spec().feature_names].to_numpy().tolist()
             runs = [
                 ("rollback (canary answers 500 to 30 % of requests)", {"MLOPS_SERVING_FAULT_ERROR_SHARE": "0.3"}),
                 ("promotion", {}),

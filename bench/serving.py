@@ -38,12 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mlops.process import free_port  # noqa: E402
+from mlops.spec import REGRESSION_FAMILIES, load_spec  # noqa: E402
 from serving.bundle import ModelMetadata, write_bundle  # noqa: E402
 from serving.model import open_session  # noqa: E402
 from tasks.export import measure_latency  # noqa: E402
+from tasks.features import build_estimator  # noqa: E402
 from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx  # noqa: E402
 from tasks.sample_data import diabetes_frame  # noqa: E402
-from tasks.train import ModelFamily, build_pipeline  # noqa: E402
 
 MLFLOW, MLFLOW_2 = "mlflow models serve", "mlflow models serve -w 2"
 ONNX, ONNX_COLLECT, ONNX_2 = "onnx server", "onnx server + collection", "onnx, 2 workers + collection"
@@ -58,9 +59,9 @@ LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def fitted(family: ModelFamily) -> tuple[object, pd.DataFrame]:
+def fitted(family: str) -> tuple[object, pd.DataFrame]:
     frame = diabetes_frame()
-    model = build_pipeline(family, 42).fit(frame[FEATURES], frame["target"])
+    model = build_estimator(load_spec("diabetes", ROOT / "models"), family).fit(frame[FEATURES], frame["target"])
     return model, frame
 
 
@@ -69,7 +70,7 @@ def write_models(workdir: Path) -> tuple[Path, Path, str]:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    model, frame = fitted(ModelFamily.RIDGE)
+    model, frame = fitted("ridge")
     x = frame[FEATURES]
     mlflow_dir = workdir / "mlflow-model"
     mlflow.sklearn.save_model(model, str(mlflow_dir), signature=infer_signature(x, model.predict(x)))  # type: ignore[attr-defined]
@@ -244,13 +245,14 @@ def http_table(args: argparse.Namespace, workdir: Path) -> None:
 def inprocess_table() -> None:
     print("\nIn process, median µs per call (scikit-learn vs onnxruntime, 1 intra-op thread)")
     print(f"{'family':<18} {'rows':>6} {'sklearn':>10} {'onnx':>10} {'speed-up':>9}")
-    for family in ModelFamily:
+    for family in REGRESSION_FAMILIES:
         model, frame = fitted(family)
-        inference = open_session(to_onnx(model, numeric_columns(FEATURES)).model.SerializeToString())
-        figures = measure_latency(inference, model, frame[FEATURES], [1, 100, 10_000], 0.5)
+        converted = to_onnx(model, numeric_columns(FEATURES))
+        inference = open_session(converted.model.SerializeToString())
+        figures = measure_latency(inference, converted, model, frame[FEATURES], [1, 100, 10_000], 0.5)
         for rows in (1, 100, 10_000):
             sk, ox = figures[f"sklearn.{rows}"], figures[f"onnx.{rows}"]
-            print(f"{family.value:<18} {rows:>6} {sk:>10.1f} {ox:>10.1f} {sk / ox:>8.1f}x")
+            print(f"{family:<22} {rows:>6} {sk:>10.1f} {ox:>10.1f} {sk / ox:>8.1f}x")
 
 
 def main() -> None:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+
 from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
 from mlops.process import free_port
 from mlops.settings import Settings, get_settings
@@ -26,6 +28,9 @@ def two_versions(name: str, **env: str) -> Iterator[Settings]:
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
+        spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "models" / "diabetes.yaml").read_text())
+        (root / "models").mkdir()
+        (root / "models" / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name}))
         config = MlflowServerConfig.scratch(root, free_port())
         start_mlflow(config)
         try:
@@ -33,7 +38,7 @@ def two_versions(name: str, **env: str) -> Iterator[Settings]:
                 {
                     "MLOPS_HOME": str(root / "home"),
                     "MLOPS_MODEL_NAME": name,
-                    "MLOPS_EXPERIMENT_NAME": f"{name}-training",
+                    "MLOPS_MODELS_DIR": str(root / "models"),
                     "MLFLOW_TRACKING_URI": config.url,
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                     "DO_NOT_TRACK": "true",
@@ -44,7 +49,7 @@ def two_versions(name: str, **env: str) -> Iterator[Settings]:
             settings = get_settings()
             with prefect_test_harness(server_startup_timeout=120):
                 for batches in ([0], [1, 2, 3]):
-                    land_batches(settings.landing, batches)
+                    land_batches(settings.landing_for(), batches)
                     train_flow(TrainParameters())
                 yield settings
         finally:

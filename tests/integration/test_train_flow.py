@@ -167,11 +167,11 @@ def test_tree_families_train_and_register(stack: Settings, family: str) -> None:
     land_batches(stack.landing_for(), [0, 1, 2, 3])
     outcome = train_flow(TrainParameters(training=TrainingSpec(families=[family])))
     assert outcome.status == "registered" and outcome.alias == "champion"
-    assert registry(stack).get_model_version(stack.model_name, "1").tags["model_family"] == family.value
+    assert registry(stack).get_model_version(stack.model_name, "1").tags["model_family"] == family
     import mlflow
 
     model = mlflow.sklearn.load_model(f"models:/{stack.model_name}@champion")
-    assert type(model.steps[-1][1]).__name__.lower().startswith(family.value.split("_")[0])
+    assert type(model.steps[-1][1]).__name__.lower().startswith(family.split("_")[0])
     assert_exported(stack, "1", outcome.run_id or "")
 
 
