@@ -153,7 +153,7 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     }
     if performance.rmse is not None:
         metrics["rmse"] = performance.rmse
-    recorded = record_window(tracking, f"{spec.name}-monitoring", model_name, version, metrics, report, until)
+    recorded = record_window(tracking, f"{spec.experiment}-monitoring", model_name, version, metrics, report, until)
     _publish(model_name, verdict.decision.scores, verdict.decision.threshold, recorded.report_url, label)
 
     message = (

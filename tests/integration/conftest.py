@@ -58,17 +58,18 @@ def model_home(
     tracking_uri: str,
     prefix: str,
     trainings: tuple[tuple[list[int], str], ...] = (([0, 1, 2, 3], "champion"),),
+    base: str = "diabetes",
     **env: str,
 ) -> Iterator[Settings]:
-    """A home and a model name of its own (``<prefix>_<random>``), trained by the real flow.
-
-    Each training lands its batches, runs the flow, and must register the expected alias.
+    """A home and a model of its own (``<prefix>_<random>``, a copy of the shipped spec ``base``), trained
+    by the real flow. Each training lands batches of the spec's example data, runs the flow, and must
+    register the expected alias.
     """
     from flows.train import TrainParameters, train_flow
     from tasks.sample_data import land_batches
 
     values = {
-        **model_env(tmp_path_factory.mktemp(f"{prefix}-home"), prefix),
+        **model_env(tmp_path_factory.mktemp(f"{prefix}-home"), prefix, base),
         "MLFLOW_TRACKING_URI": tracking_uri,
         **env,
     }
@@ -78,7 +79,7 @@ def model_home(
         get_settings.cache_clear()
         settings = get_settings()
         for batches, alias in trainings:
-            land_batches(settings.landing_for(), batches)
+            land_batches(settings.landing_for(), batches, spec=None if base == "diabetes" else settings.spec())
             outcome = train_flow(TrainParameters())
             assert outcome.alias == alias, outcome.message
         yield settings
