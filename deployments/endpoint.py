@@ -1,7 +1,8 @@
 """The model's endpoint on this machine: the router process, and a client of its admin API.
 
-``start_endpoint`` starts (or reuses) ``python -m serving.router`` on ``MLOPS_ENDPOINT_PORT`` with
-its routing table saved under ``<home>/endpoint/``; ``EndpointClient`` is what the rollout uses to
+``start_endpoint`` starts (or reuses) one ``python -m serving.router`` per model, the default model on
+``MLOPS_ENDPOINT_PORT`` and every other on a port of its own, with its routing table saved under
+``<home>/endpoint/<model>.json``; ``EndpointClient`` is what the rollout uses to
 add and remove deployments, move weights and read per-deployment windows.
 """
 
@@ -14,9 +15,11 @@ from typing import Any
 
 import httpx
 
-from mlops.process import ManagedServer, start, stop
+from mlops.process import ManagedServer, free_port, start, stop
 from mlops.settings import Settings
 from serving.endpoint import Deployment, RoutingTable
+
+ROUTER_PREFIX = "router-"
 
 
 class EndpointAdminError(RuntimeError):
@@ -35,18 +38,37 @@ def admin_token(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def router_server(settings: Settings) -> ManagedServer:
+def endpoint_port(settings: Settings, model: str) -> int:
+    """The port of ``model``'s endpoint: ``MLOPS_ENDPOINT_PORT`` for the default model (``MLOPS_MODEL_NAME``);
+    for any other, a free port chosen once and kept in ``<home>/endpoint/<model>.port``, so its URL stays."""
+    if model == settings.model_name:
+        return settings.endpoint_port
+    path = settings.resolved_home / "endpoint" / f"{model}.port"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(free_port(settings.endpoint_host)))
+    return int(path.read_text().strip())
+
+
+def endpoint_url(settings: Settings, model: str | None = None) -> str:
+    name = model or settings.model_name
+    return f"http://{settings.endpoint_host}:{endpoint_port(settings, name)}"
+
+
+def router_server(settings: Settings, model: str | None = None) -> ManagedServer:
+    name = model or settings.model_name
     folder = settings.resolved_home / "endpoint"
+    port = endpoint_port(settings, name)
     command = [
-        sys.executable, "-m", "serving.router", "--model", settings.model_name,
-        "--host", settings.endpoint_host, "--port", str(settings.endpoint_port),
-        "--state-file", str(folder / f"{settings.model_name}.json"),
+        sys.executable, "-m", "serving.router", "--model", name,
+        "--host", settings.endpoint_host, "--port", str(port),
+        "--state-file", str(folder / f"{name}.json"),
     ]  # fmt: skip
     return ManagedServer(
-        name=f"router-{settings.model_name}",
+        name=f"{ROUTER_PREFIX}{name}",
         command=command,
         host=settings.endpoint_host,
-        port=settings.endpoint_port,
+        port=port,
         health_path="/metrics",
         is_expected=lambda body: "mlops_endpoint_weight" in body,
         state_dir=folder,
@@ -54,15 +76,21 @@ def router_server(settings: Settings) -> ManagedServer:
     )
 
 
-def start_endpoint(settings: Settings) -> EndpointClient:
-    """Start (or reuse) the router of ``settings.model_name``; a client of its admin API."""
-    server = router_server(settings)
+def start_endpoint(settings: Settings, model: str | None = None) -> EndpointClient:
+    """Start (or reuse) the router of ``model`` (default: ``MLOPS_MODEL_NAME``); a client of its admin API."""
+    server = router_server(settings, model)
     start(server, timeout=30)
     return EndpointClient(server.url, admin_token(settings))
 
 
-def stop_endpoint(settings: Settings) -> bool:
-    return stop(router_server(settings))
+def stop_endpoint(settings: Settings, model: str | None = None) -> bool:
+    return stop(router_server(settings, model))
+
+
+def running_endpoints(settings: Settings) -> list[str]:
+    """The models whose routers this home started and has not stopped (by pid file)."""
+    folder = settings.resolved_home / "endpoint"
+    return sorted(path.stem.removeprefix(ROUTER_PREFIX) for path in folder.glob(f"{ROUTER_PREFIX}*.pid"))
 
 
 @dataclass(frozen=True)

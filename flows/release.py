@@ -170,8 +170,8 @@ def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
 def roll_out(settings: Settings, name: str, version: str, config: RolloutConfig) -> RolloutOutcome:
     """The canary part of the flow: reconcile, canary, steps, then promote or roll back."""
     tracking = settings.tracking_uri
-    endpoint = start_endpoint(settings)
-    target = deployment_target(config, settings, deployment_name(version))
+    endpoint = start_endpoint(settings, name)
+    target = deployment_target(config, settings, deployment_name(name, version))
     champion, _ = reconcile_endpoint(endpoint, target, tracking, name)
     if version == champion:
         return RolloutOutcome("nothing_to_do", name, version, champion, f"version {version} is the champion already")

@@ -43,7 +43,7 @@ def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> Non
 
 
 def down(settings: Settings) -> None:
-    from deployments.endpoint import stop_endpoint
+    from deployments.endpoint import running_endpoints, stop_endpoint
     from deployments.prefect_server import stop_prefect
     from deployments.prefect_worker import stop_worker
     from deployments.targets import DockerTarget, ProcessTarget
@@ -61,7 +61,9 @@ def down(settings: Settings) -> None:
         containers = DockerTarget(settings.tracking_uri, home=settings.resolved_home)
         for deployment in containers.running():
             print(f"container mlops-{deployment}: {'stopped' if containers.stop(deployment) else 'not running'}")
-    print(f"Endpoint: {'stopped' if stop_endpoint(settings) else 'not running (nothing of ours to stop)'}")
+    for model in running_endpoints(settings) or [settings.model_name]:
+        stopped = stop_endpoint(settings, model)
+        print(f"Endpoint of {model}: {'stopped' if stopped else 'not running (nothing of ours to stop)'}")
     for name, stopped in (
         ("Worker", stop_worker(settings)),
         ("Prefect", stop_prefect(settings)),

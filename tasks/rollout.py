@@ -127,8 +127,9 @@ class RolloutOutcome:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def deployment_name(version: str) -> str:
-    return f"v{version}"
+def deployment_name(model_name: str, version: str) -> str:
+    """``<model>-v<version>``: processes, pid files and containers of two models never share a name."""
+    return f"{model_name}-v{version}"
 
 
 def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list[str], float | None]:
@@ -166,7 +167,7 @@ def reconcile_endpoint(
     if champion is None:
         raise RolloutError(f"{model_name} has no champion: train one first")
     challenger = alias_version(tracking_uri, model_name, CHALLENGER)
-    stable = deployment_name(champion)
+    stable = deployment_name(model_name, champion)
     table = endpoint.table()
     if table.get(stable) is None:
         url = target.start(stable, model_name, champion)
@@ -191,7 +192,7 @@ def start_canary(
     shadow: bool = False,
 ) -> Canary:
     """Start the challenger's deployment, check its known answer, and add it at weight 0 (or as a shadow)."""
-    name = deployment_name(version)
+    name = deployment_name(model_name, version)
     url = target.start(name, model_name, version)
     with tempfile.TemporaryDirectory() as scratch:
         _, metadata = fetch_bundle(tracking_uri, f"models:/{model_name}/{version}", Path(scratch))
@@ -204,7 +205,7 @@ def start_canary(
         raise
     endpoint.add(Deployment(name, url, version, weight=0, shadow=shadow))
     emit("rollout.started", "model", model_name, {"version": version, "champion": champion, "deployment": name})
-    return Canary(model_name, version, name, deployment_name(champion), champion)
+    return Canary(model_name, version, name, deployment_name(model_name, champion), champion)
 
 
 def wait_for_evidence(

@@ -36,7 +36,7 @@ def diabetes_frame() -> pd.DataFrame:
 
 
 def tumours_frame(seed: int = 7) -> pd.DataFrame:
-    """569 rows: ``patient_id``, six measurements (two with gaps), ``lymph_nodes`` (integer, gaps),
+    """569 rows in arrival order: ``patient_id``, six measurements (two with gaps), ``lymph_nodes`` (integer, gaps),
     ``repeat_biopsy`` (flag), ``clinic`` (string, gaps), ``texture_grade`` (string), ``referral_note``
     (free text) and ``diagnosis`` (``benign``/``malignant``). The same seed gives the same table."""
     data = load_breast_cancer(as_frame=True)
@@ -57,7 +57,8 @@ def tumours_frame(seed: int = 7) -> pd.DataFrame:
         frame.loc[rng.random(rows) < share, column] = np.nan
     frame["referral_note"] = np.where(rng.random(rows) < 0.5, "routine", "urgent, see letter")
     frame["diagnosis"] = np.where(malignant, "malignant", "benign")
-    return frame
+    # The source file is grouped by class; records arrive in no such order.
+    return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
 
 
 def example_frame(spec: ModelSpec) -> pd.DataFrame:

@@ -215,7 +215,8 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
         loop_seconds = time.monotonic() - clock
         assert promoted
         # A second alarm inside the cooldown: v2 sees the same shifted traffic, the monitor says so again.
-        wait_for("v2 to serve 200 requests", lambda: traffic.result.deployments["v2"] >= 200, timeout=120, interval=1)
+        v2 = f"{settings.model_name}-v2"
+        wait_for("v2 to serve 200 requests", lambda: traffic.result.deployments[v2] >= 200, timeout=120, interval=1)
         assert "Completed" in loop.run_deployment("monitor/hourly")
         time.sleep(15)  # the automation fired within seconds the first time; give it more than that now
     assert traffic.result.connection_errors == 0 and traffic.result.server_errors == 0, traffic.result.errors[:3]

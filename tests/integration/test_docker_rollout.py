@@ -59,17 +59,18 @@ def test_containers_of_the_release_images_are_rolled_out(settings: Settings, doc
     with load:
         outcome = release_flow(ReleaseParameters(version=CHALLENGER, rollout=DOCKER))
     assert outcome.rollout == "promoted", outcome.message
+    v1, v2 = (f"{settings.model_name}-v{version}" for version in "12")
     assert outcome.image == f"mlops/{settings.model_name}:2"
     assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:3]
-    assert load.result.deployments["v1"] > 0 and load.result.deployments["v2"] > 0
-    assert [(d.name, d.weight) for d in endpoint.table().deployments] == [("v2", 100)]
+    assert load.result.deployments[v1] > 0 and load.result.deployments[v2] > 0
+    assert [(d.name, d.weight) for d in endpoint.table().deployments] == [(v2, 100)]
     client = mlflow.MlflowClient(settings.tracking_uri)
     assert client.get_registered_model(settings.model_name).aliases == {CHAMPION: "2"}
     running = docker_engine.containers.list(filters={"label": f"mlops.model={settings.model_name}"})
     assert [(c.name, c.image.tags[0] if c.image.tags else "") for c in running] == [
-        ("mlops-v2", f"mlops/{settings.model_name}:2")
+        (f"mlops-{v2}", f"mlops/{settings.model_name}:2")
     ]
     # The containers collected what they scored where the monitor reads it, on the host.
     served = load_requests(requests_dir(settings.resolved_home, settings.model_name), since=0)
     assert set(served["model_version"]) == {"1", "2"}
-    assert (served["model_version"] == "1").sum() == load.result.deployments["v1"]  # v1 stopped: all flushed
+    assert (served["model_version"] == "1").sum() == load.result.deployments[v1]  # v1 stopped: all flushed

@@ -34,7 +34,7 @@ from tasks.export import known_answer
 from tasks.ingest import accepted_frame
 from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx
 from tasks.registry import CHALLENGER, CHAMPION
-from tasks.rollout import RolloutConfig, Window, bake_step, reconcile_endpoint, start_canary
+from tasks.rollout import RolloutConfig, Window, bake_step, deployment_name, reconcile_endpoint, start_canary
 from tests.integration.conftest import model_events, model_home
 
 # p99_slack_ms 50: a scheduling hiccup on a busy 2-core machine must not fail a good canary; the slow
@@ -90,11 +90,16 @@ def traffic(loop: Loop) -> BackgroundTraffic:
     )
 
 
+def dep(loop: Loop, version: object) -> str:
+    """The name of the loop model's deployment of ``version``."""
+    return deployment_name(loop.settings.model_name, str(version))
+
+
 def assert_consistent(loop: Loop, champion: str) -> None:
     """Registry and traffic agree: the champion's deployment alone takes all traffic."""
     assert alias(loop, CHAMPION) == champion
     table = loop.endpoint.table()
-    assert [(d.name, d.weight) for d in table.deployments] == [(f"v{champion}", 100)]
+    assert [(d.name, d.weight) for d in table.deployments] == [(dep(loop, champion), 100)]
 
 
 def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
@@ -141,7 +146,7 @@ def rollout_events(loop: Loop, since: datetime, expected: set[str]) -> list[str]
 def only_canary_in_first_step(result: TrafficResult, outcome: Any, canary: str) -> None:
     assert outcome.rollout == "rolled_back" and len(outcome.steps) == 1, outcome.steps
     assert result.connection_errors == 0, result.errors[:3]
-    served_by_canary = result.deployments[f"v{canary}"]
+    served_by_canary = result.deployments[dep(loop, canary)]
     assert 0 < served_by_canary <= 0.25 * result.requests  # its 10 % share during step 1, nothing more
     assert result.server_errors <= served_by_canary
 
@@ -164,9 +169,9 @@ def test_a_bad_challenger_is_rolled_back_at_the_first_step(loop: Loop, fault: di
     started = datetime.now(UTC)
     with traffic(loop) as load:
         outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
-        after_rollback = load.result.deployments[f"v{version}"]
+        after_rollback = load.result.deployments[dep(loop, version)]
         time.sleep(1.0)  # traffic goes on: the rolled-back canary must answer nobody any more
-    assert load.result.deployments[f"v{version}"] == after_rollback
+    assert load.result.deployments[dep(loop, version)] == after_rollback
     only_canary_in_first_step(load.result, outcome, version)
     names = rollout_events(loop, started, {"rollout.started", "rollout.step", "rollout.rolled_back"})
     assert sorted(names) == ["rollout.rolled_back", "rollout.started", "rollout.step"]
@@ -192,7 +197,7 @@ def test_a_canary_failing_its_known_answer_check_is_rolled_back_before_any_traff
         outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
     assert (outcome.rollout, outcome.steps) == ("rolled_back", [])
     assert "before any traffic" in outcome.message and "injected fault" in outcome.message
-    assert set(load.result.deployments) == {f"v{champion}"} and load.result.server_errors == 0
+    assert set(load.result.deployments) == {dep(loop, champion)} and load.result.server_errors == 0
     assert_consistent(loop, str(champion))
     assert alias(loop, CHALLENGER) is None
     assert tracker(loop).get_model_version(loop.settings.model_name, version).tags["rollout"] == "rolled_back"
@@ -207,7 +212,7 @@ def test_a_wrong_challenger_in_its_shadow_phase_never_answers_a_user(loop: Loop)
     assert outcome.rollout == "rolled_back" and [s["canary weight %"] for s in outcome.steps] == [0]
     assert "canary predictions differ from stable" in outcome.message
     assert int(outcome.steps[0]["canary req / err / p99"].split(" / ")[0]) >= FAST.min_requests  # it was asked
-    assert set(load.result.deployments) == {f"v{champion}"} and load.result.server_errors == 0  # never answered
+    assert set(load.result.deployments) == {dep(loop, champion)} and load.result.server_errors == 0  # never answered
     assert_consistent(loop, str(champion))
     assert loop.endpoint.table().mirror == 0.0
     assert tracker(loop).get_model_version(loop.settings.model_name, version).tags["rollout"] == "rolled_back"
@@ -227,12 +232,12 @@ def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop:
     ]  # fmt: skip
     assert result.requests > 300
     assert result.server_errors == 0 and result.connection_errors == 0, result.errors[:5]
-    assert result.deployments[f"v{previous}"] > 0 and result.deployments["v2"] > 0
+    assert result.deployments[dep(loop, previous)] > 0 and result.deployments[dep(loop, "2")] > 0
     assert_consistent(loop, "2")
     assert alias(loop, CHALLENGER) is None
     version = tracker(loop).get_model_version(loop.settings.model_name, "2")
     assert version.tags["rollout"] == "promoted" and version.tags["promoted_by"] == "rollout"
-    assert ProcessTarget(loop.settings.tracking_uri, loop.settings.resolved_home).running() == ["v2"]
+    assert ProcessTarget(loop.settings.tracking_uri, loop.settings.resolved_home).running() == [dep(loop, "2")]
     names = rollout_events(loop, started, {"rollout.started", "rollout.step", "rollout.promoted"})
     assert sorted(names) == sorted(["rollout.started", *["rollout.step"] * 4, "rollout.promoted"])
 
@@ -248,7 +253,10 @@ def test_a_rollout_that_crashed_midway_is_finished_by_running_the_flow_again(loo
     canary = start_canary(loop.endpoint, target, settings.tracking_uri, settings.model_name, version, champion)
     with traffic(loop):
         bake_step(loop.endpoint, canary, 1, 25, Window(0, 0, 0.0, 0.0), FAST)
-    assert {d.name: d.weight for d in loop.endpoint.table().deployments} == {f"v{champion}": 75, f"v{version}": 25}
+    assert {d.name: d.weight for d in loop.endpoint.table().deployments} == {
+        dep(loop, champion): 75,
+        dep(loop, version): 25,
+    }
 
     with traffic(loop) as load:
         outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=FAST))
