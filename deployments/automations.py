@@ -3,10 +3,11 @@
 =====================  ===========================================  ==========================================
 automation             trigger                                      action
 =====================  ===========================================  ==========================================
-retrain-on-drift       ``drift.detected`` / ``performance.degraded``  run ``train/weekly`` (latest accepted data)
+retrain-on-drift       ``drift.detected`` / ``performance.degraded``  run ``train/weekly`` for that model
                        on a model; once per cooldown per model
-release-challenger     ``model.registered`` with alias challenger   run ``release/challenger``
-train-on-new-data      ``data.landed`` (the landing check)          run ``train/weekly``; once per cooldown
+release-challenger     ``model.registered`` with alias challenger   run ``release/challenger`` for that model
+train-on-new-data      ``data.landed`` (the landing check)          run ``train/weekly`` for that model; once per
+                                                                    cooldown per model
 notify-on-trouble      ``data.rejected`` / ``rollout.rolled_back``   post to the ``mlops-notify`` webhook block
 =====================  ===========================================  ==========================================
 
@@ -48,6 +49,18 @@ NOTICE = (
 )
 
 
+# Actions take the model from the event that triggered them (Prefect renders these Jinja templates),
+# so one set of automations serves every model: drift on model A retrains A, never B.
+EVENT_MODEL = "{{ event.resource.name }}"
+
+
+def for_the_event_model(parameters: dict[str, Any] | None, field: str) -> dict[str, Any]:
+    """``parameters`` (``{"params": {...}}``) with the flow's model field set from the triggering event."""
+    chosen = dict(parameters or {})
+    chosen["params"] = {**dict(chosen.get("params") or {}), field: EVENT_MODEL}
+    return chosen
+
+
 class MissingDeploymentError(RuntimeError):
     """An automation's deployment is not registered on the Prefect server."""
 
@@ -84,6 +97,8 @@ def desired(
 ) -> list[AutomationCore]:
     """The loop's automations for these deployments (and notification block, if any)."""
     cooldown = timedelta(minutes=settings.retrain_cooldown_minutes)
+    train_parameters = for_the_event_model(train_parameters, "model")
+    release_parameters = for_the_event_model(release_parameters, "model_name")
     wanted = [
         AutomationCore(
             name="retrain-on-drift",

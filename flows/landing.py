@@ -12,24 +12,32 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from mlops.settings import get_settings
+from mlops.spec import SpecError, spec_names
 from tasks.events import emit
 from tasks.ingest import list_new_batches
 
 
 @flow(name="landing", log_prints=True)
-def landing_flow(model: str | None = None) -> list[str]:
-    """List new batches in the model's landing folder; emit ``data.landed`` when there are any."""
+def landing_flow(model: str | None = None) -> dict[str, list[str]]:
+    """List new batches in the landing folder of ``model`` (default: every model with a spec); emit
+    ``data.landed`` on each model's dataset that has any. A spec that does not parse is reported and skipped,
+    so one broken file does not hide the data of the others."""
     settings = get_settings()
-    spec = settings.spec(model)
-    landing = spec.landing_uri(settings.landing)
-    batches = list_new_batches(landing)
-    names = [batch.name for batch in batches]
-    if names:
-        emit(
-            "data.landed",
-            "dataset",
-            spec.name,
-            {"batches": names, "bytes": sum(batch.size for batch in batches), "landing": landing},
+    logger = get_run_logger()
+    found: dict[str, list[str]] = {}
+    for name in [model] if model else spec_names(settings.specs_dir):
+        try:
+            spec = settings.spec(name)
+        except SpecError as error:
+            logger.warning("%s", error)
+            continue
+        landing = spec.landing_uri(settings.landing)
+        batches = list_new_batches(landing)
+        found[spec.name] = [batch.name for batch in batches]
+        if batches:
+            size = sum(batch.size for batch in batches)
+            emit("data.landed", "dataset", spec.name, {"batches": found[spec.name], "bytes": size, "landing": landing})
+        logger.info(
+            "%s: %d new batch(es) in %s: %s", spec.name, len(batches), landing, ", ".join(found[spec.name]) or "none"
         )
-    get_run_logger().info("%d new batch(es) in %s: %s", len(names), landing, ", ".join(names) or "none")
-    return names
+    return found

@@ -89,6 +89,47 @@ def release(
     return release_flow(params)
 
 
+def models(settings: Settings) -> list[dict[str, Any]]:
+    """Every model with a spec: task, champion, challenger, endpoint URL and last training run."""
+    from deployments.endpoint import endpoint_url
+    from mlops.spec import SpecError, spec_names
+    from tasks.tracking import alias_version, last_run
+
+    rows: list[dict[str, Any]] = []
+    for name in spec_names(settings.specs_dir):
+        try:
+            spec = settings.spec(name)
+        except SpecError as error:
+            rows.append({"model": name, "error": str(error)})
+            continue
+        run = last_run(settings.tracking_uri, spec.experiment)
+        rows.append(
+            {
+                "model": name,
+                "task": spec.task.value,
+                "champion": alias_version(settings.tracking_uri, name, "champion"),
+                "challenger": alias_version(settings.tracking_uri, name, "challenger"),
+                "endpoint": endpoint_url(settings, name),
+                "last_run": f"{run['run']} {run['status'].lower()} {run['started']} {run['outcome']}".strip()
+                if run
+                else None,
+            }
+        )
+    return rows
+
+
+def print_models(rows: list[dict[str, Any]]) -> None:
+    columns = ("model", "task", "champion", "challenger", "endpoint", "last_run")
+    table = [[str(row.get(column) or "-") for column in columns] for row in rows if "error" not in row]
+    widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    for row in rows:
+        if "error" in row:
+            print(f"{row['model']}: {row['error']}", file=sys.stderr)
+
+
 def promote(model_name: str, version: str, reason: str) -> None:
     from tasks.registry import promote as promote_task
 
@@ -104,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo_parser.add_argument("--family", default="ridge", help="the diabetes family (ridge, random_forest, ...)")
     commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
+    commands.add_parser("models", help="the models: task, champion, challenger, endpoint, last training run")
     commands.add_parser("down", help="stop the servers this project started")
     deploy_parser = commands.add_parser(
         "deploy", help="start the process worker, register prefect.yaml's deployments, apply the automations"
@@ -151,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command in ("demo", "train", "promote", "serve", "release", "deploy", "monitor", "score"):
+    if args.command in ("demo", "train", "promote", "serve", "release", "deploy", "monitor", "score", "models"):
         _configure_clients(settings)
         settings = get_settings()
     try:
@@ -167,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "up":
             up(settings)
+        elif args.command == "models":
+            print_models(models(settings))
         elif args.command == "down":
             down(settings)
         elif args.command == "deploy":

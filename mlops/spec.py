@@ -384,6 +384,11 @@ def load_spec(model: str, models_dir: Path) -> ModelSpec:
     return parse_spec(spec_path(models_dir, model))
 
 
+def spec_names(models_dir: Path) -> list[str]:
+    """The model names that have a spec file in ``models_dir``."""
+    return sorted({path.stem for path in models_dir.glob("*") if path.suffix in SPEC_SUFFIXES})
+
+
 def list_specs(models_dir: Path) -> list[ModelSpec]:
     """Every valid spec in ``models_dir``, by name (an invalid one raises: it is refused, not skipped)."""
     return [parse_spec(path) for path in sorted(models_dir.glob("*")) if path.suffix in SPEC_SUFFIXES]

@@ -56,3 +56,24 @@ def check_tracking_server(tracking_uri: str) -> None:
         raise TrackingServerUnavailable(
             f"MLflow tracking server at {tracking_uri} answered /health with HTTP {response.status_code}"
         )
+
+
+def last_run(tracking_uri: str, experiment: str) -> dict[str, str] | None:
+    """The newest run of ``experiment``: name, status, start time (UTC) and outcome; None without one."""
+    from datetime import UTC, datetime
+
+    tracker = client(tracking_uri)
+    found = tracker.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = tracker.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run = runs[0]
+    started = datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return {
+        "run": run.info.run_name or run.info.run_id,
+        "status": run.info.status,
+        "started": started,
+        "outcome": run.data.tags.get("outcome", ""),
+    }

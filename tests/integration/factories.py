@@ -26,3 +26,11 @@ def extra_trees(numeric: list[str], categorical: list[str]) -> Any:
 def support_vectors(numeric: list[str], categorical: list[str]) -> Any:
     """An estimator skl2onnx converts but onnxruntime cannot run (no SVMRegressor kernel)."""
     return SVR()
+
+
+def wine_regression_frame() -> Any:
+    """A second regression table with other columns: wine colour intensity from its chemistry."""
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.drop(columns=["target"])
+    return frame.sample(frac=1, random_state=0).reset_index(drop=True)

@@ -186,7 +186,7 @@ def test_a_bad_challenger_is_rolled_back_at_the_first_step(loop: Loop, fault: di
     assert tags["rollout"] == "rolled_back" and why in tags["rollout_reason"]
     figures = json.loads(tags["rollout_figures"])
     assert figures["canary"]["requests"] > 0 and figures["stable"]["requests"] > 0
-    assert not (loop.settings.resolved_home / "deployments" / f"deployment-v{version}.pid").exists()
+    assert not (loop.settings.resolved_home / "deployments" / f"deployment-{dep(loop, version)}.pid").exists()
 
 
 def test_a_canary_failing_its_known_answer_check_is_rolled_back_before_any_traffic(loop: Loop) -> None:

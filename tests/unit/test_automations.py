@@ -20,7 +20,11 @@ def test_the_loop_automations_and_their_cooldowns() -> None:
     assert wanted["retrain-on-drift"].actions[0].deployment_id == train  # type: ignore[union-attr]
     release_trigger = wanted["release-challenger"].trigger
     assert release_trigger.match.root["mlops.alias"] == "challenger"  # type: ignore[attr-defined]
-    assert wanted["release-challenger"].actions[0].parameters == {"params": {}}  # type: ignore[union-attr]
+    # Every action takes the model from the event that triggered it: one set of automations for every model.
+    model = "{{ event.resource.name }}"
+    assert wanted["release-challenger"].actions[0].parameters == {"params": {"model_name": model}}  # type: ignore[union-attr]
+    assert wanted["retrain-on-drift"].actions[0].parameters == {"params": {"model": model}}  # type: ignore[union-attr]
+    assert wanted["train-on-new-data"].actions[0].parameters == {"params": {"model": model}}  # type: ignore[union-attr]
     assert wanted["train-on-new-data"].trigger.within == timedelta(minutes=5)  # type: ignore[attr-defined]
     assert "notify-on-trouble" not in {a.name for a in desired(settings, train, release, None)}
 

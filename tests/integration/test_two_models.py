@@ -1,0 +1,150 @@
+"""Two regression models on one stack (one MLflow, one Prefect, one home): each trains, registers and is
+released behind its own endpoint; releasing or rolling back one never touches the other's processes;
+``mlops down`` stops both endpoints and every deployment."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deployments.endpoint import endpoint_url, running_endpoints
+from deployments.targets import ProcessTarget
+from flows.release import ReleaseParameters, release_flow
+from flows.train import TrainParameters, train_flow
+from mlflow_server import MlflowServerConfig
+from mlops.process import free_port
+from mlops.settings import Settings, get_settings
+from mlops.stack import down
+from tasks.rollout import RolloutConfig, deployment_name
+from tasks.sample_data import land_batches
+from tests.conftest import write_spec
+
+QUICK = RolloutConfig(steps=[50, 100], bake_seconds=1.0, min_requests=0)
+WINE_FEATURES = ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols", "flavanoids"]
+
+
+@dataclass(frozen=True)
+class Stack:
+    settings: Settings
+    first: str  # diabetes columns, the default model (MLOPS_MODEL_NAME)
+    second: str  # wine columns
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
+) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("two-models")
+    tag = uuid.uuid4().hex[:6]
+    first, second = f"diabetes_{tag}", f"wine_{tag}"
+    write_spec(root / "models", first)
+    write_spec(
+        root / "models",
+        second,
+        target={"column": "color_intensity"},
+        features=[{"name": name, "kind": "numeric"} for name in WINE_FEATURES],
+        data={"example": "tests.integration.factories:wine_regression_frame"},
+    )
+    env = {
+        "MLOPS_HOME": str(root / "home"),
+        "MLOPS_MODELS_DIR": str(root / "models"),
+        "MLOPS_MODEL_NAME": first,
+        "MLOPS_ENDPOINT_PORT": str(free_port()),
+        "MLFLOW_TRACKING_URI": mlflow_config.url,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        for model in (first, second):  # v1 champion on half the data, v2 challenger on all of it
+            spec = None if model == first else settings.spec(model)
+            for batches, alias in (([0, 1], "champion"), ([2, 3], "challenger")):
+                land_batches(settings.landing_for(model), batches, spec=spec)
+                outcome = train_flow(TrainParameters(model=model))
+                assert outcome.alias == alias, outcome.message
+        try:
+            yield Stack(settings, first, second)
+        finally:
+            down(settings)
+            get_settings.cache_clear()
+
+
+def answer(settings: Settings, model: str, row: dict[str, float]) -> httpx.Response:
+    return httpx.post(f"{endpoint_url(settings, model)}/invocations", json={"dataframe_records": [row]}, timeout=10)
+
+
+DIABETES_ROW = {
+    "age": 50.0,
+    "sex": 1.0,
+    "bmi": 25.0,
+    "bp": 90.0,
+    "s1": 180.0,
+    "s2": 100.0,
+    "s3": 50.0,
+    "s4": 4.0,
+    "s5": 4.5,
+    "s6": 90.0,
+}
+WINE_ROW = {
+    "alcohol": 13.0,
+    "malic_acid": 2.0,
+    "ash": 2.4,
+    "alcalinity_of_ash": 19.0,
+    "magnesium": 100.0,
+    "total_phenols": 2.3,
+    "flavanoids": 2.0,
+}
+
+
+def test_each_model_is_released_behind_its_own_endpoint(stack: Stack) -> None:
+    settings = stack.settings
+    for model in (stack.first, stack.second):
+        outcome = release_flow(ReleaseParameters(version="champion", model_name=model, image="never", rollout=QUICK))
+        assert outcome.rollout == "nothing_to_do", outcome.message
+    assert endpoint_url(settings, stack.first) == f"http://127.0.0.1:{settings.endpoint_port}"
+    assert endpoint_url(settings, stack.second) != endpoint_url(settings, stack.first)
+    first, second = answer(settings, stack.first, DIABETES_ROW), answer(settings, stack.second, WINE_ROW)
+    assert first.status_code == 200 and first.headers["x-mlops-deployment"] == deployment_name(stack.first, "1")
+    assert second.status_code == 200 and second.headers["x-mlops-deployment"] == deployment_name(stack.second, "1")
+    assert answer(settings, stack.second, DIABETES_ROW).status_code == 400  # the other model's columns: refused
+    assert set(running_endpoints(settings)) == {stack.first, stack.second}
+
+
+def test_rolling_back_one_model_leaves_the_other_serving_and_promoting_it_leaves_the_first(stack: Stack) -> None:
+    settings = stack.settings
+    target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+    faulty = QUICK.model_copy(update={"canary_env": {"MLOPS_SERVING_FAULT_ERROR_SHARE": "1.0"}})
+    rolled_back = release_flow(
+        ReleaseParameters(version="challenger", model_name=stack.first, image="never", rollout=faulty)
+    )
+    assert rolled_back.rollout == "rolled_back", rolled_back.message
+    assert deployment_name(stack.second, "1") in target.running()
+    assert answer(settings, stack.second, WINE_ROW).headers["x-mlops-deployment"] == deployment_name(stack.second, "1")
+
+    promoted = release_flow(
+        ReleaseParameters(version="challenger", model_name=stack.second, image="never", rollout=QUICK)
+    )
+    assert promoted.rollout == "promoted", promoted.message
+    assert target.running() == sorted([deployment_name(stack.first, "1"), deployment_name(stack.second, "2")])
+    assert answer(settings, stack.first, DIABETES_ROW).headers["x-mlops-deployment"] == deployment_name(
+        stack.first, "1"
+    )
+    assert answer(settings, stack.second, WINE_ROW).headers["x-mlops-deployment"] == deployment_name(stack.second, "2")
+
+
+def test_mlops_down_stops_every_model_of_the_home(stack: Stack) -> None:
+    settings = stack.settings
+    urls = [endpoint_url(settings, model) for model in (stack.first, stack.second)]
+    down(settings)
+    assert ProcessTarget(settings.tracking_uri, settings.resolved_home).running() == []
+    assert running_endpoints(settings) == []
+    for url in urls:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/metrics", timeout=2)
+    assert not list(Path(settings.resolved_home, "deployments").glob("*.pid"))
