@@ -84,10 +84,16 @@ class ValidationPolicy(BaseModel):
     mean_tolerance: float = Field(
         0.5, gt=0, description="Allowed shift of a column mean, in reference standard deviations."
     )
+    mean_noise_z: float = Field(
+        4.0, gt=0, description="The mean bound is never tighter than this many standard errors (small batches)."
+    )
     stdev_ratio: float = Field(
         2.0, gt=1, description="Allowed factor between a batch's and the reference's standard deviation."
     )
     min_rows: int = Field(2, ge=1, description="Fewest rows a batch may have.")
+    range_hard_margin: float = Field(
+        2.0, ge=0, description="Beyond the reference min/max by this many ranges, even one value rejects a batch."
+    )
     range_mostly: float = Field(
         0.98, gt=0, le=1, description="Share of a batch's values that must lie in the range (outliers happen)."
     )

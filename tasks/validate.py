@@ -120,15 +120,26 @@ def learn_categories(reference: pd.DataFrame, columns: list[str]) -> dict[str, l
     return {name: sorted(reference[name].dropna().unique().tolist(), key=str) for name in columns}
 
 
-def _distribution(gx: Any, name: str, stats: ColumnProfile, policy: ValidationPolicy) -> list[Any]:
-    margin = policy.range_margin * (stats.maximum - stats.minimum)
-    shift = policy.mean_tolerance * stats.stdev
+def _distribution(
+    gx: Any, name: str, stats: ColumnProfile, policy: ValidationPolicy, rows: int, reference_rows: int
+) -> list[Any]:
+    """Ranges in two tiers and distribution bounds.
+
+    A reference of a few dozen rows has seen little of a distribution's tails, so values just past its
+    range are tolerated up to ``range_mostly`` of the batch (and always one of them); values far past it
+    (``range_hard_margin`` ranges) reject the batch even alone: unit and typing errors, not tails.
+    """
+    spread = stats.maximum - stats.minimum
+    margin, hard = policy.range_margin * spread, policy.range_hard_margin * spread
+    noise = policy.mean_noise_z * stats.stdev * (1 / max(rows, 1) + 1 / max(reference_rows, 1)) ** 0.5
+    shift = max(policy.mean_tolerance * stats.stdev, noise)
+    mostly = min(policy.range_mostly, 1 - 1 / max(rows, 1))
     return [
         gx.expectations.ExpectColumnValuesToBeBetween(
-            column=name,
-            min_value=stats.minimum - margin,
-            max_value=stats.maximum + margin,
-            mostly=policy.range_mostly,
+            column=name, min_value=stats.minimum - margin, max_value=stats.maximum + margin, mostly=mostly
+        ),
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column=name, min_value=stats.minimum - hard, max_value=stats.maximum + hard
         ),
         gx.expectations.ExpectColumnMeanToBeBetween(
             column=name, min_value=stats.mean - shift, max_value=stats.mean + shift
@@ -145,6 +156,7 @@ def _build_suite(
     profile: ReferenceProfile | None,
     categories: dict[str, list[Any]],
     with_target: bool,
+    rows: int,
 ) -> Any:
     """The batch suite of a spec: structure always, learned bounds once a reference exists."""
     import great_expectations as gx
@@ -170,7 +182,7 @@ def _build_suite(
         if feature.is_categorical and name in categories:
             expectations.append(gx.expectations.ExpectColumnValuesToBeInSet(column=name, value_set=categories[name]))
         elif profile is not None and name in profile.columns and feature.kind in (Kind.NUMERIC, Kind.INTEGER):
-            expectations += _distribution(gx, name, profile.columns[name], policy)
+            expectations += _distribution(gx, name, profile.columns[name], policy, rows, profile.rows)
     if with_target:
         target = spec.target.column
         expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=target))
@@ -179,7 +191,7 @@ def _build_suite(
                 gx.expectations.ExpectColumnValuesToBeInTypeList(column=target, type_list=NUMERIC_TYPES)
             )
             if profile is not None and target in profile.columns:
-                expectations += _distribution(gx, target, profile.columns[target], policy)
+                expectations += _distribution(gx, target, profile.columns[target], policy, rows, profile.rows)
         elif spec.target.classes is not None:
             expectations.append(
                 gx.expectations.ExpectColumnValuesToBeInSet(column=target, value_set=list(spec.target.classes))
@@ -285,7 +297,7 @@ def validate_batch(
         categories = learn_categories(reference, [c for c in spec.categorical_features if c in reference])
     frame = frame.apply(_plain_numbers)
     definition = _batch_definition()  # the suite needs a live context before it is built
-    suite = _build_suite(spec, list(frame.columns), profile, categories, with_target)
+    suite = _build_suite(spec, list(frame.columns), profile, categories, with_target, len(frame))
     result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
     found = _root_causes([_describe(item) for item in result.results if not item.success])
     report_only = spec.validation.new_categories == "report"

@@ -48,6 +48,7 @@ def stack(
         second,
         target={"column": "color_intensity"},
         features=[{"name": name, "kind": "numeric"} for name in WINE_FEATURES],
+        ignore=["nonflavanoid_phenols", "proanthocyanins", "hue", "od280/od315_of_diluted_wines", "proline"],
         data={"example": "tests.integration.factories:wine_regression_frame"},
     )
     env = {

@@ -111,6 +111,18 @@ def test_two_random_halves_of_one_data_set_both_pass(name: str, seed: int, tmp_p
         assert report.success, f"{name} seed {seed}: {report.reason}"
 
 
+@pytest.mark.parametrize("name", ["diabetes", "breast_cancer", "wine", "iris"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quarters_arriving_one_after_another_each_pass(name: str, seed: int, tmp_path) -> None:
+    """Small references (a quarter of wine is 45 rows) have seen little of the tails: still no rejection."""
+    frame, target, classes = bundled(name)
+    spec = (classifier_spec if classes else regression_spec)(tmp_path, name.replace("_", "-"), frame, target)
+    quarters = np.array_split(frame.sample(frac=1, random_state=seed).reset_index(drop=True), 4)
+    for index in range(1, 4):
+        report = validate_batch.fn(quarters[index], "quarter", spec, pd.concat(quarters[:index]))
+        assert report.success, f"{name} seed {seed} quarter {index}: {report.reason}"
+
+
 def test_the_shifted_batches_are_still_rejected(tmp_path) -> None:
     frame, target, _ = bundled("diabetes")
     spec = regression_spec(tmp_path, "diabetes", frame, target)
