@@ -19,11 +19,13 @@ from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings, get_settings
+from mlops.spec import TrainingSpec
 from mlops.stack import down
 from tasks.rollout import RolloutConfig, deployment_name
 from tasks.sample_data import land_batches
 from tests.conftest import write_spec
 
+WEAK = TrainingSpec(families=["ridge"], grid={"model__alpha": [10_000.0]})
 QUICK = RolloutConfig(steps=[50, 100], bake_seconds=1.0, min_requests=0)
 WINE_FEATURES = ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols", "flavanoids"]
 
@@ -63,11 +65,12 @@ def stack(
             patch.setenv(key, value)
         get_settings.cache_clear()
         settings = get_settings()
-        for model in (first, second):  # v1 champion on half the data, v2 challenger on all of it
-            spec = None if model == first else settings.spec(model)
-            for batches, alias in (([0, 1], "champion"), ([2, 3], "challenger")):
-                land_batches(settings.landing_for(model), batches, spec=spec)
-                outcome = train_flow(TrainParameters(model=model))
+        for model in (first, second):  # v1 champion over-regularised, v2 challenger as the spec says
+            land_batches(
+                settings.landing_for(model), [0, 1, 2, 3], spec=None if model == first else settings.spec(model)
+            )
+            for training, alias in ((WEAK, "champion"), (None, "challenger")):
+                outcome = train_flow(TrainParameters(model=model, training=training))
                 assert outcome.alias == alias, outcome.message
         try:
             yield Stack(settings, first, second)
