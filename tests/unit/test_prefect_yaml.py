@@ -39,6 +39,6 @@ def test_every_flow_has_a_deployment_and_the_automations_name_real_ones() -> Non
         names
     )
     assert {TRAIN, RELEASE} <= set(names)
-    # no second training while one runs: new runs are cancelled, not queued
-    assert names[TRAIN]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    # one training at a time; another model's (or a duplicate) waits its turn instead of being lost
+    assert names[TRAIN]["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert [s["cron"] for s in names["monitor/hourly"]["schedules"]] == ["5 * * * *"]
