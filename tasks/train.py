@@ -162,7 +162,14 @@ class Search:
         return float(self.search.best_score_)
 
 
-def _search(data: TrainingSet, family: str | None, factory: Factory | None, x: pd.DataFrame, y: pd.Series) -> Search:
+def search_family(
+    data: TrainingSet, family: str | None, factory: Factory | None, x: pd.DataFrame, y: pd.Series
+) -> Search:
+    """Probe the export, then grid-search one family (or the factory's estimator) on the training rows.
+
+    Raises:
+        ExportError: The estimator cannot become ONNX (known before the search spends time).
+    """
     spec = data.spec
     estimator = build_estimator(spec, family, factory)
     grid = default_grid(spec, family)
@@ -219,7 +226,7 @@ def train_candidate(
     x_train, y_train, x_holdout, y_holdout = data.split()
     try:
         families: list[str | None] = [*spec.families] or [None]
-        searches = [_search(data, family, factory, x_train, y_train) for family in families]
+        searches = [search_family(data, family, factory, x_train, y_train) for family in families]
     except ExportError as error:
         run_id = record_export_failure(tracking_uri, spec.experiment, spec, error, lineage)
         raise ExportError(
