@@ -27,6 +27,7 @@ from mlops.settings import get_settings
 from serving.model import open_session
 from tasks.batch import (
     REJECTED,
+    BatchScoreError,
     Manifest,
     chunks,
     count_rows,
@@ -90,6 +91,12 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     version = str(resolve_version(tracking, model_uri(model_name, params.version)).version)
     bundle = settings.resolved_home / "bundles" / f"{model_name}-{version}"
     model_file, metadata = fetch_bundle(tracking, f"models:/{model_name}/{version}", bundle)
+    if metadata.task != "regression" or not metadata.numeric_matrix:
+        raise BatchScoreError(
+            f"{model_name} version {version} is a {metadata.task} model on typed columns; batch scoring takes "
+            "regressions on numeric features only for now: score it with the MLflow model "
+            f"(mlflow.sklearn.load_model('models:/{model_name}/{version}'))"
+        )
     session = open_session(str(model_file), params.threads or os.cpu_count() or 1)
 
     source = Path(params.input) if params.input else settings.resolved_home / "batch" / "input"

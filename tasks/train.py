@@ -194,9 +194,7 @@ def trusted_types(model: Any) -> list[str]:
     return sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
-def record_export_failure(
-    tracking_uri: str, experiment: str, spec: ModelSpec, error: ExportError, lineage: Lineage
-) -> str:
+def record_export_failure(tracking_uri: str, experiment: str, error: ExportError, lineage: Lineage) -> str:
     """A failed run holding the converter's full output (``export/error.txt``); returns its id."""
     client(tracking_uri)
     mlflow.set_experiment(experiment)
@@ -228,7 +226,7 @@ def train_candidate(
         families: list[str | None] = [*spec.families] or [None]
         searches = [search_family(data, family, factory, x_train, y_train) for family in families]
     except ExportError as error:
-        run_id = record_export_failure(tracking_uri, spec.experiment, spec, error, lineage)
+        run_id = record_export_failure(tracking_uri, spec.experiment, error, lineage)
         raise ExportError(
             f"{error} (refused before training; full output in run {run_id}, export/error.txt)", error.detail
         ) from error
