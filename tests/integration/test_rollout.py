@@ -146,7 +146,7 @@ def rollout_events(loop: Loop, since: datetime, expected: set[str]) -> list[str]
 def only_canary_in_first_step(result: TrafficResult, outcome: Any, canary: str) -> None:
     assert outcome.rollout == "rolled_back" and len(outcome.steps) == 1, outcome.steps
     assert result.connection_errors == 0, result.errors[:3]
-    served_by_canary = result.deployments[dep(loop, canary)]
+    served_by_canary = result.deployments[canary]
     assert 0 < served_by_canary <= 0.25 * result.requests  # its 10 % share during step 1, nothing more
     assert result.server_errors <= served_by_canary
 
@@ -172,7 +172,7 @@ def test_a_bad_challenger_is_rolled_back_at_the_first_step(loop: Loop, fault: di
         after_rollback = load.result.deployments[dep(loop, version)]
         time.sleep(1.0)  # traffic goes on: the rolled-back canary must answer nobody any more
     assert load.result.deployments[dep(loop, version)] == after_rollback
-    only_canary_in_first_step(load.result, outcome, version)
+    only_canary_in_first_step(load.result, outcome, dep(loop, version))
     names = rollout_events(loop, started, {"rollout.started", "rollout.step", "rollout.rolled_back"})
     assert sorted(names) == ["rollout.rolled_back", "rollout.started", "rollout.step"]
     assert why in outcome.message
