@@ -56,8 +56,12 @@ class ReleaseParameters(BaseModel):
     push: bool = Field(True, description="Push the image when a registry is configured (MLOPS_IMAGE_REGISTRY).")
     smoke: SmokeConfig = Field(default_factory=SmokeConfig)
     rollout: RolloutConfig | None = Field(
-        default_factory=RolloutConfig, description="Canary rollout behind the endpoint; null stops after the image."
+        None, description="Replaces the model spec's rollout section for this run (default: the spec's)."
     )
+    compare_predictions: bool | None = Field(
+        None, description="Overrides the rollout's compare_predictions (automated releases after drift: false)."
+    )
+    image_only: bool = Field(False, description="Stop after the image: no rollout.")
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,10 @@ def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
     check_tracking_server(tracking)
     version = str(resolve_version(tracking, model_uri(name, params.version)).version)
 
-    needs_image = params.rollout is not None and params.rollout.target == "docker"
+    config = None if params.image_only else (params.rollout or settings.spec(name).rollout)
+    if config is not None and params.compare_predictions is not None:
+        config = config.model_copy(update={"compare_predictions": params.compare_predictions})
+    needs_image = config is not None and config.target == "docker"
     image: ServingImage | None = None
     seconds_to_ready = 0.0
     if params.image == "always" or needs_image or (params.image == "auto" and engine_answers()):
@@ -137,7 +144,7 @@ def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
     else:
         logger.info("no Docker engine answers (or image=never): no image built; the rollout runs processes")
 
-    rollout = roll_out(settings, name, version, params.rollout) if params.rollout is not None else None
+    rollout = roll_out(settings, name, version, config) if config is not None else None
     parts = [f"{name} version {version}"]
     if image is not None:
         parts.append(f"image {image.reference} ({image.size_bytes / 1e6:.0f} MB, smoke-tested)")
@@ -213,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-push", action="store_true", help="do not push even if a registry is configured")
     parser.add_argument("--no-rollout", action="store_true", help="stop after the image")
     args = parser.parse_args(argv)
-    params = ReleaseParameters(version=args.version, push=not args.no_push)
-    if args.no_rollout:
-        params.rollout = None
+    params = ReleaseParameters(version=args.version, push=not args.no_push, image_only=args.no_rollout)
     return print_outcome(lambda: release_flow(params), "release")
 
 

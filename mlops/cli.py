@@ -79,13 +79,12 @@ def release(
 ) -> Any:
     from flows.release import ReleaseParameters, release_flow
 
-    params = ReleaseParameters(version=version, push=push, model_name=model)
-    if not rollout:
-        params.rollout = None
-    elif params.rollout is not None:
-        changes = {"bake_seconds": bake, "min_requests": min_requests}
-        chosen = {key: value for key, value in changes.items() if value is not None}
-        params.rollout = type(params.rollout).model_validate({**params.rollout.model_dump(), **chosen})
+    params = ReleaseParameters(version=version, push=push, model_name=model, image_only=not rollout)
+    changes = {"bake_seconds": bake, "min_requests": min_requests}
+    chosen = {key: value for key, value in changes.items() if value is not None}
+    if rollout and chosen:
+        spec_rollout = get_settings().spec(model).rollout
+        params.rollout = type(spec_rollout).model_validate({**spec_rollout.model_dump(), **chosen})
     return release_flow(params)
 
 

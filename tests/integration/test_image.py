@@ -55,7 +55,7 @@ def released(
     # a random model name: images outlive a test session in the engine's cache
     with model_home(tmp_path_factory, mlflow_config.url, "imaged") as settings:
         name = settings.model_name
-        outcome = release_flow(ReleaseParameters(version="champion", rollout=None))
+        outcome = release_flow(ReleaseParameters(version="champion", image_only=True))
         frame = accepted_frame(settings.data_for())
         assert frame is not None
         version = mlflow.MlflowClient(settings.tracking_uri).get_model_version(name, "1")
@@ -159,7 +159,7 @@ def test_the_container_answers_like_the_trained_model_and_stops_cleanly(released
 
 
 def test_releasing_the_same_version_again_reuses_its_image(released: Released) -> None:
-    again = release_flow(ReleaseParameters(version="1", rollout=None))
+    again = release_flow(ReleaseParameters(version="1", image_only=True))
     assert again.image_id == released.outcome.image_id
     assert again.build_seconds == 0
 
@@ -169,7 +169,7 @@ def test_a_failed_build_leaves_the_registry_untouched(released: Released, monkey
     monkeypatch.setenv("MLOPS_IMAGE_BASE", "local/no-such-base:1")
     get_settings.cache_clear()
     with pytest.raises(ImageBuildError, match=r"base image local/no-such-base:1 is not in the engine"):
-        release_flow(ReleaseParameters(version="1", rollout=None))
+        release_flow(ReleaseParameters(version="1", image_only=True))
     get_settings.cache_clear()
     assert version_tags(released.settings) == before
 
@@ -180,9 +180,9 @@ def test_without_an_engine_an_image_release_fails_clearly_and_changes_nothing(
     before = version_tags(released.settings)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/gone.sock")
     with pytest.raises(EngineUnavailable, match="no Docker engine answers at unix://"):
-        release_flow(ReleaseParameters(version="1", image="always", rollout=None))
+        release_flow(ReleaseParameters(version="1", image="always", image_only=True))
     assert version_tags(released.settings) == before
-    skipped = release_flow(ReleaseParameters(version="1", image="auto", rollout=None))  # auto: no engine, no image
+    skipped = release_flow(ReleaseParameters(version="1", image="auto", image_only=True))  # auto: no engine, no image
     assert skipped.image is None and skipped.message == f"{released.settings.model_name} version 1"
     assert version_tags(released.settings) == before
 
@@ -191,12 +191,12 @@ def test_a_container_not_ready_in_time_fails_the_release_and_is_recorded(
     released: Released, docker_engine: Any
 ) -> None:
     with pytest.raises(SmokeTestError, match="not ready in time"):
-        release_flow(ReleaseParameters(version="1", smoke=SmokeConfig(ready_timeout_seconds=0.001), rollout=None))
+        release_flow(ReleaseParameters(version="1", smoke=SmokeConfig(ready_timeout_seconds=0.001), image_only=True))
     tags = version_tags(released.settings)
     assert tags["image_smoke"] == "failed"
     assert "not ready in time" in tags["image_smoke_summary"]
     assert docker_engine.containers.list(all=True, filters={"label": f"mlops.image={released.outcome.image}"}) == []
-    release_flow(ReleaseParameters(version="1", rollout=None))  # a passing run records the new verdict
+    release_flow(ReleaseParameters(version="1", image_only=True))  # a passing run records the new verdict
     assert version_tags(released.settings)["image_smoke"] == "passed"
 
 
