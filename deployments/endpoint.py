@@ -50,8 +50,11 @@ def endpoint_port(settings: Settings, model: str) -> int:
     return int(path.read_text().strip())
 
 
-def endpoint_url(settings: Settings, model: str | None = None) -> str:
+def endpoint_url(settings: Settings, model: str | None = None) -> str | None:
+    """The URL of ``model``'s endpoint; None for a model whose endpoint never started (no port chosen yet)."""
     name = model or settings.model_name
+    if name != settings.model_name and not (settings.resolved_home / "endpoint" / f"{name}.port").exists():
+        return None
     return f"http://{settings.endpoint_host}:{endpoint_port(settings, name)}"
 
 
