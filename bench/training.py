@@ -24,7 +24,7 @@ from tasks.train import TrainingSet, search_family  # noqa: E402
 
 
 def main() -> None:
-    print("| table | family | probe + grid search + refit, s | grid points | export + parity, s | parity | best cv score |")
+    print("| table | family | probe + search + refit, s | grid points | export + parity, s | parity | best cv score |")
     print("|---|---|---|---|---|---|---|")
     for name, frame, families in (
         ("tumours", tumours_frame(), CLASSIFICATION_FAMILIES),
