@@ -163,7 +163,7 @@ def assemble_training_set(data_uri: str) -> tuple[pd.DataFrame, Snapshot]:
     frame = accepted_frame(data_uri)
     if frame is None:
         raise NoDataError(
-            f"no accepted data under {data_uri}: land CSV/Parquet batches in the landing folder "
-            "(`mlops land` writes the default diabetes batches) and run the flow again"
+            f"no accepted data under {data_uri}: land CSV/Parquet batches in the model's landing folder "
+            "(`mlops land --model NAME` writes a model's example batches) and run the flow again"
         )
     return frame, store_snapshot(frame, data_uri, "training")
