@@ -27,7 +27,7 @@ STEP = re.compile(r"^\[\s*([\d.]+)s\] (.*)$")
 def run(env: dict[str, str], *args: str) -> tuple[float, list[tuple[float, str]]]:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "mlops.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+        [sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
     )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:

@@ -20,14 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from two_versions import two_versions
 
-from deployments.endpoint import start_endpoint, stop_endpoint
-from deployments.targets import ProcessTarget
+from cli.traffic import BackgroundTraffic
 from flows.release import ReleaseParameters, release_flow
 from mlops.process import free_port
-from mlops.traffic import BackgroundTraffic
+from tasks.endpoint_admin import start_endpoint, stop_endpoint
 from tasks.ingest import accepted_frame
 from tasks.registry import CHALLENGER
 from tasks.rollout import RolloutConfig
+from tasks.targets import ProcessTarget
 from tasks.tracking import client
 
 

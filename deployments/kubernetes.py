@@ -122,8 +122,8 @@ def render(documents: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from deployments.endpoint import EndpointClient, admin_token
     from mlops.settings import get_settings
+    from tasks.endpoint_admin import EndpointClient, admin_token
     from tasks.serving_bundle import resolve_version
 
     parser = argparse.ArgumentParser(prog="python -m deployments.kubernetes", description=__doc__)

@@ -11,10 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-DOCKER_DIR = Path(__file__).resolve().parent / "docker"
-REQUIREMENTS = DOCKER_DIR / "serving-requirements.txt"
+from tasks.image import DOCKER_DIR, REQUIREMENTS
+
 HEADER = "# Generated from uv.lock by `make serving-requirements` (group serving-image). Do not edit.\n"
 EXPORT_ARGS = (
     "export",

@@ -20,11 +20,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from deployments.endpoint import start_endpoint
-from deployments.targets import DeploymentTarget, DockerTarget, ProcessTarget
 from flows.run_once import print_outcome
 from mlops.settings import Settings, get_settings
 from tasks.docker_engine import EngineUnavailable, connect
+from tasks.endpoint_admin import start_endpoint
 from tasks.events import artifact_key
 from tasks.image import ImageSpec, ServingImage, build_image
 from tasks.rollout import (
@@ -42,6 +41,7 @@ from tasks.rollout import (
 )
 from tasks.serving_bundle import model_uri, resolve_version
 from tasks.smoke import SmokeConfig, SmokeTestError, record_smoke, smoke_test_image
+from tasks.targets import DeploymentTarget, DockerTarget, ProcessTarget
 from tasks.tracking import check_tracking_server, version_url
 
 

@@ -24,7 +24,6 @@ import docker
 from docker.errors import APIError, DockerException, ImageNotFound
 from prefect import task
 
-from deployments.serving_requirements import DOCKER_DIR, REQUIREMENTS
 from mlops.settings import Settings
 from serving.bundle import ModelMetadata
 from tasks.docker_engine import connect, explain
@@ -33,6 +32,9 @@ from tasks.lineage import PROJECT_ROOT, git_commit
 from tasks.serving_bundle import fetch_bundle, resolve_version
 from tasks.tracking import client
 
+# The image's build inputs live with the deployment definitions; `make serving-requirements` writes the pins.
+DOCKER_DIR = Path(__file__).resolve().parents[1] / "deployments" / "docker"
+REQUIREMENTS = DOCKER_DIR / "serving-requirements.txt"
 DOCKERFILE = DOCKER_DIR / "serving.Dockerfile"
 SERVING_PACKAGE = PROJECT_ROOT / "serving"
 LABEL = "mlops.model."

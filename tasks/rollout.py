@@ -30,14 +30,14 @@ import numpy as np
 from prefect import task
 from scipy.stats import ks_2samp
 
-from deployments.endpoint import EndpointClient
-from deployments.targets import DeploymentTarget
 from mlops.policies import RolloutConfig
 from serving.endpoint import Deployment
+from tasks.endpoint_admin import EndpointClient
 from tasks.events import emit, run_logger
 from tasks.registry import CHALLENGER, CHAMPION, record_promotion
 from tasks.serving_bundle import fetch_bundle
 from tasks.smoke import SmokeTestError, check_answers
+from tasks.targets import DeploymentTarget
 from tasks.tracking import alias_version, client
 
 

@@ -18,5 +18,8 @@ COPY serving serving
 COPY mlops mlops
 COPY mlflow_server mlflow_server
 COPY deployments deployments
+COPY cli cli
+# The model specs the flows read (MLOPS_MODELS_DIR points elsewhere to mount a team's own).
+COPY models models
 RUN uv sync --locked --no-dev --group team && mkdir -p /var/lib/mlops && chown 65532:65532 /var/lib/mlops
 USER 65532:65532

@@ -30,17 +30,17 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cli.traffic import BackgroundTraffic
 from deployments.automations import TAG
-from deployments.endpoint import stop_endpoint
 from deployments.prefect_server import start_prefect, stop_prefect
 from deployments.prefect_worker import PROJECT, _prefect, deploy_all, start_worker, stop_worker
-from deployments.targets import ProcessTarget
 from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
 from mlops.process import free_port
 from mlops.settings import Settings
-from mlops.traffic import BackgroundTraffic
+from tasks.endpoint_admin import stop_endpoint
 from tasks.ingest import accepted_frame
 from tasks.sample_data import drifted, land_batches
+from tasks.targets import ProcessTarget
 from tests.conftest import model_env
 
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}

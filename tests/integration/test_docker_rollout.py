@@ -8,19 +8,19 @@ from typing import Any
 import mlflow
 import pytest
 
-from deployments.endpoint import start_endpoint, stop_endpoint
-from deployments.targets import DockerTarget
+from cli.traffic import BackgroundTraffic
 from flows.release import ReleaseParameters, release_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings
-from mlops.traffic import BackgroundTraffic
 from serving.collector import requests_dir
 from tasks.collected import load_requests
+from tasks.endpoint_admin import start_endpoint, stop_endpoint
 from tasks.image import ImageSpec
 from tasks.ingest import accepted_frame
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig
+from tasks.targets import DockerTarget
 from tests.integration.conftest import model_home
 
 DOCKER = RolloutConfig(steps=[20, 100], bake_seconds=2.0, min_requests=15, p99_slack_ms=50.0, target="docker")

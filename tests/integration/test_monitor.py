@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deployments.targets import ProcessTarget
 from flows.monitor import MonitorParameters, monitor_flow
 from mlflow_server import MlflowServerConfig
 from mlops.settings import Settings
 from tasks.ingest import accepted_frame
 from tasks.registry import CHAMPION
 from tasks.sample_data import DRIFT_COLUMNS, drifted
+from tasks.targets import ProcessTarget
 from tests.integration.conftest import model_events, model_home
 
 SHIFTED = list(DRIFT_COLUMNS)  # 6 of 10 features: over Evidently's 0.5 share

@@ -22,19 +22,19 @@ import mlflow
 import pandas as pd
 import pytest
 
-from deployments.endpoint import EndpointClient, start_endpoint, stop_endpoint
-from deployments.targets import ProcessTarget
+from cli.traffic import BackgroundTraffic, TrafficResult
 from flows.release import ReleaseParameters, release_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings
-from mlops.traffic import BackgroundTraffic, TrafficResult
 from serving.bundle import ModelMetadata, write_bundle
+from tasks.endpoint_admin import EndpointClient, start_endpoint, stop_endpoint
 from tasks.export import known_answer
 from tasks.ingest import accepted_frame
 from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig, Window, bake_step, deployment_name, reconcile_endpoint, start_canary
+from tasks.targets import ProcessTarget
 from tests.integration.conftest import model_events, model_home
 
 # p99_slack_ms 50: a scheduling hiccup on a busy 2-core machine must not fail a good canary; the slow

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.traffic import send_traffic
+from cli.traffic import send_traffic
 from tests.conftest import TINY_FEATURES, python_server, serving_process, write_tiny_bundle
 
 TOKEN = "admin-token"

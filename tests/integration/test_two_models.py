@@ -12,17 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deployments.endpoint import endpoint_url, running_endpoints
-from deployments.targets import ProcessTarget
+from cli.stack import down
 from flows.release import ReleaseParameters, release_flow
 from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings, get_settings
 from mlops.spec import TrainingSpec
-from mlops.stack import down
+from tasks.endpoint_admin import endpoint_url, running_endpoints
 from tasks.rollout import RolloutConfig, deployment_name
 from tasks.sample_data import land_batches
+from tasks.targets import ProcessTarget
 from tests.conftest import write_spec
 
 WEAK = TrainingSpec(families=["ridge"], grid={"model__alpha": [10_000.0]})

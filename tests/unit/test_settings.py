@@ -31,7 +31,7 @@ def test_defaults_point_at_the_embedded_servers(monkeypatch) -> None:
 def test_importing_the_code_does_nothing(tmp_path: Path) -> None:
     """No folders, no tracking URI, no server contact at import time."""
     code = (
-        "import os, mlflow, flows.train, mlops.cli, mlflow_server, deployments.prefect_server, tasks.registry;"
+        "import os, mlflow, flows.train, cli.main, mlflow_server, deployments.prefect_server, tasks.registry;"
         "assert not os.listdir('.'), os.listdir('.');"
         "assert not mlflow.tracking._tracking_service.utils._tracking_uri"
     )

@@ -10,8 +10,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from cli.stack import deploy, down, up
 from mlops.settings import Settings, get_settings
-from mlops.stack import deploy, down, up
 
 
 def _configure_clients(settings: Settings) -> None:
@@ -53,7 +53,7 @@ def train(model: str | None, family: str | None, seed: int | None) -> Any:
 
 
 def demo(settings: Settings, family: str) -> int:
-    from mlops.demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(settings, family)
 
@@ -90,8 +90,8 @@ def release(
 
 def models(settings: Settings) -> list[dict[str, Any]]:
     """Every model with a spec: task, champion, challenger, endpoint URL and last training run."""
-    from deployments.endpoint import endpoint_url
     from mlops.spec import SpecError, spec_names
+    from tasks.endpoint_admin import endpoint_url
     from tasks.tracking import alias_version, last_run
 
     rows: list[dict[str, Any]] = []

@@ -118,9 +118,9 @@ def run_demo(settings: Settings, family: str) -> int:
     """Tell the whole story once (see the module doc); print where to look."""
     from datetime import UTC, datetime
 
+    from cli.stack import deploy, up
+    from cli.traffic import BackgroundTraffic
     from flows.release import engine_answers
-    from mlops.stack import deploy, up
-    from mlops.traffic import BackgroundTraffic
     from tasks.dataset import ledger_entries
     from tasks.ingest import accepted_frame
     from tasks.sample_data import DEFAULT_BATCHES, batch_name, drifted, land_batches

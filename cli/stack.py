@@ -43,12 +43,12 @@ def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> Non
 
 
 def down(settings: Settings) -> None:
-    from deployments.endpoint import running_endpoints, stop_endpoint
     from deployments.prefect_server import stop_prefect
     from deployments.prefect_worker import stop_worker
-    from deployments.targets import DockerTarget, ProcessTarget
     from mlflow_server import MlflowServerConfig, stop_mlflow
     from tasks.docker_engine import EngineUnavailable, connect
+    from tasks.endpoint_admin import running_endpoints, stop_endpoint
+    from tasks.targets import DockerTarget, ProcessTarget
 
     target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
     for deployment in target.running():
