@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         _configure_clients(settings)
         settings = get_settings()
     try:
+        if hasattr(args, "model"):
+            settings.spec(args.model)  # a missing or bad spec is refused before any server is contacted
         if args.command == "demo":
             return demo(settings, args.family)
         if args.command == "serve":

@@ -29,8 +29,8 @@ from pydantic import BaseModel, Field, PositiveInt
 from mlops.spec import ModelSpec
 from serving.bundle import Example, ModelMetadata, write_bundle
 from serving.model import open_session
-from tasks.features import category_fill, typed_features
-from tasks.onnx_convert import LABEL, MATRIX_INPUT, OUTPUT_NAME, Converted, ExportError, to_onnx
+from tasks.features import category_fill
+from tasks.onnx_convert import LABEL, MATRIX_INPUT, OUTPUT_NAME, Converted, ExportError, first_line, to_onnx
 from tasks.tracking import client
 from tasks.train import Candidate, TrainingSet
 
@@ -138,7 +138,8 @@ def check_parity(
     target_range: float,
     tolerance: float,
 ) -> Parity:
-    """Compare both engines on the typed holdout; ``target_range`` None means a classifier (labels + probabilities)."""
+    """Compare both engines on the typed holdout: a regressor's values (tolerance x target range), or a classifier's
+    labels (all equal) and probabilities (within the tolerance) — told apart by the graph's ``label`` output."""
     outputs = inference.run(list(converted.outputs), converted.feeds(x_holdout))
     rows = len(x_holdout)
     if LABEL not in converted.outputs:
@@ -204,20 +205,22 @@ def measure_latency(
     return figures
 
 
-def _convert_or_record(model: Any, data: TrainingSet, candidate: Candidate, tracking_uri: str) -> Converted:
-    """Convert; on failure keep the converter's full output as ``export/error.txt`` in the run, raise a short error."""
+def _convert_or_record(
+    model: Any, data: TrainingSet, sample: pd.DataFrame, candidate: Candidate, tracking_uri: str
+) -> Converted:
+    """Convert and run on ``sample``; on failure keep the converter's full output as ``export/error.txt`` in the
+    run and raise a short error."""
     try:
         converted = to_onnx(model, data.input_columns)
-        open_session(converted.model.SerializeToString()).run(None, converted.feeds(data.split()[2].head(2)))
+        open_session(converted.model.SerializeToString()).run(None, converted.feeds(sample))
         return converted
     except Exception as error:  # converter and onnxruntime errors alike
         detail = error.detail if isinstance(error, ExportError) else traceback.format_exc()
         tracker = client(tracking_uri)
         tracker.log_text(candidate.run_id, detail, "export/error.txt")
         tracker.set_tag(candidate.run_id, "onnx_export", "failed")
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise ExportError(
-            f"ONNX export of run {candidate.run_id} ({candidate.family}) failed: {first} "
+            f"ONNX export of run {candidate.run_id} ({candidate.family}) failed: {first_line(error)} "
             "(full output: export/error.txt in the run)",
             detail,
         ) from error
@@ -241,7 +244,7 @@ def export_onnx(
     spec = data.spec
     model = mlflow.sklearn.load_model(candidate.model_uri)
     _, y_train, x_holdout, _ = data.split()
-    converted = _convert_or_record(model, data, candidate, tracking_uri)
+    converted = _convert_or_record(model, data, x_holdout.head(2), candidate, tracking_uri)
     onnx_bytes = converted.model.SerializeToString()
     inference = open_session(onnx_bytes)  # timed and checked exactly as the server will run it
     if spec.task.is_classification:
@@ -253,9 +256,8 @@ def export_onnx(
         tracker.set_tag(candidate.run_id, "onnx_parity", "failed")
         tracker.set_tag(candidate.run_id, "onnx_parity_summary", parity.summary)
         raise ParityError(f"ONNX export of run {candidate.run_id} ({candidate.family}) blocked: {parity.summary}")
-    features = typed_features(data.frame, spec)
     latency = measure_latency(
-        inference, converted, model, features, config.latency_batch_sizes, config.latency_budget_seconds
+        inference, converted, model, data.typed, config.latency_batch_sizes, config.latency_budget_seconds
     )
     classifier = spec.task.is_classification
     numeric = converted.matrix and not classifier

@@ -174,7 +174,8 @@ def _convert(model: Any, initial_types: list[tuple[str, Any]], classifier: Any =
     return converted
 
 
-def _short(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, at most 300 characters: what a log line or a short error carries."""
     text = str(error).strip().splitlines()
     first = text[0] if text else type(error).__name__
     return first if len(first) <= 300 else first[:297] + "..."
@@ -211,7 +212,7 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
     except ExportError:
         raise
     except Exception as error:  # skl2onnx raises plain RuntimeError/NotImplementedError/TypeError subclasses
-        raise ExportError(f"skl2onnx cannot convert {label}: {_short(error)}", traceback.format_exc()) from error
+        raise ExportError(f"skl2onnx cannot convert {label}: {first_line(error)}", traceback.format_exc()) from error
     if matrix and not direct:
         graph = _matrix_input(graph, [c.name for c in inputs])
     graph.graph.name = label  # skl2onnx's random uuid would make the same model different bytes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import traceback
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from tasks.events import emit
 from tasks.features import Factory, build_estimator, default_grid, target_values, typed_features
 from tasks.lineage import lock_file
 from tasks.metrics import cv_scoring, holdout_metrics, log_classification_plots, log_importance, model_output
-from tasks.onnx_convert import ExportError, to_onnx
+from tasks.onnx_convert import ExportError, first_line, to_onnx
 from tasks.reference import log_reference
 from tasks.tracking import client
 
@@ -105,6 +106,11 @@ class TrainingSet:
     frame: pd.DataFrame
     spec: ModelSpec
 
+    @cached_property
+    def typed(self) -> pd.DataFrame:
+        """The spec's features of every row, typed as the model takes them (computed once per training set)."""
+        return typed_features(self.frame, self.spec)
+
     def split(self) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame, pd.Series]:
         """Typed features and target, train/holdout by row hash.
 
@@ -113,7 +119,7 @@ class TrainingSet:
         """
         spec = self.spec
         mask = holdout_mask(self.frame[[*spec.feature_names, spec.target.column]], spec.training.holdout)
-        features, target = typed_features(self.frame, spec), target_values(self.frame, spec)
+        features, target = self.typed, target_values(self.frame, spec)
         train, holdout = ~mask, mask
         if train.sum() < MIN_TRAIN_ROWS or holdout.sum() < MIN_HOLDOUT_ROWS:
             raise ValueError(
@@ -144,9 +150,8 @@ def probe_export(estimator: Any, grid: dict[str, list[Any]], data: TrainingSet, 
         open_session(converted.model.SerializeToString()).run(None, converted.feeds(sample.head(5)))
     except Exception as error:  # onnxruntime raises untyped errors (e.g. NOT_IMPLEMENTED kernels)
         name = type(estimator[-1] if hasattr(estimator, "steps") else estimator).__name__
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise ExportError(
-            f"onnxruntime cannot run the ONNX graph of {name}: {first}", traceback.format_exc()
+            f"onnxruntime cannot run the ONNX graph of {name}: {first_line(error)}", traceback.format_exc()
         ) from error
 
 
@@ -276,8 +281,9 @@ def train_candidate(
         if spec.task.is_classification:
             log_classification_plots(model, x_holdout, y_holdout)
         mlflow.log_dict(validation_reports, "validation/reports.json")
-        features = typed_features(data.frame, spec)
-        log_reference(data.frame.assign(**features), spec.numeric_features, model_output(spec.task, model, features))
+        log_reference(
+            data.frame.assign(**data.typed), spec.numeric_features, model_output(spec.task, model, data.typed)
+        )
         if (lock := lock_file()) is not None:
             mlflow.log_artifact(str(lock), "environment")
         info = mlflow.sklearn.log_model(
