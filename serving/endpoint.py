@@ -118,6 +118,11 @@ class RoutingTable:
         return self._cumulative[-1] if self._cumulative else 0
 
     @property
+    def live(self) -> tuple[Deployment, ...]:
+        """The deployments taking traffic (weight > 0)."""
+        return self._live
+
+    @property
     def shadows(self) -> tuple[Deployment, ...]:
         return tuple(d for d in self.deployments if d.shadow)
 

@@ -46,6 +46,8 @@ from serving.upstream import Response, Upstream, UpstreamError
 
 logger = logging.getLogger("serving.router")
 FORWARDED = (b"content-type", b"authorization", b"x-request-id", b"accept")
+READY_PROBE_SECONDS = 1.0  # readiness answers are reused this long
+READY_PROBE_TIMEOUT = 2.0  # a deployment that has not answered ready by then is not counted
 OWN_PATHS = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready", "/livez", "/readyz"})
 
 
@@ -118,6 +120,7 @@ class Router:
         self._sticky = config.sticky_header.lower().encode()
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._readiness: tuple[RoutingTable, float, int] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EndpointMetrics(config.model, lambda: self.table, self.stats))
 
@@ -168,7 +171,7 @@ class Router:
                 authorize(scope, self._admin)
                 reply = await self._admin_call(request, scope["method"], path)
             elif path in OWN_PATHS:
-                reply = self._own(path)
+                reply = await self._own(path)
             else:
                 await self._forward(request, scope, send)
                 return
@@ -178,13 +181,39 @@ class Router:
             reply = Reply(409, dumps({"error": str(error)}))
         await send_reply(send, reply)
 
-    def _own(self, path: str) -> Reply:
+    async def _own(self, path: str) -> Reply:
         if path == "/metrics":
             return Reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
         if path in ("/v2/health/live", "/livez"):
             return Reply(200, b'{"live":true}')
-        ready = self.table.total_weight > 0
-        return Reply(200 if ready else 503, dumps({"ready": ready, "deployments": len(self.table.deployments)}))
+        reachable = await self._reachable()
+        ready = reachable > 0
+        return Reply(
+            200 if ready else 503, dumps({"ready": ready, "deployments": len(self.table.live), "reachable": reachable})
+        )
+
+    async def _reachable(self) -> int:
+        """How many deployments taking traffic answer ready themselves (probed at most once per
+        ``READY_PROBE_SECONDS``, so a flood of readiness checks is not passed on to them)."""
+        now = time.monotonic()
+        table = self.table
+        cached = self._readiness
+        if cached is not None and cached[0] is table and now - cached[1] < READY_PROBE_SECONDS:
+            return cached[2]
+
+        async def answers(deployment: Deployment) -> bool:
+            upstream = self.upstreams.get(deployment.name)
+            if upstream is None:
+                return False
+            try:
+                response = await upstream.request(b"GET", b"/v2/health/ready", b"", b"", READY_PROBE_TIMEOUT)
+            except (UpstreamError, TimeoutError):
+                return False
+            return response.status == 200
+
+        reachable = sum(await asyncio.gather(*(answers(d) for d in table.live)))
+        self._readiness = (table, now, reachable)
+        return reachable
 
     # --- forwarding -------------------------------------------------------------------------
 

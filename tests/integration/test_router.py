@@ -191,3 +191,10 @@ def test_a_deployment_that_refuses_connections_is_bypassed_and_counted(
     assert {a.headers["x-mlops-deployment"] for a in answers} == {"v7"}
     stats = endpoint.admin("GET", "stats?since=0").json()["deployments"]
     assert stats["v9"]["codes"].get("502", 0) > 0 and stats["v9"]["errors"] == stats["v9"]["codes"]["502"]
+    ready = endpoint.http.get(f"{endpoint.url}/v2/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"ready": True, "deployments": 2, "reachable": 1})
+    # Every deployment taking traffic is dead: the endpoint says so instead of answering ready.
+    assert endpoint.admin("PUT", "weights", {"weights": {"v7": 0, "v9": 1}}).is_success
+    assert endpoint.predict().status_code == 502
+    ready = endpoint.http.get(f"{endpoint.url}/readyz")
+    assert (ready.status_code, ready.json()["ready"], ready.json()["reachable"]) == (503, False, 0)
