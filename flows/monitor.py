@@ -11,7 +11,8 @@ Each run takes one window of collected requests (default: the last hour) and
    ``performance.degraded`` when RMSE exceeds the champion's holdout RMSE by the policy's factor.
 
 Only rows served by the champion version are judged (its predictions are what its reference
-describes). Run with the defaults: ``python -m flows.monitor [--minutes 60]``.
+describes). Run with the defaults: ``python -m flows.monitor [--minutes 60]``; the scheduled
+deployment judges every model (:mod:`flows.monitor_all`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class MonitorOutcome:
     report_file: str | None = None
 
 
-@flow(name="monitor", log_prints=True)
+@flow(name="monitor-model", log_prints=True)
 def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     """Judge the last window of served requests: drift (Evidently), live-input quality (GX), delayed-label RMSE."""
     params = params or MonitorParameters()
