@@ -62,7 +62,7 @@ def monitor_all_flow(params: MonitorAllParameters | None = None) -> MonitorAllOu
         if state.is_completed():
             result.outcomes.append(state.result())
         else:
-            failed[name] = state.message or state.name
+            failed[name] = state.message or state.name or "failed"
     if failed:
         listed = "; ".join(f"{name}: {why}" for name, why in failed.items())
         raise MonitorFailedError(f"monitoring failed for {len(failed)} of {len(names)} models ({listed})")
