@@ -28,9 +28,28 @@ def support_vectors(numeric: list[str], categorical: list[str]) -> Any:
     return SVR()
 
 
-def wine_regression_frame() -> Any:
-    """A second regression table with other columns: wine colour intensity from its chemistry."""
-    from sklearn.datasets import load_wine
+CANCER_FEATURES = [
+    "mean texture",
+    "mean smoothness",
+    "mean compactness",
+    "mean concavity",
+    "mean symmetry",
+    "worst texture",
+    "worst smoothness",
+    "worst symmetry",
+]
+# A second regression model with other columns (names with spaces), beside diabetes on one stack.
+SECOND_REGRESSION = {
+    "target": {"column": "mean area"},
+    "features": [{"name": name, "kind": "numeric"} for name in CANCER_FEATURES],
+    "data": {"example": "tests.integration.factories:cancer_regression_frame"},
+}
 
-    frame = load_wine(as_frame=True).frame.drop(columns=["target"])
+
+def cancer_regression_frame() -> Any:
+    """The second regression table: tumour area from texture and shape measurements (569 rows; enough that
+    training-like traffic is not judged drifted by chance, as a bootstrap of wine's 178 rows was)."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame[[*CANCER_FEATURES, "mean area"]]
     return frame.sample(frac=1, random_state=0).reset_index(drop=True)

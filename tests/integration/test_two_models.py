@@ -31,17 +31,17 @@ from tasks.sample_data import drifted, land_batches
 from tasks.targets import ProcessTarget
 from tests.conftest import write_spec
 from tests.integration.conftest import model_events
+from tests.integration.factories import SECOND_REGRESSION, cancer_regression_frame
 
 WEAK = TrainingSpec(families=["ridge"], grid={"model__alpha": [10_000.0]})
 QUICK = RolloutConfig(steps=[50, 100], bake_seconds=1.0, min_requests=0)
-WINE_FEATURES = ["alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols", "flavanoids"]
 
 
 @dataclass(frozen=True)
 class Stack:
     settings: Settings
     first: str  # diabetes columns, the default model (MLOPS_MODEL_NAME)
-    second: str  # wine columns
+    second: str  # breast-cancer measurements (tests.integration.factories.SECOND_REGRESSION)
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +50,9 @@ def stack(
 ) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("two-models")
     tag = uuid.uuid4().hex[:6]
-    first, second = f"diabetes_{tag}", f"wine_{tag}"
+    first, second = f"diabetes_{tag}", f"cancer_{tag}"
     write_spec(root / "models", first)
-    write_spec(
-        root / "models",
-        second,
-        target={"column": "color_intensity"},
-        features=[{"name": name, "kind": "numeric"} for name in WINE_FEATURES],
-        ignore=["nonflavanoid_phenols", "proanthocyanins", "hue", "od280/od315_of_diluted_wines", "proline"],
-        data={"example": "tests.integration.factories:wine_regression_frame"},
-    )
+    write_spec(root / "models", second, **SECOND_REGRESSION)
     env = {
         "MLOPS_HOME": str(root / "home"),
         "MLOPS_MODELS_DIR": str(root / "models"),
@@ -102,15 +95,10 @@ DIABETES_ROW = {
     "s5": 4.5,
     "s6": 90.0,
 }
-WINE_ROW = {
-    "alcohol": 13.0,
-    "malic_acid": 2.0,
-    "ash": 2.4,
-    "alcalinity_of_ash": 19.0,
-    "magnesium": 100.0,
-    "total_phenols": 2.3,
-    "flavanoids": 2.0,
-}
+
+
+def second_row() -> dict[str, float]:
+    return dict(cancer_regression_frame().drop(columns=["mean area"]).iloc[0].to_dict())
 
 
 def test_each_model_is_released_behind_its_own_endpoint(stack: Stack) -> None:
@@ -120,7 +108,7 @@ def test_each_model_is_released_behind_its_own_endpoint(stack: Stack) -> None:
         assert outcome.rollout == "nothing_to_do", outcome.message
     assert endpoint_url(settings, stack.first) == f"http://127.0.0.1:{settings.endpoint_port}"
     assert endpoint_url(settings, stack.second) != endpoint_url(settings, stack.first)
-    first, second = answer(settings, stack.first, DIABETES_ROW), answer(settings, stack.second, WINE_ROW)
+    first, second = answer(settings, stack.first, DIABETES_ROW), answer(settings, stack.second, second_row())
     assert first.status_code == 200 and first.headers["x-mlops-deployment"] == deployment_name(stack.first, "1")
     assert second.status_code == 200 and second.headers["x-mlops-deployment"] == deployment_name(stack.second, "1")
     assert answer(settings, stack.second, DIABETES_ROW).status_code == 400  # the other model's columns: refused
@@ -143,10 +131,10 @@ def test_the_scheduled_monitoring_judges_each_model_on_its_own_traffic(stack: St
     started = time.time()
     first, second = (accepted_frame(settings.data_for(model)) for model in (stack.first, stack.second))
     assert first is not None and second is not None
-    serve_rows(settings, stack.first, drifted(first.sample(200, replace=True, random_state=3)))
-    # All of wine's 178 rows as they are: a bootstrap resample of so small a table moves a column's
-    # normed Wasserstein distance past 0.1 by chance (malic_acid did).
-    serve_rows(settings, stack.second, second)
+    # 1000 rows each: on 200 rows drawn from the training table itself, the normed Wasserstein distance
+    # of most breast-cancer columns is over 0.1 by chance (it falls under 0.06 from 1000 rows)
+    serve_rows(settings, stack.first, drifted(first.sample(1000, replace=True, random_state=3)))
+    serve_rows(settings, stack.second, second.sample(1000, replace=True, random_state=3))
     time.sleep(0.5)  # the collector writes every 0.1 s
     ended = time.time()
     result = monitor_all_flow(
@@ -154,7 +142,7 @@ def test_the_scheduled_monitoring_judges_each_model_on_its_own_traffic(stack: St
     )
     judged = {outcome.model_name: outcome for outcome in result.outcomes}
     assert set(judged) == {stack.first, stack.second} and result.without_champion == []
-    assert (judged[stack.first].rows, judged[stack.second].rows) == (200, len(second))
+    assert judged[stack.first].rows == judged[stack.second].rows == 1000
     assert judged[stack.first].drift["drifted"] is True, judged[stack.first].message
     assert judged[stack.second].drift["drifted"] is False, judged[stack.second].message
     assert [event.event for event in model_events(stack.first, since, "drift.", {"drift.detected"})] == [
@@ -172,7 +160,9 @@ def test_rolling_back_one_model_leaves_the_other_serving_and_promoting_it_leaves
     )
     assert rolled_back.rollout == "rolled_back", rolled_back.message
     assert deployment_name(stack.second, "1") in target.running()
-    assert answer(settings, stack.second, WINE_ROW).headers["x-mlops-deployment"] == deployment_name(stack.second, "1")
+    assert answer(settings, stack.second, second_row()).headers["x-mlops-deployment"] == deployment_name(
+        stack.second, "1"
+    )
 
     promoted = release_flow(
         ReleaseParameters(version="challenger", model_name=stack.second, image="never", rollout=QUICK)
@@ -182,7 +172,9 @@ def test_rolling_back_one_model_leaves_the_other_serving_and_promoting_it_leaves
     assert answer(settings, stack.first, DIABETES_ROW).headers["x-mlops-deployment"] == deployment_name(
         stack.first, "1"
     )
-    assert answer(settings, stack.second, WINE_ROW).headers["x-mlops-deployment"] == deployment_name(stack.second, "2")
+    assert answer(settings, stack.second, second_row()).headers["x-mlops-deployment"] == deployment_name(
+        stack.second, "2"
+    )
 
 
 def test_mlops_down_stops_every_model_of_the_home(stack: Stack) -> None:
