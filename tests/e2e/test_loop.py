@@ -1,11 +1,13 @@
-"""The whole loop, closed by Prefect's own machinery: a real ``prefect server start``, a process worker
+"""The whole loop, closed by Prefect's own machinery: a real ``prefect server start``, one process worker
 running the deployments of ``prefect.yaml`` (registered with ``prefect deploy --all``), the
-automations applied from code, the real MLflow server, and the endpoint with its deployments.
+automations applied from code, the real MLflow server, and two models, each behind its own endpoint.
 
-Drifted traffic is collected -> the monitor deployment emits ``drift.detected`` -> the
-retrain-on-drift automation runs the training deployment on the data that landed -> a better
-challenger is registered -> the release-challenger automation runs the release deployment -> the
-canary is promoted. A second drift alarm inside the cooldown starts nothing. New data that fails
+Drifted traffic to the first model is collected -> the monitor deployment emits ``drift.detected``
+for it -> the retrain-on-drift automation runs the training deployment on the data that landed -> a
+better challenger is registered -> the release-challenger automation runs the release deployment ->
+the canary is promoted. A second drift alarm inside the cooldown starts nothing. The second model,
+judged by the same monitor runs on its training-like traffic, is never retrained or released and
+answers throughout. New data that fails
 validation, announced by the landing check, is quarantined and posted to a webhook (a local HTTP
 server here).
 """
@@ -30,6 +32,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cli.stack import down
 from cli.traffic import BackgroundTraffic
 from deployments.automations import TAG
 from deployments.prefect_server import start_prefect, stop_prefect
@@ -37,11 +40,11 @@ from deployments.prefect_worker import PROJECT, _prefect, deploy_all, start_work
 from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
 from mlops.process import free_port
 from mlops.settings import Settings
-from tasks.endpoint_admin import stop_endpoint
+from tasks.endpoint_admin import endpoint_url
 from tasks.ingest import accepted_frame
 from tasks.sample_data import drifted, land_batches
-from tasks.targets import ProcessTarget
-from tests.conftest import model_env
+from tests.conftest import model_env, write_spec
+from tests.integration.factories import SECOND_REGRESSION
 
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}
 RELEASE = {"params": {"version": "challenger", "image": "never", "rollout": ROLLOUT}}
@@ -79,6 +82,7 @@ class Loop:
     settings: Settings
     env: dict[str, str]
     api: str
+    other: str  # a second model on the same stack, never drifted
 
     def cli(self, *args: str, timeout: float = 300) -> str:
         result = subprocess.run(list(args), cwd=PROJECT, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -104,8 +108,8 @@ class Loop:
         )
         return sorted(runs, key=lambda run: run["created"])
 
-    def events(self, since: datetime, prefixes: list[str]) -> list[dict[str, Any]]:
-        name = self.settings.model_name
+    def events(self, since: datetime, prefixes: list[str], model: str | None = None) -> list[dict[str, Any]]:
+        name = model or self.settings.model_name
         body = {
             "filter": {
                 "occurred": {"since": since.isoformat()},
@@ -139,6 +143,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterator[Loop]:
     root = tmp_path_factory.mktemp("loop")
     mlflow = MlflowServerConfig.scratch(root / "mlflow", free_port())
+    other = f"other_{os.urandom(4).hex()}"
+    write_spec(root / "models", other, **SECOND_REGRESSION)
     values = {
         **model_env(root, "looped"),
         "MLFLOW_TRACKING_URI": mlflow.url,
@@ -165,14 +171,11 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
             start_prefect(settings)
             start_worker(settings)  # creates the local-process pool
             deploy_all(settings)
-            loop = Loop(settings, env, settings.prefect_url)
+            loop = Loop(settings, env, settings.prefect_url, other)
             yield loop
         finally:
             stop_worker(settings)
-            target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
-            for deployment in target.running():
-                target.stop(deployment)
-            stop_endpoint(settings)
+            down(settings)
             stop_prefect(settings)
             stop_mlflow(mlflow)
 
@@ -192,24 +195,44 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     }
     assert set(apply_automations(loop).values()) == {"unchanged"}  # idempotent
 
-    # The first champion, trained and put behind the endpoint by CLI-triggered deployment runs.
+    # The first champions, trained and put behind their endpoints by CLI-triggered deployment runs.
     land_batches(settings.landing_for(), [0])
     assert "Completed" in loop.run_deployment("train/weekly")
     assert loop.alias("champion") == "1"
     release = {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}}
     assert "Completed" in loop.run_deployment("release/challenger", release)
+    other = loop.other
+    land_batches(settings.landing_for(other), [0, 1, 2, 3], spec=settings.spec(other))
+    assert "Completed" in loop.run_deployment("train/weekly", {"params": {"model": other}})
+    other_release = {"params": {**release["params"], "model_name": other}}
+    assert "Completed" in loop.run_deployment("release/challenger", other_release)
 
     frame = accepted_frame(settings.data_for())
     assert frame is not None
     rows = drifted(frame)[list(settings.spec().feature_names)].to_numpy().tolist()
     land_batches(settings.landing_for(), [1, 2, 3])  # the labelled data a retraining will find
+    other_frame = accepted_frame(settings.data_for(other))
+    assert other_frame is not None
+    other_columns = list(settings.spec(other).feature_names)
+    other_rows = other_frame[other_columns].to_numpy().tolist()
 
     endpoint = f"http://127.0.0.1:{settings.endpoint_port}/invocations"
     body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
+    other_body = lambda rng: {  # noqa: E731  training-like rows, ten per request
+        "dataframe_split": {
+            "columns": other_columns,
+            "data": [other_rows[rng.randrange(len(other_rows))] for _ in range(10)],
+        }
+    }
     started = datetime.now(UTC)
     clock = time.monotonic()
-    with BackgroundTraffic(endpoint, body, max_seconds=600, concurrency=2, pause=0.01) as traffic:
+    other_url = f"{endpoint_url(settings, other)}/invocations"
+    with (
+        BackgroundTraffic(endpoint, body, max_seconds=600, concurrency=2, pause=0.01) as traffic,
+        BackgroundTraffic(other_url, other_body, max_seconds=600, concurrency=1, pause=0.01) as other_traffic,
+    ):
         wait_for("300 served requests", lambda: traffic.result.requests >= 300, timeout=60, interval=0.5)
+        wait_for("the other model's 1000 rows", lambda: other_traffic.result.requests >= 100, timeout=60, interval=0.5)
         assert "Completed" in loop.run_deployment("monitor/hourly")
         promoted = wait_for("the challenger to be promoted", lambda: loop.alias("champion") == "2", timeout=600)
         loop_seconds = time.monotonic() - clock
@@ -220,6 +243,11 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
         assert "Completed" in loop.run_deployment("monitor/hourly")
         time.sleep(15)  # the automation fired within seconds the first time; give it more than that now
     assert traffic.result.connection_errors == 0 and traffic.result.server_errors == 0, traffic.result.errors[:3]
+    # The other model answered throughout, from its first version, and nothing judged it drifted.
+    assert other_traffic.result.connection_errors == 0 and other_traffic.result.server_errors == 0
+    assert set(other_traffic.result.statuses) == {200}
+    assert set(other_traffic.result.deployments) == {f"{other}-v1"}
+    assert [e["event"] for e in loop.events(started, ["drift.", "model.", "rollout."], model=other)] == []
 
     events = loop.events(started, ["drift.", "model.", "rollout.", "data."])
     names = [event["event"] for event in events]
@@ -243,13 +271,17 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     trains = loop.flow_runs("train/weekly")
     releases = loop.flow_runs("release/challenger")
     monitors = loop.flow_runs("monitor/hourly")
-    assert [run["state_type"] for run in trains] == ["COMPLETED", "COMPLETED"]  # setup + drift; none for alarm 2
-    assert [run["state_type"] for run in releases] == ["COMPLETED", "COMPLETED"]
-    assert [run["state_type"] for run in monitors] == ["COMPLETED", "COMPLETED"]
+    # setup of each model + the drifted one's retraining; none for alarm 2, none for the other model
+    assert [run["state_type"] for run in trains] == ["COMPLETED"] * 3
+    assert [run["state_type"] for run in releases] == ["COMPLETED"] * 3
+    trained = [run["parameters"]["params"].get("model") for run in trains]
+    assert trained == [None, other, settings.model_name], trained
+    assert [run["state_type"] for run in monitors] == ["COMPLETED", "COMPLETED"]  # each judged both models
     first_drift = datetime.fromisoformat(events[positions[0]]["occurred"])
-    assert datetime.fromisoformat(trains[1]["created"]) > first_drift
-    assert trains[1]["created_by"]["type"] == "AUTOMATION", trains[1]["created_by"]
-    assert releases[1]["created_by"]["type"] == "AUTOMATION"
+    assert datetime.fromisoformat(trains[2]["created"]) > first_drift
+    assert trains[2]["created_by"]["type"] == "AUTOMATION", trains[2]["created_by"]
+    assert releases[2]["created_by"]["type"] == "AUTOMATION"
+    assert releases[2]["parameters"]["params"]["model_name"] == settings.model_name
     timeline = "\n".join(f"{event['occurred']}  {event['event']}" for event in events)
     (settings.resolved_home / "loop-timeline.txt").write_text(f"{timeline}\nloop {loop_seconds:.1f} s\n")
     print(f"event chain:\n{timeline}\ndrift traffic -> promoted: {loop_seconds:.1f} s")
