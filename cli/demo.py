@@ -2,9 +2,9 @@
 
 1. MLflow and Prefect servers, the process worker, the deployments of ``prefect.yaml`` and the
    automations (``mlops up`` + ``mlops deploy``);
-2. the first champion, trained by the ``train/weekly`` deployment and put behind the endpoint;
+2. the first champion, trained by the model's ``train/<model>`` deployment and put behind the endpoint;
 3. traffic through the endpoint whose inputs have drifted, and new labelled data landing;
-4. the ``monitor/hourly`` deployment judges the traffic; from there on only Prefect automations
+4. the ``monitor-model/<model>`` deployment judges the traffic; from there on only Prefect automations
    act: ``drift.detected`` -> retraining -> ``model.registered`` (challenger) -> release (an image
    where a Docker engine answers, a process deployment otherwise) -> canary -> promoted.
 
@@ -140,8 +140,9 @@ def run_demo(settings: Settings, family: str) -> int:
     if alias_version(tracking, model, "champion") is None:
         if batch_name(0) not in ingested:
             land_batches(landing, [0])
-        progress("training the first champion on batch 0 (deployment train/weekly) ...")
-        _run("train/weekly", {"params": {"training": {**spec.training.model_dump(mode="json"), "families": [family]}}})
+        progress(f"training the first champion on batch 0 (deployment train/{model}) ...")
+        training = {**spec.training.model_dump(mode="json"), "families": [family]}
+        _run(f"train/{model}", {"params": {"model": model, "training": training}})
     champion = alias_version(tracking, model, "champion")
     progress(f"version {champion} is the champion; putting it behind the endpoint ...")
     _run("release/challenger", {"params": {"version": "champion", "image": "auto", "rollout": rollout}})
@@ -163,7 +164,7 @@ def run_demo(settings: Settings, family: str) -> int:
         landed = time.monotonic()
         land_batches(landing, later)
         progress(f"new labelled data landed ({len(later)} batches); the monitor judges the last hour ...")
-        _run("monitor/hourly")
+        _run(f"monitor-model/{model}")
         end = follow(model, since, progress, timeout=900)
         seconds = time.monotonic() - landed
         served = sum(traffic.result.statuses.values())

@@ -3,10 +3,10 @@
 =====================  ===========================================  ==========================================
 automation             trigger                                      action
 =====================  ===========================================  ==========================================
-retrain-on-drift       ``drift.detected`` / ``performance.degraded``  run ``train/weekly`` for that model
+retrain-on-drift       ``drift.detected`` / ``performance.degraded``  run ``train/triggered`` for that model
                        on a model; once per cooldown per model
 release-challenger     ``model.registered`` with alias challenger   run ``release/challenger`` for that model
-train-on-new-data      ``data.landed`` (the landing check)          run ``train/weekly`` for that model; once per
+train-on-new-data      ``data.landed`` (the landing check)          run ``train/triggered`` for that model; once per
                                                                     cooldown per model
 notify-on-trouble      ``data.rejected`` / ``rollout.rolled_back``   post to the ``mlops-notify`` webhook block
 =====================  ===========================================  ==========================================
@@ -38,7 +38,7 @@ from prefect.exceptions import ObjectNotFound
 from mlops.settings import Settings, get_settings
 
 TAG = "mlops"
-TRAIN = "train/weekly"
+TRAIN = "train/triggered"
 RELEASE = "release/challenger"
 NOTIFY_BLOCK = "mlops-notify"
 MODELS = {"prefect.resource.id": "mlops.model.*"}

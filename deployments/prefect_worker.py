@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deployments.model_deployments import write_deployment_file
 from mlops.process import ManagedServer, start, stop
 from mlops.settings import Settings
 
@@ -59,10 +60,12 @@ class DeployError(RuntimeError):
 
 
 def deploy_all(settings: Settings, timeout: float = 300.0) -> str:
-    """Register every deployment of ``prefect.yaml`` on the server in ``settings``; returns the CLI's output."""
+    """Register every deployment of ``prefect.yaml`` and each model's own (train/<model>,
+    monitor-model/<model>) on the server in ``settings``; returns the CLI's output."""
+    project_file = write_deployment_file(settings)
     env = {**os.environ, "PREFECT_API_URL": settings.prefect_url}
     result = subprocess.run(
-        [_prefect(), "--no-prompt", "deploy", "--all"],
+        [_prefect(), "--no-prompt", "deploy", "--all", "--prefect-file", str(project_file)],
         cwd=PROJECT,
         env=env,
         capture_output=True,

@@ -191,6 +191,30 @@ class PromotionSpec(_Strict):
     )
 
 
+CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#-]+$")
+
+
+class ScheduleSpec(_Strict):
+    """When the model's own Prefect deployments run by themselves (cron, five fields; null: never)."""
+
+    train: str | None = Field("0 3 * * 1", description="Training (deployment train/<model>); default Mondays 03:00.")
+    monitor: str | None = Field(
+        "5 * * * *",
+        description="Monitoring of the last window (deployment monitor-model/<model>); default hourly at :05.",
+    )
+    timezone: str = Field("UTC", description="Time zone of both schedules (IANA name).")
+
+    @field_validator("train", "monitor")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        fields = value.split() if value is not None else []
+        if value is not None and (len(fields) != 5 or not all(CRON_FIELD.match(part) for part in fields)):
+            raise ValueError(
+                f"{value!r} is not a cron schedule: five fields (minute hour day month weekday), e.g. '0 3 * * 1'"
+            )
+        return value
+
+
 class ModelSpec(_Strict):
     """Everything the system needs to know about one model."""
 
@@ -209,6 +233,7 @@ class ModelSpec(_Strict):
     validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
     monitoring: MonitorPolicy = Field(default_factory=MonitorPolicy)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    schedules: ScheduleSpec = Field(default_factory=ScheduleSpec)
 
     @field_validator("features")
     @classmethod

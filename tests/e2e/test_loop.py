@@ -197,13 +197,13 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
 
     # The first champions, trained and put behind their endpoints by CLI-triggered deployment runs.
     land_batches(settings.landing_for(), [0])
-    assert "Completed" in loop.run_deployment("train/weekly")
+    assert "Completed" in loop.run_deployment(f"train/{settings.model_name}")  # the model's own deployment
     assert loop.alias("champion") == "1"
     release = {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}}
     assert "Completed" in loop.run_deployment("release/challenger", release)
     other = loop.other
     land_batches(settings.landing_for(other), [0, 1, 2, 3], spec=settings.spec(other))
-    assert "Completed" in loop.run_deployment("train/weekly", {"params": {"model": other}})
+    assert "Completed" in loop.run_deployment(f"train/{other}")
     other_release = {"params": {**release["params"], "model_name": other}}
     assert "Completed" in loop.run_deployment("release/challenger", other_release)
 
@@ -233,14 +233,14 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     ):
         wait_for("300 served requests", lambda: traffic.result.requests >= 300, timeout=60, interval=0.5)
         wait_for("the other model's 1000 rows", lambda: other_traffic.result.requests >= 100, timeout=60, interval=0.5)
-        assert "Completed" in loop.run_deployment("monitor/hourly")
+        assert "Completed" in loop.run_deployment("monitor/all-models")
         promoted = wait_for("the challenger to be promoted", lambda: loop.alias("champion") == "2", timeout=600)
         loop_seconds = time.monotonic() - clock
         assert promoted
         # A second alarm inside the cooldown: v2 sees the same shifted traffic, the monitor says so again.
         v2 = f"{settings.model_name}-v2"
         wait_for("v2 to serve 200 requests", lambda: traffic.result.deployments[v2] >= 200, timeout=120, interval=1)
-        assert "Completed" in loop.run_deployment("monitor/hourly")
+        assert "Completed" in loop.run_deployment("monitor/all-models")
         time.sleep(15)  # the automation fired within seconds the first time; give it more than that now
     assert traffic.result.connection_errors == 0 and traffic.result.server_errors == 0, traffic.result.errors[:3]
     # The other model answered throughout, from its first version, and nothing judged it drifted.
@@ -268,18 +268,21 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     assert registered["resource"]["mlops.alias"] == "challenger" and registered["payload"]["version"] == "2"
     assert names.count("drift.detected") == 2
 
-    trains = loop.flow_runs("train/weekly")
+    # each model's setup run on its own deployment; the automation's retraining of the drifted model only
+    # (none for alarm 2, none for the other model)
+    own = [loop.flow_runs(f"train/{model}") for model in (settings.model_name, other)]
+    assert [[run["state_type"] for run in runs] for runs in own] == [["COMPLETED"], ["COMPLETED"]]
+    trains = loop.flow_runs("train/triggered")
     releases = loop.flow_runs("release/challenger")
-    monitors = loop.flow_runs("monitor/hourly")
-    # setup of each model + the drifted one's retraining; none for alarm 2, none for the other model
-    assert [run["state_type"] for run in trains] == ["COMPLETED"] * 3
+    monitors = loop.flow_runs("monitor/all-models")
+    assert [(run["state_type"], run["parameters"]["params"]["model"]) for run in trains] == [
+        ("COMPLETED", settings.model_name)
+    ]
     assert [run["state_type"] for run in releases] == ["COMPLETED"] * 3
-    trained = [run["parameters"]["params"].get("model") for run in trains]
-    assert trained == [None, other, settings.model_name], trained
     assert [run["state_type"] for run in monitors] == ["COMPLETED", "COMPLETED"]  # each judged both models
     first_drift = datetime.fromisoformat(events[positions[0]]["occurred"])
-    assert datetime.fromisoformat(trains[2]["created"]) > first_drift
-    assert trains[2]["created_by"]["type"] == "AUTOMATION", trains[2]["created_by"]
+    assert datetime.fromisoformat(trains[0]["created"]) > first_drift
+    assert trains[0]["created_by"]["type"] == "AUTOMATION", trains[0]["created_by"]
     assert releases[2]["created_by"]["type"] == "AUTOMATION"
     assert releases[2]["parameters"]["params"]["model_name"] == settings.model_name
     timeline = "\n".join(f"{event['occurred']}  {event['event']}" for event in events)
@@ -291,12 +294,12 @@ def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_w
     loop: Loop, receiver: Receiver
 ) -> None:
     settings = loop.settings
-    if not loop.flow_runs("train/weekly"):
+    if not loop.flow_runs(f"train/{settings.model_name}"):
         apply_automations(loop)
     bad = pd.DataFrame({"age": [0.01, 0.02], "sex": ["x", "y"]})  # columns missing, one not numeric
     Path(settings.landing_for()).mkdir(parents=True, exist_ok=True)
     bad.to_csv(Path(settings.landing_for()) / "batch-9999.csv", index=False)
-    trains_before = len(loop.flow_runs("train/weekly"))
+    trains_before = len(loop.flow_runs("train/triggered"))
 
     assert "Completed" in loop.run_deployment("landing/check")
     posts = wait_for("the webhook notice", lambda: [p for p in receiver.posts if "data.rejected" in p["subject"]], 180)
@@ -307,7 +310,7 @@ def test_rejected_new_data_is_announced_by_the_landing_check_and_posted_to_the_w
     runs = wait_for(
         "the training run to end",
         lambda: (
-            (runs := loop.flow_runs("train/weekly"))[-1]["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and runs
+            (runs := loop.flow_runs("train/triggered"))[-1]["state_type"] in ("COMPLETED", "FAILED", "CRASHED") and runs
         ),
         timeout=120,
         interval=1,
@@ -343,11 +346,11 @@ def test_the_prefect_and_mlflow_uis_show_the_loop(loop: Loop) -> None:
     settings = loop.settings
     name = settings.model_name
     prefect_ui = settings.prefect_url.removesuffix("/api")
-    automated = [run["name"] for run in loop.flow_runs("train/weekly") + loop.flow_runs("release/challenger")]
+    automated = [run["name"] for run in loop.flow_runs("train/triggered") + loop.flow_runs("release/challenger")]
     automations = [a["name"] for a in loop.post("/automations/filter", {}) if TAG in a["tags"]]
     pages = [
         ("prefect-runs", f"{prefect_ui}/runs", automated),
-        ("prefect-deployments", f"{prefect_ui}/deployments", ["weekly", "challenger", "hourly", "check", "on-demand"]),
+        ("prefect-deployments", f"{prefect_ui}/deployments", ["triggered", "challenger", "all-models", "check", "on-demand", name]),
         ("prefect-automations", f"{prefect_ui}/automations", automations),
         ("mlflow-model", f"{settings.tracking_uri}/#/models/{name}", ["champion", "Version 2", "Version 1"]),
         (

@@ -39,6 +39,7 @@ BAD = [
     ({"ids": ["target"]}, "column 'target' is both in target and in ids"),
     ({"promotion": {"primary": "accuracy"}}, "is not a regression metric"),
     ({"unknown_field": 1}, "unknown_field: Extra inputs are not permitted"),
+    ({"schedules": {"train": "0 3 * *"}}, "schedules.train: '0 3 * *' is not a cron schedule: five fields"),
     ({"validation": {"range_margin": -1}}, "validation.range_margin"),
     ({"rollout": {"steps": [50, 10]}}, "rollout.steps"),
 ]
