@@ -350,7 +350,11 @@ def test_the_prefect_and_mlflow_uis_show_the_loop(loop: Loop) -> None:
     automations = [a["name"] for a in loop.post("/automations/filter", {}) if TAG in a["tags"]]
     pages = [
         ("prefect-runs", f"{prefect_ui}/runs", automated),
-        ("prefect-deployments", f"{prefect_ui}/deployments", ["triggered", "challenger", "all-models", "check", "on-demand", name]),
+        (
+            "prefect-deployments",
+            f"{prefect_ui}/deployments",
+            ["triggered", "challenger", "all-models", "check", "on-demand", name],
+        ),
         ("prefect-automations", f"{prefect_ui}/automations", automations),
         ("mlflow-model", f"{settings.tracking_uri}/#/models/{name}", ["champion", "Version 2", "Version 1"]),
         (
