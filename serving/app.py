@@ -33,11 +33,13 @@ from serving.asgi import (
     send_reply,
 )
 from serving.batching import MicroBatcher
+from serving.binary import EXTENSION, HEADER
 from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
 from serving.model import OnnxModel
-from serving.protocols import mlflow_matrix, v2_matrix
+from serving.protocols import mlflow_matrix
+from serving.v2 import infer_reply, parse_infer
 
 SERVER_NAME = "mlops-onnx-server"
 SERVER_VERSION = "1"
@@ -69,6 +71,7 @@ class ServingApp:
         self.collector = collector
         if collector is not None:
             self.metrics.watch(collector)
+        self._outputs = (self.meta.output_name,)
         self._auth = bearer(config.token)
         self._faulty = bool(config.fault_error_share or config.fault_delay_ms)
         self._fault_count = 0
@@ -211,7 +214,7 @@ class ServingApp:
         return Reply(200 if ready else 503, dumps({"ready": ready}))
 
     async def server_metadata(self, request: Request) -> Reply:
-        return Reply(200, dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []}))
+        return Reply(200, dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": [EXTENSION]}))
 
     async def model_metadata(self, request: Request) -> Reply:
         self.check_model(request.params)
@@ -248,25 +251,11 @@ class ServingApp:
         self.check_model(request.params)
         if self._faulty:
             await self.inject_faults()
-        matrix, given_id = v2_matrix(await request.body(), self.features, self.config.max_rows)
-        predictions = await self.score(matrix, request.request_id)
-        output = {
-            "name": self.meta.output_name,
-            "datatype": "FP64",
-            "shape": [len(predictions), 1],
-            "data": predictions,
-        }
-        return Reply(
-            200,
-            dumps(
-                {
-                    "model_name": self.meta.name,
-                    "model_version": self.meta.version,
-                    "id": str(given_id) if given_id is not None else request.request_id,
-                    "outputs": [output],
-                }
-            ),
-        )
+        body = await request.body()
+        parsed = parse_infer(body, request.header(HEADER), self.features, self._outputs, self.config.max_rows)
+        predictions = await self.score(parsed.matrix, request.request_id)
+        meta = self.meta
+        return infer_reply(parsed, meta.name, meta.version, request.request_id, {meta.output_name: predictions})
 
     async def invocations(self, request: Request) -> Reply:
         if self._faulty:

@@ -28,6 +28,7 @@ class Reply:
     status: int
     body: bytes
     content_type: bytes = JSON
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def authorize(scope: Scope, expected: bytes | None) -> None:
 
 async def send_reply(send: Send, reply: Reply, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = [(b"content-type", reply.content_type), (b"content-length", str(len(reply.body)).encode())]
+    headers.extend(reply.headers)
     if extra:
         headers.extend(extra)
     if reply.status == 401:

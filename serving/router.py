@@ -35,17 +35,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
+import numpy as np
 import orjson
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from serving.asgi import Receive, Reply, Request, RequestError, Scope, Send, authorize, bearer, dumps, send_reply
+from serving.binary import HEADER
 from serving.config import ConfigError, EnvConfig
 from serving.endpoint import Deployment, DeploymentStats, EndpointError, EndpointMetrics, RoutingTable
 from serving.upstream import Response, Upstream, UpstreamError
 
 logger = logging.getLogger("serving.router")
-FORWARDED = (b"content-type", b"authorization", b"x-request-id", b"accept")
+FORWARDED = (b"content-type", b"authorization", b"x-request-id", b"accept", HEADER)
 READY_PROBE_SECONDS = 1.0  # readiness answers are reused this long
 READY_PROBE_TIMEOUT = 2.0  # a deployment that has not answered ready by then is not counted
 OWN_PATHS = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready", "/livez", "/readyz"})
@@ -86,10 +88,12 @@ class RouterConfig(EnvConfig):
             raise ConfigError("timeout and max_body_bytes must be > 0, drain_timeout >= 0")
 
 
-def predictions_of(body: bytes) -> tuple[float, ...]:
-    """The predictions in a model server's JSON answer (MLflow or v2 style); () if there are none."""
+def predictions_of(body: bytes, header_length: bytes | None = None) -> tuple[float, ...]:
+    """The predictions in a model server's answer (MLflow or v2 style, v2 outputs as JSON or as binary tensor
+    data after a JSON part of ``header_length`` bytes); () if there are none."""
+    text = body if header_length is None else body[: int(header_length)] if header_length.isdigit() else b""
     try:
-        content = orjson.loads(body)
+        content = orjson.loads(text)
     except orjson.JSONDecodeError:
         return ()
     if not isinstance(content, dict):
@@ -97,9 +101,12 @@ def predictions_of(body: bytes) -> tuple[float, ...]:
     values = content.get("predictions")
     if values is None:
         outputs = content.get("outputs")
-        values = (
-            outputs[0].get("data") if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict) else None
-        )
+        first = outputs[0] if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict) else {}
+        values = first.get("data")
+        size = (first.get("parameters") or {}).get("binary_data_size") if isinstance(first, dict) else None
+        if values is None and header_length is not None and first.get("datatype") == "FP64" and type(size) is int:
+            start = len(text)
+            return tuple(np.frombuffer(body[start : start + size], dtype="<f8").tolist()) if size % 8 == 0 else ()
     if not isinstance(values, list):
         return ()
     flat = [v[0] if isinstance(v, list) and v else v for v in values]
@@ -252,9 +259,10 @@ class Router:
             (b"x-mlops-model-version", deployment.version.encode()),
         ]
         content_type = response.header(b"content-type") or b"application/json"
-        request_id = response.header(b"x-request-id")
-        if request_id is not None:
-            extra.append((b"x-request-id", request_id))
+        for name in (b"x-request-id", HEADER):
+            value = response.header(name)
+            if value is not None:
+                extra.append((name, value))
         await send_reply(send, Reply(response.status, response.body, content_type), extra)
         shadows = self.table.shadows
         if shadows and random.random() < self.table.mirror:
@@ -277,7 +285,7 @@ class Router:
             stats.observe(502, time.perf_counter() - start, ())
             logger.warning("deployment %s: %s", deployment.name, error)
             return None
-        predictions = predictions_of(response.body) if response.status == 200 else ()
+        predictions = predictions_of(response.body, response.header(HEADER)) if response.status == 200 else ()
         stats.observe(response.status, time.perf_counter() - start, predictions)
         return response
 

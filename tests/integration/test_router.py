@@ -198,3 +198,26 @@ def test_a_deployment_that_refuses_connections_is_bypassed_and_counted(
     assert endpoint.predict().status_code == 502
     ready = endpoint.http.get(f"{endpoint.url}/readyz")
     assert (ready.status_code, ready.json()["ready"], ready.json()["reachable"]) == (503, False, 0)
+
+
+def test_the_triton_client_binary_extension_passes_through_the_router(endpoint: Endpoint) -> None:
+    """Binary request data and binary outputs are forwarded unchanged, and the router still reads the
+    predictions it records (for the rollout's comparison) out of the binary answer."""
+    import tritonclient.http as triton
+
+    rows = np.array([ROW, [0.5, -2.0, 30.0]])
+    client = triton.InferenceServerClient(endpoint.url.removeprefix("http://"))
+    try:
+        tensor = triton.InferInput("input", list(rows.shape), "FP64")
+        tensor.set_data_from_numpy(rows, binary_data=True)
+        through_router = client.infer("tiny", [tensor]).as_numpy("variable")
+    finally:
+        client.close()
+    direct = endpoint.http.post(
+        f"{endpoint.servers['v7']}/v2/models/tiny/infer",
+        json={"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "data": rows.tolist()}]},
+    ).json()["outputs"][0]["data"]
+    assert through_router is not None
+    assert through_router.reshape(-1).tolist() == pytest.approx([d[0] if isinstance(d, list) else d for d in direct])
+    recorded = endpoint.admin("GET", "stats?since=0").json()["deployments"]["v7"]["predictions"]
+    assert recorded[-2:] == pytest.approx(through_router.reshape(-1).tolist())

@@ -227,3 +227,48 @@ def test_an_unknown_registry_version_is_refused_with_the_reason(trained: Trained
     assert refused.process.wait(60) == 2
     stderr = refused.process.communicate()[1]
     assert f"models:/{trained.settings.model_name}/99 does not resolve to a model version" in stderr
+
+
+def test_the_triton_http_client_is_answered_with_binary_data_on_and_off(trained: Trained, served: Server) -> None:
+    """tritonclient.http sends binary tensor data by default and asks for binary outputs: the extension."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    settings = trained.settings
+    name = settings.model_name
+    features = list(settings.spec().feature_names)
+    rows = trained.frame[features].head(20)
+    sklearn_model = mlflow.sklearn.load_model(f"models:/{name}@champion")
+    client = triton.InferenceServerClient(served.url.removeprefix("http://"))
+    try:
+        assert "binary_tensor_data" in client.get_server_metadata(headers=auth())["extensions"]
+        meta = client.get_model_metadata(name, headers=auth())
+        matrix_input, output = meta["inputs"][0]["name"], meta["outputs"][0]["name"]
+        for datatype, dtype in (("FP64", np.float64), ("FP32", np.float32)):
+            values = rows.to_numpy().astype(dtype)
+            expected = sklearn_model.predict(pd.DataFrame(values.astype(np.float64), columns=features))
+            for binary in (True, False):
+                tensor = triton.InferInput(matrix_input, list(values.shape), datatype)
+                tensor.set_data_from_numpy(values, binary_data=binary)
+                result = client.infer(name, [tensor], headers=auth())  # outputs as binary data by default
+                answer = result.as_numpy(output)
+                assert answer is not None and answer.shape == (len(rows), 1), (datatype, binary)
+                assert np.max(np.abs(answer.reshape(-1) - expected)) <= trained.tolerance, (datatype, binary)
+
+        # one binary tensor per column, a JSON output asked for by name
+        columns = []
+        for feature in features:
+            column = triton.InferInput(feature, [len(rows)], "FP64")
+            column.set_data_from_numpy(rows[feature].to_numpy(), binary_data=True)
+            columns.append(column)
+        wanted = [triton.InferRequestedOutput(output, binary_data=False)]
+        result = client.infer(name, columns, outputs=wanted, headers=auth(), request_id="mine-1")
+        assert result.get_response()["id"] == "mine-1"
+        assert "data" in result.get_output(output)
+        expected = sklearn_model.predict(rows)
+        assert np.max(np.abs(result.as_numpy(output).reshape(-1) - expected)) <= trained.tolerance
+
+        with pytest.raises(InferenceServerException, match="unknown output"):
+            client.infer(name, columns, outputs=[triton.InferRequestedOutput("nope")], headers=auth())
+    finally:
+        client.close()

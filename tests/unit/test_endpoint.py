@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
 
+import numpy as np
 import pytest
 
 from serving.endpoint import Deployment, DeploymentStats, EndpointError, RoutingTable
@@ -66,6 +68,12 @@ def test_predictions_are_read_from_either_protocol() -> None:
     assert predictions_of(b'{"predictions": [[1.0], [2.0]]}') == (1.0, 2.0)
     assert predictions_of(b"not json") == ()
     assert predictions_of(b'{"error": "x"}') == ()
+    output = {"name": "variable", "datatype": "FP64", "shape": [2, 1], "parameters": {"binary_data_size": 16}}
+    head = json.dumps({"outputs": [output]}).encode()
+    binary = head + np.array([5.0, 6.5]).tobytes()
+    assert predictions_of(binary, str(len(head)).encode()) == (5.0, 6.5)
+    assert predictions_of(binary, b"x") == ()
+    assert predictions_of(binary, str(len(head) + 1000).encode()) == ()
 
 
 def test_window_statistics_cover_only_the_asked_period() -> None:

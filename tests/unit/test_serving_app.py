@@ -368,3 +368,69 @@ def test_chaos_knobs_fail_an_even_share_of_inference_requests_and_nothing_else(t
         )  # a functional check: the delay was applied (sleep never ends early)
     with pytest.raises(ConfigError, match="fault_error_share must be within"):
         ServerConfig(fault_error_share=1.5)
+
+
+def binary_request(header: dict[str, Any], *chunks: bytes, length: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """A request body of the binary tensor data extension, and its headers."""
+    text = json.dumps(header).encode()
+    length = len(text) if length is None else length
+    return text + b"".join(chunks), {"inference-header-content-length": str(length)}
+
+
+def matrix_tensor(datatype: str, size: int) -> dict[str, Any]:
+    return {"name": "input", "shape": [3, 3], "datatype": datatype, "parameters": {"binary_data_size": size}}
+
+
+def test_binary_inputs_and_outputs_of_every_float_width_score_like_json(client: TestClient, tiny_model: Any) -> None:
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    for datatype, dtype in (("FP64", "<f8"), ("FP32", "<f4"), ("INT64", "<i8")):
+        values = np.array(ROWS).astype(dtype)
+        data = values.tobytes()
+        body, headers = binary_request(
+            {"inputs": [matrix_tensor(datatype, len(data))], "parameters": {"binary_data_output": True}}, data
+        )
+        answer = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/octet-stream"
+        length = int(answer.headers["inference-header-content-length"])
+        head = json.loads(answer.content[:length])
+        assert head["outputs"][0]["parameters"] == {"binary_data_size": 24} and "data" not in head["outputs"][0]
+        scored = np.frombuffer(answer.content[length:], dtype="<f8")
+        np.testing.assert_allclose(scored, expected(tiny_model, values.astype(float).tolist()), atol=1e-9)
+
+
+def test_outputs_are_filtered_and_answered_as_json_unless_asked_otherwise(client: TestClient) -> None:
+    data = np.array(ROWS).tobytes()
+    body, headers = binary_request(
+        {"inputs": [matrix_tensor("FP64", len(data))], "outputs": [{"name": "variable"}]}, data
+    )
+    answer = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+    assert answer.status_code == 200 and "inference-header-content-length" not in answer.headers
+    assert len(answer.json()["outputs"][0]["data"]) == 3
+    body, headers = binary_request({"inputs": [matrix_tensor("FP64", len(data))], "outputs": [{"name": "proba"}]}, data)
+    refused = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+    assert refused.status_code == 400 and "unknown output(s) proba; this model has variable" in refused.json()["error"]
+
+
+BAD_BINARY = [
+    (binary_request({"inputs": [matrix_tensor("FP64", 72)]}, b"\0" * 72, length=10_000), "but the body has only"),
+    (binary_request({"inputs": [matrix_tensor("FP64", 64)]}, b"\0" * 64), "needs 72 bytes, got 64"),
+    (binary_request({"inputs": [matrix_tensor("FP64", 72)]}, b"\0" * 80), "8 bytes of binary data after"),
+    (binary_request({"inputs": [matrix_tensor("FP64", 80)]}, b"\0" * 72), "declares 80 bytes of binary data"),
+    (binary_request({"inputs": [matrix_tensor("BYTES", 72)]}, b"\0" * 72), "datatype 'BYTES'; this model takes"),
+    (binary_request({"inputs": [matrix_tensor("FP64", -1)]}, b""), "binary_data_size must be a non-negative"),
+    ((b"{}", {"inference-header-content-length": "ten"}), "must be a byte count"),
+    (
+        binary_request({"inputs": [matrix_tensor("FP64", 72)]}, np.array([[np.nan] * 3] * 3).tobytes()),
+        "row 0, feature 'x1': value nan is not finite",
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_", "message"), BAD_BINARY, ids=[message for _, message in BAD_BINARY])
+def test_bad_binary_requests_are_refused_naming_the_problem(
+    client: TestClient, request_: tuple[bytes, dict[str, str]], message: str
+) -> None:
+    body, headers = request_
+    answer = client.post("/v2/models/tiny/infer", content=body, headers=headers)
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
