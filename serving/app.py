@@ -37,9 +37,12 @@ from serving.binary import EXTENSION, HEADER
 from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
-from serving.model import OnnxModel
+from serving.model import OnnxModel, is_matrix_regression
 from serving.protocols import mlflow_matrix
-from serving.v2 import infer_reply, parse_infer
+from serving.typed import TypedSchema, column_values, mlflow_columns
+from serving.v2 import infer_reply, parse_infer, parse_typed_infer
+
+Outputs = dict[str, np.ndarray]
 
 SERVER_NAME = "mlops-onnx-server"
 SERVER_VERSION = "1"
@@ -52,7 +55,11 @@ class ServingApp:
     def __init__(self, model: OnnxModel, config: ServerConfig, collector: RequestCollector | None = None) -> None:
         self.model, self.config = model, config
         self.meta = model.metadata
-        self.features = list(self.meta.features)
+        # A regression on one float64 matrix takes the fast path (micro-batched); everything else is typed.
+        self.fast = is_matrix_regression(self.meta)
+        self.schema = None if self.fast else TypedSchema(self.meta)
+        self.features = list(self.meta.features) if self.schema is None else self.schema.names
+        self.classifier = self.meta.task != "regression"
         self.metrics = ServerMetrics(
             self.meta.name, self.meta.version, self.meta.sha256, lambda: model.ready, config.metrics_dir
         )
@@ -71,7 +78,9 @@ class ServingApp:
         self.collector = collector
         if collector is not None:
             self.metrics.watch(collector)
-        self._outputs = (self.meta.output_name,)
+        self._outputs = (self.meta.output_name,) if self.fast else tuple(self.meta.outputs)
+        self._output_parameters = {"probabilities": {"classes": list(self.meta.classes)}} if self.classifier else {}
+        self._typed_calls = 0
         self._auth = bearer(config.token)
         self._faulty = bool(config.fault_error_share or config.fault_delay_ms)
         self._fault_count = 0
@@ -80,7 +89,9 @@ class ServingApp:
         self.batcher = MicroBatcher(
             model.predict, max_rows=max(config.inline_rows, 1), on_call=collector.submit_call if collector else None
         )
-        self.metrics.model_calls = lambda: self.batcher.calls
+        self.metrics.model_calls = lambda: self.batcher.calls + self._typed_calls
+        if self.schema is not None:
+            self.metrics.unknown_categories = self.schema.unknown_categories
         live = Endpoint("live", "GET", self.live, protected=False)
         ready = Endpoint("ready", "GET", self.ready, protected=False)
         self._static = {
@@ -193,6 +204,23 @@ class ServingApp:
         self.metrics.rows += len(predictions)
         return predictions
 
+    async def score_typed(self, feeds: dict[str, np.ndarray], typed: list[np.ndarray], request_id: str) -> Outputs:
+        """Score typed feeds (inline when small, in a worker thread otherwise); collect the typed rows."""
+        rows = len(typed[0])
+        if rows > self.config.inline_rows:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, feeds)
+        else:
+            outputs = self.model.run(feeds)
+        self._typed_calls += 1
+        self.metrics.rows += rows
+        if self.collector is not None:
+            if self.classifier:
+                answer, extra = outputs["label"].tolist(), {"probabilities": outputs["probabilities"].tolist()}
+            else:
+                answer, extra = outputs[self.meta.output_name].reshape(-1).tolist(), None
+            self.collector.submit_call([request_id], [rows], column_values(typed), answer, extra)
+        return outputs
+
     def check_model(self, params: dict[str, str]) -> None:
         if params["name"] != self.meta.name:
             raise RequestError(404, f"unknown model {params['name']!r}; this server serves {self.meta.name!r}")
@@ -252,18 +280,38 @@ class ServingApp:
         if self._faulty:
             await self.inject_faults()
         body = await request.body()
-        parsed = parse_infer(body, request.header(HEADER), self.features, self._outputs, self.config.max_rows)
-        predictions = await self.score(parsed.matrix, request.request_id)
-        meta = self.meta
-        return infer_reply(parsed, meta.name, meta.version, request.request_id, {meta.output_name: predictions})
+        meta, header = self.meta, request.header(HEADER)
+        if self.schema is None:
+            parsed = parse_infer(body, header, self.features, self._outputs, self.config.max_rows)
+            assert parsed.matrix is not None
+            predictions = await self.score(parsed.matrix, request.request_id)
+            return infer_reply(parsed, meta.name, meta.version, request.request_id, {meta.output_name: predictions})
+        parsed = parse_typed_infer(body, header, self.features, self._outputs, self.config.max_rows)
+        assert parsed.columns is not None
+        feeds, typed = self.schema.feeds(parsed.columns, "inputs")
+        outputs = await self.score_typed(feeds, typed, request.request_id)
+        return infer_reply(parsed, meta.name, meta.version, request.request_id, outputs, self._output_parameters)
 
     async def invocations(self, request: Request) -> Reply:
         if self._faulty:
             await self.inject_faults()
         body = await request.body()
         content_type = request.header(b"content-type") or "application/json"
-        matrix = mlflow_matrix(body, content_type, self.features, self.config.max_rows)
-        return Reply(200, dumps({"predictions": await self.score(matrix, request.request_id)}))
+        if self.schema is None:
+            matrix = mlflow_matrix(body, content_type, self.features, self.config.max_rows)
+            return Reply(200, dumps({"predictions": await self.score(matrix, request.request_id)}))
+        columns, params, text = mlflow_columns(body, content_type, self.features, self.config.max_rows)
+        method = params.get("predict_method", "predict")
+        if method not in ("predict", "predict_proba") or (method == "predict_proba" and not self.classifier):
+            allowed = "predict or predict_proba" if self.classifier else "predict (a regression has no probabilities)"
+            raise RequestError(400, f"params.predict_method {method!r} is not supported; use {allowed}")
+        feeds, typed = self.schema.feeds(columns, "CSV" if text else "request", text)
+        outputs = await self.score_typed(feeds, typed, request.request_id)
+        if not self.classifier:
+            return Reply(200, dumps({"predictions": outputs[self.meta.output_name].reshape(-1)}))
+        if method == "predict_proba":
+            return Reply(200, dumps({"predictions": outputs["probabilities"]}))
+        return Reply(200, dumps({"predictions": outputs["label"].tolist()}))
 
     async def prometheus(self, request: Request) -> Reply:
         return Reply(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())

@@ -108,5 +108,8 @@ def _bytes_elements(chunk: bytes, count: int, name: Any) -> list[bytes]:
 
 
 def encode_output(values: np.ndarray, datatype: str) -> bytes:
-    """An output's values as the extension's raw bytes."""
+    """An output's values as the extension's raw bytes (``BYTES``: each element's UTF-8, length-prefixed)."""
+    if datatype == "BYTES":
+        encoded = [str(value).encode("utf-8") for value in values.reshape(-1).tolist()]
+        return b"".join(struct.pack("<I", len(element)) + element for element in encoded)
     return np.ascontiguousarray(values, dtype=DTYPES[datatype]).tobytes()

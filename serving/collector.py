@@ -90,8 +90,16 @@ class RequestCollector:
         """Queue one scored request without blocking; False (and counted as dropped) when the queue is full."""
         return self.submit_call([request_id], [len(predictions)], matrix, predictions)
 
-    def submit_call(self, request_ids: list[str], rows: list[int], matrix: np.ndarray, predictions: np.ndarray) -> bool:
-        """Queue one model call's requests (``rows[i]`` rows for ``request_ids[i]``) without blocking."""
+    def submit_call(
+        self,
+        request_ids: list[str],
+        rows: list[int],
+        matrix: np.ndarray | list[list[Any]],
+        predictions: np.ndarray | list[Any],
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
+        """Queue one model call's requests (``rows[i]`` rows for ``request_ids[i]``) without blocking; ``extra``
+        (e.g. a classifier's probabilities) is written beside the predictions."""
         if len(self._queue) >= self.config.queue_size:
             self.dropped_rows += len(predictions)
             return False
@@ -103,6 +111,7 @@ class RequestCollector:
             "time": time.time(),
             "inputs": matrix,
             "predictions": predictions,
+            **(extra or {}),
         }
         self._queue.append((orjson.dumps(record, option=ENCODING), len(predictions)))
         return True

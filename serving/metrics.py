@@ -50,6 +50,7 @@ class ServerMetrics(Collector):
         self._latency: dict[str, list[float]] = {}  # bucket counts, then the sum of seconds
         self._collector: RequestCollector | None = None
         self.model_calls: Callable[[], int] = lambda: 0
+        self.unknown_categories: dict[str, int] = {}  # column -> values scored that training never saw
         self._stop = threading.Event()
         self._publisher: threading.Thread | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -79,6 +80,7 @@ class ServerMetrics(Collector):
             "collected": collector.written_rows if collector else 0,
             "dropped": collector.dropped_rows if collector else 0,
             "pending": collector.pending if collector else 0,
+            "unknown_categories": dict(self.unknown_categories),
         }
 
     def start_publishing(self, interval: float = 1.0) -> None:
@@ -127,6 +129,8 @@ class ServerMetrics(Collector):
                 merged["latency"][endpoint] = [a + b for a, b in zip(mine, values, strict=True)]
             for key in ("rows", "model_calls", "collected", "dropped", "pending"):
                 merged[key] += other[key]
+            for column, count in other.get("unknown_categories", {}).items():
+                merged["unknown_categories"][column] = merged["unknown_categories"].get(column, 0) + count
         merged["requests"] = [[endpoint, code, count] for (endpoint, code), count in requests.items()]
         return merged
 
@@ -177,6 +181,15 @@ class ServerMetrics(Collector):
         ready = GaugeMetricFamily("mlops_serving_ready", "1 once the model is loaded and warmed up.")
         ready.add_metric([], 1 if self._ready() else 0)
         yield from (requests, errors, latency, rows, calls, info, ready)
+        if figures["unknown_categories"]:
+            unknown = CounterMetricFamily(
+                "mlops_serving_unknown_categories",
+                "Category values scored that training never saw (one-hot encodes them as none), by column.",
+                labels=[*labels, "column"],
+            )
+            for column, count in sorted(figures["unknown_categories"].items()):
+                unknown.add_metric([*identity, column], count)
+            yield unknown
         if self._collector is None:
             return
         written = CounterMetricFamily(

@@ -20,12 +20,22 @@ def open_session(model: str | bytes, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def is_matrix_regression(meta: ModelMetadata) -> bool:
+    """The fast path: a regression on one float64 matrix of every feature (micro-batched, collected as numbers)."""
+    return (
+        meta.task == "regression"
+        and meta.numeric_matrix
+        and not any(spec.get("nullable") or spec.get("kind") == "boolean" for spec in meta.inputs)
+    )
+
+
 class OnnxModel:
     """One ONNX model from a serving bundle.
 
     ``load()`` verifies the checksum, opens the session, checks the graph matches the metadata
-    and runs one warm-up prediction; only then is ``ready`` true. ``predict()`` takes a float64
-    matrix with the metadata's feature order.
+    and runs one warm-up prediction; only then is ``ready`` true. A regression on one float64
+    matrix is scored by ``predict()`` (a matrix in the metadata's feature order); every other
+    model (typed columns, nulls, classifiers) by ``run()`` with the feeds of :mod:`serving.typed`.
     """
 
     def __init__(self, bundle_dir: Path, intra_op_threads: int = 1) -> None:
@@ -48,28 +58,44 @@ class OnnxModel:
             BundleError: Missing files, checksum mismatch, or a graph that does not match the metadata.
         """
         model_file, metadata = read_bundle(self.bundle_dir)
-        if metadata.task != "regression" or not metadata.numeric_matrix:
-            raise BundleError(
-                f"{metadata.name} is a {metadata.task} model on typed columns; this server serves regressions "
-                "on numeric features only (one float64 matrix): score it with batch scoring or the MLflow model"
-            )
         try:
             session = open_session(str(model_file), self.intra_op_threads)
         except Exception as error:  # onnxruntime raises its own untyped errors
             raise BundleError(f"onnxruntime cannot load {model_file}: {error}") from error
-        inputs = {node.name: node for node in session.get_inputs()}
-        if metadata.input_name not in inputs or len(inputs) != 1:
-            raise BundleError(
-                f"{model_file} inputs are {sorted(inputs)}; metadata expects only {metadata.input_name!r}"
-            )
-        if inputs[metadata.input_name].type != "tensor(double)":
-            raise BundleError(f"{model_file} input {metadata.input_name!r} is {inputs[metadata.input_name].type}")
-        if metadata.output_name not in {node.name for node in session.get_outputs()}:
-            raise BundleError(f"{model_file} has no output {metadata.output_name!r}")
+        inputs = {node.name: node.type for node in session.get_inputs()}
+        outputs = {node.name for node in session.get_outputs()}
         self._session, self._metadata = session, metadata
-        self.predict(np.zeros((1, len(metadata.features)), dtype=np.float64))
+        if is_matrix_regression(metadata):
+            if metadata.input_name not in inputs or len(inputs) != 1:
+                raise BundleError(
+                    f"{model_file} inputs are {sorted(inputs)}; metadata expects only {metadata.input_name!r}"
+                )
+            if inputs[metadata.input_name] != "tensor(double)":
+                raise BundleError(f"{model_file} input {metadata.input_name!r} is {inputs[metadata.input_name]}")
+            if metadata.output_name not in outputs:
+                raise BundleError(f"{model_file} has no output {metadata.output_name!r}")
+            self.predict(np.zeros((1, len(metadata.features)), dtype=np.float64))
+        else:
+            from serving.typed import TypedSchema
+
+            schema = TypedSchema(metadata)
+            wanted = {column.input: f"tensor({column.type})" for column in schema.columns}
+            if wanted != inputs:
+                raise BundleError(f"{model_file} inputs are {inputs}; its metadata describes {wanted}")
+            missing = [name for name in metadata.outputs if name not in outputs]
+            if missing:
+                raise BundleError(f"{model_file} lacks the output(s) {', '.join(missing)} its metadata names")
+            warm = {column.name: [column.fill or "" if column.type == "string" else 0.0] for column in schema.columns}
+            self.run(schema.feeds(warm, "warm-up")[0])
         self.ready = True
         return self
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of the metadata (``label`` + ``probabilities``, or ``variable``) for typed feeds."""
+        if self._session is None:
+            raise RuntimeError("model not loaded yet: call load() first")
+        names = list(self.metadata.outputs)
+        return dict(zip(names, self._session.run(names, feeds), strict=True))
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """One prediction per row of a float64 ``[rows, features]`` matrix."""

@@ -37,9 +37,11 @@ OCTET_STREAM = b"application/octet-stream"
 
 @dataclass(frozen=True)
 class V2Request:
-    """A decoded infer request: the matrix in feature order, the caller's id, and how to answer."""
+    """A decoded infer request: the matrix in feature order (numeric models) or the raw values per column
+    (typed models), the caller's id, and how to answer."""
 
-    matrix: np.ndarray
+    matrix: np.ndarray | None
+    columns: dict[str, list[Any]] | None
     id: Any
     outputs: tuple[str, ...]  # the outputs to answer with, in the model's order
     binary: frozenset[str]  # those to answer as bytes
@@ -64,21 +66,110 @@ def parse_infer(
         matrix = _column_tensors(tensors, features, max_rows, raw, bools)
     raw.finish()
     chosen, binary_outputs = _requested_outputs(payload, outputs)
-    return V2Request(matrix, payload.get("id"), chosen, binary_outputs)
+    return V2Request(matrix, None, payload.get("id"), chosen, binary_outputs)
 
 
-def infer_reply(request: V2Request, name: str, version: str, request_id: str, values: dict[str, np.ndarray]) -> Reply:
-    """The answer to ``request``: each requested output (``values`` by output name, FP64), JSON or bytes."""
+def parse_typed_infer(
+    body: bytes, header_length: str | None, names: Sequence[str], outputs: Sequence[str], max_rows: int
+) -> V2Request:
+    """Decode an infer request for a typed model: one tensor per column (``BYTES`` for text, numbers, nulls in
+    JSON data where a column may be missing), or one ``[rows, columns]`` numeric tensor; values checked later
+    by :class:`serving.typed.TypedSchema`."""
+    text, binary = split_body(body, header_length)
+    payload = parse_json(text)
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
+        raise RequestError(400, "expected a JSON object with a non-empty 'inputs' list of tensors")
+    tensors = payload["inputs"]
+    if not all(isinstance(tensor, dict) for tensor in tensors):
+        raise RequestError(400, "each entry of 'inputs' must be an object with name, shape, datatype and data")
+    raw = BinaryInputs(binary)
+    columns: dict[str, list[Any]] = {}
+    if len(tensors) == 1 and tensors[0].get("name") not in names:
+        tensor = tensors[0]
+        shape = _shape(tensor)
+        if len(shape) != 2 or shape[1] != len(names):
+            raise RequestError(
+                400,
+                f"input {tensor.get('name')!r} has shape {shape}; expected one tensor per column "
+                f"({', '.join(names)}) or one [rows, {len(names)}] tensor",
+            )
+        check_rows(shape[0], max_rows)
+        flat = _raw_values(tensor, shape, raw)
+        columns = {name: flat[index :: len(names)] for index, name in enumerate(names)}
+    else:
+        for tensor in tensors:
+            name, shape = tensor.get("name"), _shape(tensor)
+            if not isinstance(name, str):
+                raise RequestError(400, "every input tensor needs a string 'name'")
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+                raise RequestError(400, f"input {name!r} has shape {shape}; a per-column tensor is [rows] or [rows, 1]")
+            check_rows(shape[0], max_rows)
+            if name in columns:
+                raise RequestError(400, "input tensor names must be unique")
+            columns[name] = _raw_values(tensor, shape, raw)
+        check_names(list(columns), names, "inputs")
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) != 1:
+            raise RequestError(400, f"input tensors have different row counts: {sorted(lengths)}")
+    raw.finish()
+    chosen, binary_outputs = _requested_outputs(payload, outputs)
+    return V2Request(None, columns, payload.get("id"), chosen, binary_outputs)
+
+
+def _raw_values(tensor: dict[str, Any], shape: list[int], raw: BinaryInputs) -> list[Any]:
+    name, datatype = tensor.get("name"), tensor.get("datatype")
+    if datatype != "BYTES" and datatype != "BOOL" and datatype not in NUMERIC_DATATYPES:
+        raise RequestError(400, f"input {name!r} has datatype {datatype!r}; use BYTES for text, BOOL, or a number type")
+    expected = math.prod(shape)
+    carried = raw.take(tensor, shape)
+    if carried is not None:
+        if isinstance(carried, np.ndarray):
+            return list(carried.tolist())
+        try:
+            return [element.decode("utf-8") for element in carried]
+        except UnicodeDecodeError as error:
+            raise RequestError(400, f"input {name!r}: a BYTES element is not UTF-8 text: {error}") from error
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise RequestError(
+            400, f"input {name!r} needs 'data' as a list (flat, row-major, or nested) or parameters.binary_data_size"
+        )
+    flat = _flatten(data)
+    if len(flat) != expected:
+        raise RequestError(400, f"input {name!r} has {len(flat)} values, but its shape {shape} needs {expected}")
+    return flat
+
+
+def _datatype(values: np.ndarray) -> str:
+    kind = values.dtype.kind
+    return "FP64" if kind == "f" else "INT64" if kind in "iu" else "BOOL" if kind == "b" else "BYTES"
+
+
+def infer_reply(
+    request: V2Request,
+    name: str,
+    version: str,
+    request_id: str,
+    values: dict[str, np.ndarray],
+    parameters: dict[str, dict[str, Any]] | None = None,
+) -> Reply:
+    """The answer to ``request``: each requested output (``values`` by output name; numbers as FP64 or INT64,
+    text as BYTES; a 1-D output is ``[rows, 1]``), JSON or bytes, with its ``parameters`` (e.g. class names)."""
     tensors, chunks = [], []
     for output in request.outputs:
         column = values[output]
-        tensor: dict[str, Any] = {"name": output, "datatype": "FP64", "shape": [len(column), 1]}
+        datatype = _datatype(column)
+        shape = [len(column), 1] if column.ndim == 1 else list(column.shape)
+        tensor: dict[str, Any] = {"name": output, "datatype": datatype, "shape": shape}
+        extra = dict((parameters or {}).get(output) or {})
         if output in request.binary:
-            chunk = encode_output(column, "FP64")
-            tensor["parameters"] = {"binary_data_size": len(chunk)}
+            chunk = encode_output(column, datatype)
+            extra["binary_data_size"] = len(chunk)
             chunks.append(chunk)
         else:
-            tensor["data"] = column
+            tensor["data"] = column.reshape(-1).tolist() if datatype == "BYTES" else column.reshape(-1)
+        if extra:
+            tensor["parameters"] = extra
         tensors.append(tensor)
     answer = dumps(
         {

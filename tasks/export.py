@@ -274,7 +274,7 @@ def export_onnx(
             family=candidate.family,
             example=known_answer(model, x_holdout, parity.tolerance) if numeric else None,
             task=spec.task.value,
-            inputs=tuple(input_schema(spec, converted)),
+            inputs=tuple(input_schema(spec, converted, data.typed)),
             outputs=converted.outputs,
             classes=tuple(candidate.classes),
             extra={
@@ -293,8 +293,9 @@ def export_onnx(
     return export
 
 
-def input_schema(spec: ModelSpec, converted: Converted) -> list[dict[str, Any]]:
-    """Per feature: column, graph input, tensor type, kind, nullable, and the string a missing category becomes."""
+def input_schema(spec: ModelSpec, converted: Converted, typed: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per feature: column, graph input, tensor type, kind, nullable; for categories the string a missing value
+    becomes and the categories seen in training (a server counts the others)."""
     by_column = {column.column: column for column in converted.columns}
     return [
         {
@@ -303,7 +304,11 @@ def input_schema(spec: ModelSpec, converted: Converted) -> list[dict[str, Any]]:
             "type": by_column[feature.name].type,
             "kind": feature.kind.value,
             "nullable": feature.nullable,
-            **({"fill": category_fill(feature)} if feature.is_categorical else {}),
+            **(
+                {"fill": category_fill(feature), "categories": sorted(map(str, typed[feature.name].unique()))}
+                if feature.is_categorical
+                else {}
+            ),
         }
         for feature in spec.features
     ]
