@@ -32,31 +32,49 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+Value = float | str | None
+
+
 @dataclass(frozen=True)
 class Example:
     """A known request and the trained model's answer to it, checked against a fresh deployment.
 
     Attributes:
-        inputs: Rows of feature values, in the order of ``ModelMetadata.features``.
-        predictions: The scikit-learn model's prediction for each row (not the ONNX model's).
-        tolerance: Largest allowed absolute difference (the export's parity tolerance).
+        inputs: Rows of feature values, in the order of ``ModelMetadata.features`` (numbers; for typed
+            models also category strings, and None where a value is missing).
+        predictions: The scikit-learn model's prediction for each row (not the ONNX model's): a number,
+            or a classifier's label.
+        tolerance: Largest allowed absolute difference of a number or of a probability.
+        probabilities: A classifier's class probabilities per row, in the order of ``ModelMetadata.classes``.
     """
 
-    inputs: tuple[tuple[float, ...], ...]
-    predictions: tuple[float, ...]
+    inputs: tuple[tuple[Value, ...], ...]
+    predictions: tuple[float | str, ...]
     tolerance: float
+    probabilities: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def from_dict(cls, raw: Any, source: str) -> Example:
         try:
-            inputs = tuple(tuple(float(value) for value in row) for row in raw["inputs"])
-            predictions = tuple(float(value) for value in raw["predictions"])
+            inputs = tuple(tuple(_value(value) for value in row) for row in raw["inputs"])
+            predictions = tuple(p if isinstance(p, str) else float(p) for p in raw["predictions"])
             tolerance = float(raw["tolerance"])
+            probabilities = tuple(tuple(float(p) for p in row) for row in raw.get("probabilities") or ())
         except (KeyError, TypeError, ValueError) as error:
             raise BundleError(f"{source}: example must hold inputs, predictions and tolerance: {error}") from error
         if not inputs or len(inputs) != len(predictions):
             raise BundleError(f"{source}: example needs one prediction per input row")
-        return cls(inputs, predictions, tolerance)
+        if probabilities and len(probabilities) != len(predictions):
+            raise BundleError(f"{source}: example needs probabilities for every row or none")
+        return cls(inputs, predictions, tolerance, probabilities)
+
+
+def _value(value: Any) -> Value:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"an example value is a boolean ({value}); booleans are stored as 1.0/0.0")
+    return float(value)
 
 
 @dataclass(frozen=True)

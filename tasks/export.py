@@ -152,26 +152,20 @@ def check_parity(
     return Parity(error, tolerance, 1.0, rows, agreement)
 
 
-def known_answer(model: Any, x_holdout: pd.DataFrame, tolerance: float, rows: int = EXAMPLE_ROWS) -> Example:
-    """A few holdout rows with the scikit-learn model's predictions: what any deployment must answer."""
+def known_answer(
+    model: Any, x_holdout: pd.DataFrame, tolerance: float, rows: int = EXAMPLE_ROWS, classifier: bool = False
+) -> Example:
+    """A few holdout rows (typed as the model takes them: numbers, category strings, None for a gap) with the
+    scikit-learn model's predictions (a classifier's labels and probabilities): what any deployment must answer."""
     sample = x_holdout.iloc[:rows]
-    predictions = np.asarray(model.predict(sample), dtype=np.float64).ravel()
-    return Example(
-        inputs=tuple(tuple(float(v) for v in row) for row in sample.to_numpy(dtype=np.float64)),
-        predictions=tuple(float(p) for p in predictions),
-        tolerance=tolerance,
-    )
-
-
-def classifier_answer(model: Any, x_holdout: pd.DataFrame, rows: int = EXAMPLE_ROWS) -> dict[str, Any]:
-    """A classifier's known answer: typed input records (NaN as null), labels and probabilities."""
-    sample = x_holdout.iloc[:rows]
-    records = sample.astype(object).where(sample.notna(), None).to_dict(orient="records")
-    return {
-        "inputs": records,
-        "labels": np.asarray(model.predict(sample)).tolist(),
-        "probabilities": np.asarray(model.predict_proba(sample)).tolist(),
-    }
+    values = sample.astype(object).where(sample.notna(), None).to_numpy().tolist()
+    inputs = tuple(tuple(v if v is None or isinstance(v, str) else float(v) for v in row) for row in values)
+    predicted = np.asarray(model.predict(sample)).ravel().tolist()
+    if not classifier:
+        return Example(inputs, tuple(float(p) for p in predicted), tolerance)
+    probabilities = np.asarray(model.predict_proba(sample), dtype=np.float64).tolist()
+    labels = tuple(p if isinstance(p, str) else float(p) for p in predicted)
+    return Example(inputs, labels, tolerance, tuple(tuple(row) for row in probabilities))
 
 
 def median_microseconds(call: Callable[[], object], budget_seconds: float, max_calls: int = 1000) -> float:
@@ -260,7 +254,6 @@ def export_onnx(
         inference, converted, model, data.typed, config.latency_batch_sizes, config.latency_budget_seconds
     )
     classifier = spec.task.is_classification
-    numeric = converted.matrix and not classifier
     with tempfile.TemporaryDirectory() as scratch:
         bundle = Path(scratch) / ONNX_ARTIFACT_DIR
         metadata = ModelMetadata(
@@ -272,7 +265,7 @@ def export_onnx(
             sha256=hashlib.sha256(onnx_bytes).hexdigest(),
             run_id=candidate.run_id,
             family=candidate.family,
-            example=known_answer(model, x_holdout, parity.tolerance) if numeric else None,
+            example=known_answer(model, x_holdout, parity.tolerance, classifier=classifier),
             task=spec.task.value,
             inputs=tuple(input_schema(spec, converted, data.typed)),
             outputs=converted.outputs,
@@ -280,7 +273,6 @@ def export_onnx(
             extra={
                 "parity": {**asdict(parity), "summary": parity.summary},
                 "latency_us": latency,
-                **({"known_answer": classifier_answer(model, x_holdout)} if classifier else {}),
             },
         )
         write_bundle(bundle, onnx_bytes, metadata)

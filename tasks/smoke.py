@@ -85,15 +85,16 @@ def known_example(metadata: ModelMetadata) -> Example:
 
 
 def check_answers(base_url: str, metadata: ModelMetadata, timeout: float, token: str | None = None) -> float:
-    """Ask a running server who it is and the known request; return the largest prediction error.
+    """Ask a running server who it is and the known request, by both protocols; return the largest error
+    (of a prediction, or of a class probability: a classifier's labels must be equal).
 
     Raises:
         SmokeTestError: It serves another model, refuses the request, or answers beyond the tolerance.
     """
     example = known_example(metadata)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    expected = np.asarray(example.predictions, dtype=np.float64)
     rows = [list(row) for row in example.inputs]
+    classifier = bool(example.probabilities)
     with httpx.Client(base_url=base_url, timeout=timeout, headers=headers) as http:
         described = _json(http.get(f"/v2/models/{metadata.name}"), "model metadata")
         served = (described.get("versions") or [None])[0], (described.get("parameters") or {}).get("sha256")
@@ -102,27 +103,57 @@ def check_answers(base_url: str, metadata: ModelMetadata, timeout: float, token:
                 f"the server reports {metadata.name} version {served[0]} sha256 {served[1]}; "
                 f"expected version {metadata.version} sha256 {metadata.sha256}"
             )
-        tensor = {
-            "inputs": [
-                {
-                    "name": metadata.input_name,
-                    "shape": [len(rows), len(metadata.features)],
-                    "datatype": "FP64",
-                    "data": [value for row in rows for value in row],
-                }
-            ]
-        }
-        v2 = _json(http.post(f"/v2/models/{metadata.name}/infer", json=tensor), "v2 infer")["outputs"][0]["data"]
+        v2 = _json(http.post(f"/v2/models/{metadata.name}/infer", json=_v2_request(metadata, rows)), "v2 infer")
         split = {"dataframe_split": {"columns": list(metadata.features), "data": rows}}
         mlflow = _json(http.post("/invocations", json=split), "/invocations")["predictions"]
-    errors = [float(np.max(np.abs(np.asarray(answer, dtype=np.float64).ravel() - expected))) for answer in (v2, mlflow)]
-    worst = max(errors)
+        if classifier:
+            proba = {**split, "params": {"predict_method": "predict_proba"}}
+            probabilities = _json(http.post("/invocations", json=proba), "/invocations predict_proba")["predictions"]
+    outputs = {output.get("name"): output.get("data") for output in v2.get("outputs") or []}
+    if not classifier:
+        expected = np.asarray(example.predictions, dtype=np.float64)
+        answers = {"v2": outputs.get(metadata.output_name), "/invocations": mlflow}
+    else:
+        for protocol, labels in (("v2", outputs.get("label")), ("/invocations", mlflow)):
+            if list(labels or []) != list(example.predictions):
+                raise SmokeTestError(
+                    f"{metadata.name} version {metadata.version} answered the known request with labels "
+                    f"{labels} by {protocol}; the trained model says {list(example.predictions)}"
+                )
+        expected = np.asarray(example.probabilities, dtype=np.float64)
+        answers = {"v2": outputs.get("probabilities"), "/invocations": probabilities}
+    errors = {
+        protocol: float(np.max(np.abs(np.asarray(answer, dtype=np.float64).reshape(expected.shape) - expected)))
+        for protocol, answer in answers.items()
+    }
+    worst = max(errors.values())
     if not worst <= example.tolerance:
+        detail = ", ".join(f"{protocol} {error:.3g}" for protocol, error in errors.items())
         raise SmokeTestError(
             f"{metadata.name} version {metadata.version} answered the known request off by {worst:.3g} "
-            f"(v2 {errors[0]:.3g}, /invocations {errors[1]:.3g}); allowed {example.tolerance:.3g}"
+            f"({detail}); allowed {example.tolerance:.3g}"
         )
     return worst
+
+
+def _v2_request(metadata: ModelMetadata, rows: list[list[Any]]) -> dict[str, Any]:
+    """The known rows as a v2 request: one FP64 matrix for a numeric model, else one tensor per column."""
+    if metadata.input_name and all(isinstance(value, float) for row in rows for value in row):
+        shape = [len(rows), len(metadata.features)]
+        data = [value for row in rows for value in row]
+        return {"inputs": [{"name": metadata.input_name, "shape": shape, "datatype": "FP64", "data": data}]}
+    types = {item.get("column"): item.get("type", "double") for item in metadata.inputs}
+    return {
+        "inputs": [
+            {
+                "name": column,
+                "shape": [len(rows)],
+                "datatype": "BYTES" if types.get(column) == "string" else "FP64",
+                "data": [row[index] for row in rows],
+            }
+            for index, column in enumerate(metadata.features)
+        ]
+    }
 
 
 def _json(response: httpx.Response, what: str) -> Any:

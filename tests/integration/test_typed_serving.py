@@ -8,7 +8,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cli.stack import down
+from flows.release import ReleaseParameters, release_flow
 from mlflow_server import MlflowServerConfig
 from mlops.settings import Settings
+from serving.bundle import read_bundle
+from tasks.endpoint_admin import endpoint_url
 from tasks.features import typed_features
 from tasks.ingest import accepted_frame
+from tasks.rollout import RolloutConfig, deployment_name
 from tasks.serving_bundle import fetch_bundle
+from tasks.smoke import SmokeTestError, check_answers
 from tests.conftest import serving_process
 from tests.integration.conftest import model_home
 
@@ -35,6 +41,7 @@ class Served:
     labels: np.ndarray  # scikit-learn's answers
     probabilities: np.ndarray
     collect_dir: Path
+    bundle: Path
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,8 @@ def served(
         fetch_bundle(settings.tracking_uri, f"models:/{settings.model_name}@champion", scratch / "bundle")
         collect_dir = scratch / "collected"
         with serving_process(scratch / "bundle", "--collect-dir", str(collect_dir)) as url:
-            yield Served(settings, url, rows, model.predict(typed), model.predict_proba(typed), collect_dir)
+            labels, probabilities = model.predict(typed), model.predict_proba(typed)
+            yield Served(settings, url, rows, labels, probabilities, collect_dir, scratch / "bundle")
 
 
 def json_value(value: Any) -> Any:
@@ -172,3 +180,27 @@ def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(s
     assert isinstance(first["clinic"], str) and isinstance(first["mean radius"], float)
     assert call["predictions"][0] in ("benign", "malignant")
     assert len(call["probabilities"][0]) == 2 and abs(sum(call["probabilities"][0]) - 1) < 1e-6
+
+
+def test_the_bundles_known_answer_passes_the_smoke_check_and_a_wrong_one_fails(served: Served) -> None:
+    _, metadata = read_bundle(served.bundle)
+    assert metadata.example is not None and metadata.example.probabilities
+    assert check_answers(served.url, metadata, timeout=10) <= metadata.example.tolerance
+    flipped = tuple("benign" if label == "malignant" else "malignant" for label in metadata.example.predictions)
+    with pytest.raises(SmokeTestError, match="answered the known request with labels"):
+        check_answers(served.url, replace(metadata, example=replace(metadata.example, predictions=flipped)), 10)
+
+
+def test_the_classifier_is_released_behind_its_endpoint(served: Served) -> None:
+    settings = served.settings
+    quick = RolloutConfig(steps=[50, 100], bake_seconds=1.0, min_requests=0)
+    try:
+        outcome = release_flow(ReleaseParameters(version="champion", image="never", rollout=quick))
+        assert outcome.rollout == "nothing_to_do", outcome.message
+        record = raw_records(served.rows.head(3))
+        answer = httpx.post(f"{endpoint_url(settings)}/invocations", json={"dataframe_records": record}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == served.labels[:3].tolist()
+        assert answer.headers["x-mlops-deployment"] == deployment_name(settings.model_name, "1")
+    finally:
+        down(settings)
