@@ -32,14 +32,14 @@ from serving.asgi import (
     error_reply,
     send_reply,
 )
-from serving.batching import MicroBatcher
+from serving.batching import MicroBatcher, feed_rows, slice_outputs, stack_feeds
 from serving.binary import EXTENSION, HEADER
 from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
 from serving.model import OnnxModel, is_matrix_regression
 from serving.protocols import mlflow_matrix
-from serving.typed import TypedSchema, column_values, mlflow_columns
+from serving.typed import TypedSchema, mlflow_columns
 from serving.v2 import infer_reply, parse_infer, parse_typed_infer
 
 Outputs = dict[str, np.ndarray]
@@ -89,7 +89,15 @@ class ServingApp:
         self.batcher = MicroBatcher(
             model.predict, max_rows=max(config.inline_rows, 1), on_call=collector.submit_call if collector else None
         )
-        self.metrics.model_calls = lambda: self.batcher.calls + self._typed_calls
+        self.typed_batcher: MicroBatcher[Outputs, Outputs] = MicroBatcher(
+            model.run,
+            max_rows=max(config.inline_rows, 1),
+            on_call=self._collect_typed,
+            stack=stack_feeds,
+            rows=feed_rows,
+            take=slice_outputs,
+        )
+        self.metrics.model_calls = lambda: self.batcher.calls + self.typed_batcher.calls + self._typed_calls
         if self.schema is not None:
             self.metrics.unknown_categories = self.schema.unknown_categories
         live = Endpoint("live", "GET", self.live, protected=False)
@@ -204,22 +212,27 @@ class ServingApp:
         self.metrics.rows += len(predictions)
         return predictions
 
-    async def score_typed(self, feeds: dict[str, np.ndarray], typed: list[np.ndarray], request_id: str) -> Outputs:
-        """Score typed feeds (inline when small, in a worker thread otherwise); collect the typed rows."""
-        rows = len(typed[0])
+    async def score_typed(self, feeds: Outputs, request_id: str) -> Outputs:
+        """Score typed feeds: small requests arriving together share a call, large ones go to a worker thread."""
+        rows = feed_rows(feeds)
         if rows > self.config.inline_rows:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, feeds)
+            self._typed_calls += 1
+            self._collect_typed([request_id], [rows], feeds, outputs)
         else:
-            outputs = self.model.run(feeds)
-        self._typed_calls += 1
+            outputs = await self.typed_batcher.predict(feeds, request_id)
         self.metrics.rows += rows
-        if self.collector is not None:
-            if self.classifier:
-                answer, extra = outputs["label"].tolist(), {"probabilities": outputs["probabilities"].tolist()}
-            else:
-                answer, extra = outputs[self.meta.output_name].reshape(-1).tolist(), None
-            self.collector.submit_call([request_id], [rows], column_values(typed), answer, extra)
         return outputs
+
+    def _collect_typed(self, request_ids: list[str], rows: list[int], feeds: Outputs, outputs: Outputs) -> None:
+        """Typed rows, each column's type kept (NaN as null), with the label and probabilities (or the value)."""
+        if self.collector is None or self.schema is None:
+            return
+        if self.classifier:
+            answer, extra = outputs["label"].tolist(), {"probabilities": outputs["probabilities"].tolist()}
+        else:
+            answer, extra = outputs[self.meta.output_name].reshape(-1).tolist(), None
+        self.collector.submit_call(request_ids, rows, self.schema.rows_of(feeds), answer, extra)
 
     def check_model(self, params: dict[str, str]) -> None:
         if params["name"] != self.meta.name:
@@ -288,8 +301,8 @@ class ServingApp:
             return infer_reply(parsed, meta.name, meta.version, request.request_id, {meta.output_name: predictions})
         parsed = parse_typed_infer(body, header, self.features, self._outputs, self.config.max_rows)
         assert parsed.columns is not None
-        feeds, typed = self.schema.feeds(parsed.columns, "inputs")
-        outputs = await self.score_typed(feeds, typed, request.request_id)
+        feeds = self.schema.feeds(parsed.columns, "inputs")
+        outputs = await self.score_typed(feeds, request.request_id)
         return infer_reply(parsed, meta.name, meta.version, request.request_id, outputs, self._output_parameters)
 
     async def invocations(self, request: Request) -> Reply:
@@ -305,8 +318,8 @@ class ServingApp:
         if method not in ("predict", "predict_proba") or (method == "predict_proba" and not self.classifier):
             allowed = "predict or predict_proba" if self.classifier else "predict (a regression has no probabilities)"
             raise RequestError(400, f"params.predict_method {method!r} is not supported; use {allowed}")
-        feeds, typed = self.schema.feeds(columns, "CSV" if text else "request", text)
-        outputs = await self.score_typed(feeds, typed, request.request_id)
+        feeds = self.schema.feeds(columns, "CSV" if text else "request", text)
+        outputs = await self.score_typed(feeds, request.request_id)
         if not self.classifier:
             return Reply(200, dumps({"predictions": outputs[self.meta.output_name].reshape(-1)}))
         if method == "predict_proba":

@@ -12,30 +12,69 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-Pending = tuple[np.ndarray, "asyncio.Future[np.ndarray]", str]
-# Told of every successful call: request ids, rows per request, the stacked inputs and the outputs.
-CallListener = Callable[[list[str], list[int], np.ndarray, np.ndarray], object]
+Inputs = TypeVar("Inputs")
+Outputs = TypeVar("Outputs")
+Feeds = dict[str, np.ndarray]
 
 
-class MicroBatcher:
-    """Coalesces concurrent small requests into model calls of at most ``max_rows`` rows."""
+def _stack(items: list[Any]) -> Any:
+    return np.concatenate(items)
+
+
+def _rows(inputs: Any) -> int:
+    return len(inputs)
+
+
+def _slice(outputs: Any, start: int, stop: int) -> Any:
+    return outputs[start:stop]
+
+
+def stack_feeds(items: list[Feeds]) -> Feeds:
+    """Typed feeds (input name → ``[rows, ...]`` array) of several requests as one call's."""
+    return {name: np.concatenate([feeds[name] for feeds in items]) for name in items[0]}
+
+
+def feed_rows(feeds: Feeds) -> int:
+    return len(next(iter(feeds.values())))
+
+
+def slice_outputs(outputs: Feeds, start: int, stop: int) -> Feeds:
+    return {name: values[start:stop] for name, values in outputs.items()}
+
+
+class MicroBatcher(Generic[Inputs, Outputs]):
+    """Coalesces concurrent small requests into model calls of at most ``max_rows`` rows.
+
+    Inputs are a float64 matrix by default; ``stack``/``rows``/``take`` say how to join several
+    requests' inputs, count their rows and cut a call's outputs back into answers (for typed feeds:
+    :func:`stack_feeds`, :func:`feed_rows`, :func:`slice_outputs`). ``on_call`` is told of every
+    successful call: request ids, rows per request, the stacked inputs and the outputs.
+    """
 
     def __init__(
-        self, predict: Callable[[np.ndarray], np.ndarray], max_rows: int, on_call: CallListener | None = None
+        self,
+        predict: Callable[[Inputs], Outputs],
+        max_rows: int,
+        on_call: Callable[[list[str], list[int], Inputs, Outputs], object] | None = None,
+        stack: Callable[[list[Inputs]], Inputs] = _stack,
+        rows: Callable[[Inputs], int] = _rows,
+        take: Callable[[Outputs, int, int], Outputs] = _slice,
     ) -> None:
         self._predict = predict
         self.max_rows = max_rows
         self.on_call = on_call
+        self._stack, self._count, self._take = stack, rows, take
         self.calls = 0
-        self._pending: list[Pending] = []
+        self._pending: list[tuple[Inputs, asyncio.Future[Outputs], str]] = []
         self._scheduled = False
 
-    async def predict(self, matrix: np.ndarray, request_id: str = "") -> np.ndarray:
+    async def predict(self, matrix: Inputs, request_id: str = "") -> Outputs:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[Outputs] = loop.create_future()
         self._pending.append((matrix, future, request_id))
         if not self._scheduled:
             self._scheduled = True
@@ -45,20 +84,21 @@ class MicroBatcher:
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, []
-        chunk: list[Pending] = []
+        chunk: list[tuple[Inputs, asyncio.Future[Outputs], str]] = []
         rows = 0
         for item in pending:
-            if chunk and rows + len(item[0]) > self.max_rows:
+            count = self._count(item[0])
+            if chunk and rows + count > self.max_rows:
                 self._run(chunk)
                 chunk, rows = [], 0
             chunk.append(item)
-            rows += len(item[0])
+            rows += count
         if chunk:
             self._run(chunk)
 
-    def _run(self, chunk: list[Pending]) -> None:
+    def _run(self, chunk: list[tuple[Inputs, asyncio.Future[Outputs], str]]) -> None:
         self.calls += 1
-        inputs = chunk[0][0] if len(chunk) == 1 else np.concatenate([matrix for matrix, _, _ in chunk])
+        inputs = chunk[0][0] if len(chunk) == 1 else self._stack([matrix for matrix, _, _ in chunk])
         try:
             outputs = self._predict(inputs)
         except Exception as error:  # every request of the call gets the model's error
@@ -67,9 +107,10 @@ class MicroBatcher:
                     future.set_exception(error)
             return
         offset = 0
-        for matrix, future, _ in chunk:
+        counts = [self._count(matrix) for matrix, _, _ in chunk]
+        for (_, future, _), count in zip(chunk, counts, strict=True):
             if not future.done():
-                future.set_result(outputs[offset : offset + len(matrix)])
-            offset += len(matrix)
+                future.set_result(self._take(outputs, offset, offset + count))
+            offset += count
         if self.on_call is not None:
-            self.on_call([request_id for _, _, request_id in chunk], [len(m) for m, _, _ in chunk], inputs, outputs)
+            self.on_call([request_id for _, _, request_id in chunk], counts, inputs, outputs)

@@ -86,7 +86,7 @@ class OnnxModel:
             if missing:
                 raise BundleError(f"{model_file} lacks the output(s) {', '.join(missing)} its metadata names")
             warm = {column.name: [column.fill or "" if column.type == "string" else 0.0] for column in schema.columns}
-            self.run(schema.feeds(warm, "warm-up")[0])
+            self.run(schema.feeds(warm, "warm-up"))
         self.ready = True
         return self
 

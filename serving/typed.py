@@ -68,13 +68,13 @@ class TypedSchema:
             Column(name, meta.input_name, "double", "numeric", False, None, None) for name in meta.features
         ]
         self.names = [column.name for column in self.columns]
-        inputs = {column.input for column in self.columns}
-        self.matrix_input = meta.input_name if len(inputs) == 1 and len(self.columns) > 1 else None
+        matrix = bool(meta.input_name) and all(column.input == meta.input_name for column in self.columns)
+        self.matrix_input = meta.input_name if matrix else None
         self.unknown_categories: dict[str, int] = {}
 
-    def feeds(self, values: Columns, where: str, text: bool = False) -> tuple[dict[str, np.ndarray], list[Any]]:
-        """The session's feeds for ``values`` (column name → raw values, all of one length) and the typed
-        values per column (what is collected). ``text``: values are CSV cells (strings, '' for null)."""
+    def feeds(self, values: Columns, where: str, text: bool = False) -> dict[str, np.ndarray]:
+        """The session's feeds for ``values`` (column name → raw values, all of one length).
+        ``text``: values are CSV cells (strings, '' for null)."""
         typed: list[Any] = []
         for column in self.columns:
             raw = values[column.name]
@@ -83,9 +83,20 @@ class TypedSchema:
             else:
                 typed.append(_doubles(raw, column, where, text))
         if self.matrix_input is not None:
-            return {self.matrix_input: np.column_stack(typed)}, typed
-        feeds = {column.input: values.reshape(-1, 1) for column, values in zip(self.columns, typed, strict=True)}
-        return feeds, typed
+            return {self.matrix_input: np.column_stack(typed)}
+        return {column.input: values.reshape(-1, 1) for column, values in zip(self.columns, typed, strict=True)}
+
+    def rows_of(self, feeds: dict[str, np.ndarray]) -> list[list[Any]]:
+        """Feeds as rows of JSON-ready values in column order (NaN → None): what is collected."""
+        if self.matrix_input is not None:
+            matrix = feeds[self.matrix_input]
+            columns = [matrix[:, index] for index in range(matrix.shape[1])]
+        else:
+            columns = [feeds[column.input].reshape(-1) for column in self.columns]
+        return [
+            [None if type(value) is float and math.isnan(value) else value for value in row]
+            for row in zip(*(column.tolist() for column in columns), strict=True)
+        ]
 
     def _strings(self, raw: list[Any], column: Column, where: str, text: bool) -> np.ndarray:
         out = np.empty(len(raw), dtype=object)
@@ -240,11 +251,3 @@ def _csv_columns(body: bytes, names: Sequence[str], max_rows: int) -> Columns:
             raise RequestError(413, f"more than {max_rows} rows exceed the limit of {max_rows} rows per request")
         rows.append(line)
     return _rows_columns(rows, header, names, max_rows, "CSV")
-
-
-def column_values(columns: Sequence[np.ndarray]) -> list[list[Any]]:
-    """Typed columns as rows of JSON-ready values (NaN → None), for collection."""
-    return [
-        [None if type(value) is float and math.isnan(value) else value for value in row]
-        for row in zip(*(c.tolist() for c in columns), strict=True)
-    ]

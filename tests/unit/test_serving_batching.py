@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from serving.batching import MicroBatcher
+from serving.batching import MicroBatcher, feed_rows, slice_outputs, stack_feeds
 
 
 def row_sums(matrix: np.ndarray) -> np.ndarray:
@@ -53,3 +53,24 @@ def test_a_lone_request_is_scored_without_waiting_for_company() -> None:
 def test_a_request_larger_than_the_cap_still_gets_one_call(rows: int) -> None:
     batcher = MicroBatcher(row_sums, max_rows=1)
     assert asyncio.run(batcher.predict(np.ones((rows, 2)))).tolist() == [2.0] * rows
+
+
+def test_typed_feeds_are_batched_and_each_request_gets_its_own_outputs() -> None:
+    def classify(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        numbers, words = feeds["x"].reshape(-1), feeds["kind"].reshape(-1)
+        return {"label": np.array([f"{w}:{n:g}" for n, w in zip(numbers, words, strict=True)], dtype=object),
+                "probabilities": np.column_stack([numbers, -numbers])}  # fmt: skip
+
+    batcher = MicroBatcher(classify, max_rows=5, stack=stack_feeds, rows=feed_rows, take=slice_outputs)
+    requests = [
+        {"x": np.full((1 + n % 2, 1), float(n)), "kind": np.full((1 + n % 2, 1), f"k{n}", dtype=object)}
+        for n in range(6)
+    ]
+
+    async def run() -> list[dict[str, np.ndarray]]:
+        return await asyncio.gather(*(batcher.predict(feeds) for feeds in requests))
+
+    for n, outputs in enumerate(asyncio.run(run())):
+        assert outputs["label"].tolist() == [f"k{n}:{n}"] * (1 + n % 2)
+        assert outputs["probabilities"].tolist() == [[n, -n]] * (1 + n % 2)
+    assert batcher.calls < len(requests)
