@@ -12,6 +12,10 @@ Not a test: prints tables. Needs ``wrk`` (Debian: ``apt-get install wrk``). Usag
    shared 2-core machine single runs vary by ±20 %.
 2. In process: scikit-learn ``predict`` vs onnxruntime per model family and batch size.
 3. Cold start (process start to ``/v2/health/ready`` = 200) and RSS of the server.
+4. The example classifier (models/tumours.yaml: strings, integers, a flag, numbers, gaps), one row:
+   ``mlflow models serve`` of the scikit-learn pipeline vs this server on ``/invocations`` (labels),
+   v2 JSON (label + probabilities) and v2 binary tensor data (as ``tritonclient.http`` sends it).
+   ``--classifier-only`` runs this table alone.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from serving.model import open_session  # noqa: E402
 from tasks.export import measure_latency  # noqa: E402
 from tasks.features import build_estimator  # noqa: E402
 from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx  # noqa: E402
-from tasks.sample_data import diabetes_frame  # noqa: E402
+from tasks.sample_data import diabetes_frame, tumours_frame  # noqa: E402
 
 MLFLOW, MLFLOW_2 = "mlflow models serve", "mlflow models serve -w 2"
 ONNX, ONNX_COLLECT, ONNX_2 = "onnx server", "onnx server + collection", "onnx, 2 workers + collection"
@@ -54,6 +58,14 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = '{body}'
+"""
+# A body of any bytes (the binary extension's), read from a file, with its headers.
+WRK_FILE_SCRIPT = """
+wrk.method = "POST"
+local f = assert(io.open("{path}", "rb"))
+wrk.body = f:read("*all")
+f:close()
+{headers}
 """
 LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -255,20 +267,134 @@ def inprocess_table() -> None:
             print(f"{family:<22} {rows:>6} {sk:>10.1f} {ox:>10.1f} {sk / ox:>8.1f}x")
 
 
+def write_classifier(workdir: Path) -> tuple[Path, Path, dict[str, tuple[bytes, dict[str, str]]]]:
+    """The example classifier as an MLflow model and an ONNX bundle; request bodies for one typed row."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from tasks.export import input_schema
+    from tasks.onnx_convert import LABEL
+    from tasks.train import TrainingSet, trusted_types
+
+    spec = load_spec("tumours", ROOT / "models")
+    data = TrainingSet(tumours_frame(), spec)
+    x, y = data.typed, data.frame[spec.target.column]
+    model = build_estimator(spec, "logistic_regression").fit(x, y)
+    mlflow_dir = workdir / "mlflow-classifier"
+    signature = infer_signature(x, model.predict(x))
+    mlflow.sklearn.save_model(model, str(mlflow_dir), signature=signature, skops_trusted_types=trusted_types(model))
+    converted = to_onnx(model, data.input_columns)
+    onnx_bytes = converted.model.SerializeToString()
+    metadata = ModelMetadata(
+        spec.name, "1", tuple(spec.feature_names), "", LABEL, hashlib.sha256(onnx_bytes).hexdigest(),
+        task=spec.task.value, inputs=tuple(input_schema(spec, converted, x)), outputs=converted.outputs,
+        classes=tuple(model.classes_.tolist()),
+    )  # fmt: skip
+    bundle = write_bundle(workdir / "classifier-bundle", onnx_bytes, metadata)
+    row = x.iloc[0].tolist()
+    columns = list(spec.feature_names)
+    split = json.dumps({"dataframe_split": {"columns": columns, "data": [row]}}).encode()
+    text = {c.column for c in converted.columns if c.type == "string"}
+    tensors = [
+        {"name": c, "shape": [1], "datatype": "BYTES" if c in text else "FP64", "data": [v]}
+        for c, v in zip(columns, row, strict=True)
+    ]
+    v2_json = json.dumps({"inputs": tensors}).encode()
+    chunks, header_tensors = [], []
+    for tensor in tensors:
+        value = tensor["data"][0]
+        text_value = str(value).encode()
+        chunk = (len(text_value).to_bytes(4, "little") + text_value) if tensor["datatype"] == "BYTES" else (
+            np.array([value], dtype="<f8").tobytes()
+        )  # fmt: skip
+        chunks.append(chunk)
+        header_tensors.append({**{k: tensor[k] for k in ("name", "shape", "datatype")},
+                               "parameters": {"binary_data_size": len(chunk)}})  # fmt: skip
+    head = json.dumps({"inputs": header_tensors, "parameters": {"binary_data_output": True}}).encode()
+    bodies = {
+        "/invocations": (split, {"Content-Type": "application/json"}),
+        "v2 JSON": (v2_json, {"Content-Type": "application/json"}),
+        "v2 binary": (
+            head + b"".join(chunks),
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))},
+        ),
+    }
+    return mlflow_dir, bundle, bodies
+
+
+def classifier_table(args: argparse.Namespace, workdir: Path) -> None:
+    mlflow_dir, bundle, bodies = write_classifier(workdir)
+    scripts = {}
+    for name, (content, headers) in bodies.items():
+        path = workdir / f"{name.replace(' ', '-').strip('/')}.body"
+        path.write_bytes(content)
+        lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in headers.items())
+        script = workdir / f"{path.stem}.lua"
+        script.write_text(WRK_FILE_SCRIPT.format(path=path, headers=lines))
+        scripts[name] = script
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    mlflow_serve = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(mlflow_dir), "--env-manager",
+                    "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]  # fmt: skip
+    onnx_serve = [sys.executable, "-m", "serving", str(bundle), "--port", str(port)]
+    infer = f"{base}/v2/models/tumours/infer"
+    runs = [
+        (MLFLOW, mlflow_serve, f"{base}/ping", [("/invocations", f"{base}/invocations")]),
+        (ONNX, onnx_serve, f"{base}/v2/health/ready",
+         [("/invocations", f"{base}/invocations"), ("v2 JSON", infer), ("v2 binary", infer)]),
+    ]  # fmt: skip
+    results: dict[tuple[str, str, int], dict[str, float]] = {}
+    body: str
+    for name, command, health, targets in runs:
+        with server(command, health, env):
+            for body, url in targets:
+                answer = httpx.post(url, content=bodies[body][0], headers=bodies[body][1], timeout=10)
+                if answer.status_code != 200:
+                    raise SystemExit(f"{name} refused the {body} body: {answer.status_code} {answer.text[:300]}")
+                for concurrency in args.concurrency:
+                    measured = [wrk(url, scripts[body], concurrency, args.duration) for _ in range(args.repeat)]
+                    results[(name, body, concurrency)] = {
+                        key: float(np.median([run[key] for run in measured])) for key in measured[0]
+                    }
+    print(
+        f"\nThe example classifier (10 typed columns: 2 strings, gaps), one row, wrk -t1, {args.duration} s per run, "
+        f"median of {args.repeat}"
+    )
+    print(f"{'server':<22} {'request':<14} {'c':>3} {'req/s':>9} {'p50':>8} {'p99':>8} {'errors':>7}")
+    for (name, body, concurrency), figures in results.items():
+        print(
+            f"{name:<22} {body:<14} {concurrency:>3} {figures['rps']:>9.0f} {figures['p50']:>8.2f} "
+            f"{figures['p99']:>8.2f} {figures['errors']:>7.0f}"
+        )
+    for concurrency in args.concurrency:
+        theirs = results[(MLFLOW, "/invocations", concurrency)]
+        for body in ("/invocations", "v2 binary"):
+            ours = results[(ONNX, body, concurrency)]
+            print(
+                f"onnx {body} / mlflow /invocations at c={concurrency}: {ours['rps'] / theirs['rps']:.1f}x req/s, "
+                f"p99 {ours['p99']:.2f} vs {theirs['p99']:.2f} ms"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeat", type=int, default=3, help="wrk runs per server and concurrency (median shown)")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--classifier-only", action="store_true", help="only the example classifier's table")
     args = parser.parse_args()
     if not args.skip_http and shutil.which("wrk") is None:
         raise SystemExit("wrk not found: install it (Debian: apt-get install wrk) or pass --skip-http")
     np.random.seed(0)
     if not args.skip_http:
         with tempfile.TemporaryDirectory() as workdir:
-            http_table(args, Path(workdir))
-    inprocess_table()
+            if not args.classifier_only:
+                http_table(args, Path(workdir))
+            classifier_table(args, Path(workdir))
+    if not args.classifier_only:
+        inprocess_table()
 
 
 if __name__ == "__main__":
