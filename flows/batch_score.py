@@ -24,10 +24,10 @@ from pydantic import BaseModel, Field
 
 from flows.run_once import print_outcome
 from mlops.settings import get_settings
-from serving.model import open_session
+from serving.model import is_matrix_regression, open_session
+from serving.typed import TypedSchema
 from tasks.batch import (
     REJECTED,
-    BatchScoreError,
     Manifest,
     chunks,
     count_rows,
@@ -35,11 +35,10 @@ from tasks.batch import (
     input_files,
     open_output,
     part_path,
-    split_scorable,
+    score_chunk,
     write_part,
 )
 from tasks.events import artifact_key
-from tasks.onnx_convert import MATRIX_INPUT
 from tasks.serving_bundle import fetch_bundle, model_uri, resolve_version
 from tasks.tracking import check_tracking_server
 
@@ -91,12 +90,7 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     version = str(resolve_version(tracking, model_uri(model_name, params.version)).version)
     bundle = settings.resolved_home / "bundles" / f"{model_name}-{version}"
     model_file, metadata = fetch_bundle(tracking, f"models:/{model_name}/{version}", bundle)
-    if metadata.task != "regression" or not metadata.numeric_matrix:
-        raise BatchScoreError(
-            f"{model_name} version {version} is a {metadata.task} model on typed columns; batch scoring takes "
-            "regressions on numeric features only for now: score it with the MLflow model "
-            f"(mlflow.sklearn.load_model('models:/{model_name}/{version}'))"
-        )
+    schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)
     session = open_session(str(model_file), params.threads or os.cpu_count() or 1)
 
     source = Path(params.input) if params.input else settings.resolved_home / "batch" / "input"
@@ -111,7 +105,6 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
             0.0, key=artifact_key("batch-score", model_name), description=f"{model_name} v{version}: {total} rows"
         ),
     )
-    features = list(metadata.features)
     done = scored = rejected = written = resumed = 0
     for path in files:
         first_row = 0
@@ -120,17 +113,10 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
             if part.exists():
                 resumed += 1
             else:
-                matrix, scorable = split_scorable(frame, features, path.name)
-                predictions = session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1)
+                scorable, predictions, reasons = score_chunk(session, metadata, schema, frame, path.name)
+                rejected_part = output / REJECTED / f"{path.stem}-{part.name}"
                 good, bad = write_part(
-                    frame,
-                    scorable,
-                    predictions,
-                    first_row,
-                    path,
-                    version,
-                    part,
-                    output / REJECTED / f"{path.stem}-{part.name}",
+                    frame, scorable, predictions, first_row, path, version, part, rejected_part, reasons
                 )
                 scored, rejected, written = scored + good, rejected + bad, written + 1
             first_row += len(frame)

@@ -26,8 +26,9 @@ import numpy as np
 from serving.bundle import BundleError, ModelMetadata
 from serving.protocols import MLFLOW_FORMATS, RequestError, check_names, check_rows, parse_json
 
-TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
-FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+# How a boolean column's text reads (training types its data with the same words: tasks.features).
+TRUE_WORDS = frozenset({"true", "1", "1.0", "yes", "y", "t"})
+FALSE_WORDS = frozenset({"false", "0", "0.0", "no", "n", "f"})
 Columns = dict[str, list[Any]]
 
 

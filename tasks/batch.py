@@ -20,10 +20,17 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pyarrow.parquet as pq
+
+from serving.bundle import ModelMetadata
+from serving.typed import TypedSchema
+from tasks.features import boolean_numbers, category_strings
+from tasks.onnx_convert import MATRIX_INPUT
 
 SUFFIXES = (".csv", ".parquet", ".pq")
 MANIFEST = "_manifest.json"
@@ -121,17 +128,84 @@ def split_scorable(frame: pd.DataFrame, features: list[str], source: str) -> tup
     return numbers.to_numpy(dtype=np.float64), scorable
 
 
+def typed_scorable(frame: pd.DataFrame, schema: TypedSchema, source: str) -> tuple[dict[str, np.ndarray], pd.Series]:
+    """A typed model's feeds for every row of ``frame`` (typed as training typed its data) and, per row, why it
+    cannot be scored ('' when it can): a value that is not a number, not finite, or missing where the column
+    may not be.
+
+    Raises:
+        BatchScoreError: A feature column is missing altogether.
+    """
+    missing = [column.name for column in schema.columns if column.name not in frame.columns]
+    if missing:
+        raise BatchScoreError(f"{source} lacks feature column(s) {', '.join(missing)} (has {list(frame.columns)})")
+    reasons = pd.Series("", index=frame.index, dtype=object)
+
+    def refuse(rows: pd.Series, why: str) -> None:
+        reasons[rows & (reasons == "")] = why
+
+    typed: list[np.ndarray] = []
+    for column in schema.columns:
+        raw = frame[column.name]
+        absent = raw.isna()
+        if column.type == "string":
+            typed.append(category_strings(raw).fillna(column.fill or "").to_numpy(dtype=object))
+        else:
+            numbers = boolean_numbers(raw) if column.kind == "boolean" else pd.to_numeric(raw, errors="coerce")
+            numbers = numbers.astype("float64")
+            refuse(
+                numbers.isna() & ~absent,
+                f"{column.name} is not {'true/false' if column.kind == 'boolean' else 'a number'}",
+            )
+            refuse(pd.Series(np.isinf(numbers.to_numpy()), index=frame.index), f"{column.name} is not finite")
+            typed.append(numbers.to_numpy())
+        if not column.nullable:
+            refuse(absent, f"{column.name} is missing and may not be")
+    if schema.matrix_input is not None:
+        return {schema.matrix_input: np.column_stack(typed)}, reasons
+    return {column.input: values.reshape(-1, 1) for column, values in zip(schema.columns, typed, strict=True)}, reasons
+
+
+def output_columns(outputs: dict[str, np.ndarray], classes: tuple[Any, ...]) -> dict[str, np.ndarray]:
+    """A model's outputs as the columns of a scored part: ``prediction`` (a label or a value) and, for a
+    classifier, ``probability_<class>`` per class."""
+    if "label" not in outputs:
+        return {"prediction": next(iter(outputs.values())).reshape(-1)}
+    probabilities = outputs["probabilities"]
+    return {
+        "prediction": outputs["label"].reshape(-1),
+        **{f"probability_{label}": probabilities[:, index] for index, label in enumerate(classes)},
+    }
+
+
+def score_chunk(
+    session: ort.InferenceSession, metadata: ModelMetadata, schema: TypedSchema | None, frame: pd.DataFrame, source: str
+) -> tuple[pd.Series, np.ndarray | dict[str, np.ndarray], pd.Series | None]:
+    """Score the rows of ``frame`` that can be: which rows, their predictions (or output columns), and why the
+    others cannot be (None: the numeric model's one reason). ``schema`` is None for a regression on one matrix."""
+    if schema is None:
+        matrix, scorable = split_scorable(frame, list(metadata.features), source)
+        return scorable, session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1), None
+    feeds, reasons = typed_scorable(frame, schema, source)
+    scorable = reasons == ""
+    rows = scorable.to_numpy()
+    outputs = session.run(list(metadata.outputs), {name: values[rows] for name, values in feeds.items()})
+    return scorable, output_columns(dict(zip(metadata.outputs, outputs, strict=True)), metadata.classes), reasons
+
+
 def write_part(
     frame: pd.DataFrame,
     scorable: pd.Series,
-    predictions: np.ndarray,
+    predictions: np.ndarray | dict[str, np.ndarray],
     first_row: int,
     source: Path,
     version: str,
     part: Path,
     rejected: Path,
+    reasons: pd.Series | None = None,
 ) -> tuple[int, int]:
-    """Write the scored rows to ``part`` and the others to ``rejected`` (each whole or not at all).
+    """Write the scored rows to ``part`` and the others to ``rejected`` with the reason (each whole or not at all).
+    ``predictions``: one value per scored row, or output columns (:func:`output_columns`).
 
     Returns:
         Rows scored and rows rejected.
@@ -139,10 +213,12 @@ def write_part(
     ids = pd.Series([f"{source.stem}:{first_row + i}" for i in range(len(frame))], index=frame.index)
     bad = ~scorable
     if bad.any():
-        quarantined = frame[bad].assign(request_id=ids[bad], reason="a feature is missing or not a finite number")
+        why = reasons[bad] if reasons is not None else "a feature is missing or not a finite number"
+        quarantined = frame[bad].assign(request_id=ids[bad], reason=why)
         rejected.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(rejected, _parquet_bytes(quarantined))
-    scored = frame[scorable].assign(prediction=predictions, model_version=version, request_id=ids[scorable])
+    columns = predictions if isinstance(predictions, dict) else {"prediction": predictions}
+    scored = frame[scorable].assign(**columns, model_version=version, request_id=ids[scorable])
     part.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(part, _parquet_bytes(scored))
     return int(scorable.sum()), int(bad.sum())

@@ -36,10 +36,8 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlops.spec import Feature, Fill, Kind, ModelSpec
 from serving.bundle import MISSING_CATEGORY
+from serving.typed import FALSE_WORDS, TRUE_WORDS
 from tasks.onnx_convert import FLOAT32_ONLY
-
-TRUE_WORDS = {"true", "1", "1.0", "yes", "y", "t"}
-FALSE_WORDS = {"false", "0", "0.0", "no", "n", "f"}
 
 DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "ridge": {"model__alpha": [0.01, 0.1, 1.0, 10.0]},
@@ -58,11 +56,18 @@ class PipelineFactoryError(ValueError):
     """The spec's pipeline factory cannot be imported or does not return an estimator."""
 
 
+def boolean_numbers(column: pd.Series) -> pd.Series:
+    """A boolean column as 1.0/0.0 (flags, 0/1, or words such as yes/no), NaN where it is neither."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return pd.to_numeric(column, errors="coerce").astype("float64")
+    words = column.astype("string").str.strip().str.lower()
+    values = np.where(words.isin(TRUE_WORDS), 1.0, np.where(words.isin(FALSE_WORDS), 0.0, np.nan))
+    return pd.Series(values, index=column.index, dtype="float64")
+
+
 def _numbers(column: pd.Series, feature: Feature) -> pd.Series:
-    if feature.kind is Kind.BOOLEAN and not pd.api.types.is_numeric_dtype(column):
-        words = column.astype("string").str.strip().str.lower()
-        values = np.where(words.isin(TRUE_WORDS), 1.0, np.where(words.isin(FALSE_WORDS), 0.0, np.nan))
-        return pd.Series(values, index=column.index, dtype="float64")
+    if feature.kind is Kind.BOOLEAN:
+        return boolean_numbers(column)
     return pd.to_numeric(column, errors="coerce").astype("float64")
 
 

@@ -204,3 +204,30 @@ def test_the_classifier_is_released_behind_its_endpoint(served: Served) -> None:
         assert answer.headers["x-mlops-deployment"] == deployment_name(settings.model_name, "1")
     finally:
         down(settings)
+
+
+def test_batch_scoring_of_a_mixed_type_file_answers_labels_probabilities_and_quarantines_bad_rows(
+    served: Served, tmp_path: Path
+) -> None:
+    from flows.batch_score import BatchScoreParameters, batch_score_flow
+    from tasks.batch import REJECTED, read_scores
+
+    source = served.rows.assign(patient_id=[f"P{n}" for n in range(len(served.rows))])
+    broken = source.head(2).copy()
+    broken["mean texture"] = broken["mean texture"].astype(object)
+    broken.loc[broken.index[0], "mean texture"] = "soft"  # not a number
+    broken.loc[broken.index[1], "mean radius"] = None  # may not be missing
+    (tmp_path / "input").mkdir()
+    pd.concat([source, broken], ignore_index=True).to_csv(tmp_path / "input" / "patients.csv", index=False)
+
+    outcome = batch_score_flow(
+        BatchScoreParameters(input=str(tmp_path / "input"), output=str(tmp_path / "out"), chunk_rows=25)
+    )
+    assert (outcome.scored, outcome.rejected) == (len(source), 2)
+    scores = read_scores(tmp_path / "out")
+    assert scores["prediction"].tolist() == served.labels.tolist()
+    probabilities = scores[["probability_benign", "probability_malignant"]].to_numpy()
+    assert np.abs(probabilities - served.probabilities).max() <= 1e-5
+    assert scores["patient_id"].tolist() == source["patient_id"].tolist()  # the input's columns are kept
+    rejected = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / REJECTED).glob("*.parquet"))
+    assert sorted(rejected["reason"]) == ["mean radius is missing and may not be", "mean texture is not a number"]
