@@ -21,11 +21,13 @@ Not a test: prints tables. Needs ``wrk`` (Debian: ``apt-get install wrk``). Usag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +35,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import numpy as np
@@ -142,8 +145,21 @@ def server(command: list[str], health: str, env: dict[str, str]) -> Iterator[tup
             time.sleep(0.05)
         yield time.perf_counter() - started, rss_mb(process.pid)
     finally:
-        os.killpg(process.pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
         process.wait(30)
+        _wait_port_free(health)
+
+
+def _wait_port_free(url: str, timeout: float = 20.0) -> None:
+    """Until nothing of the stopped server (e.g. a worker it forked) still listens where ``url`` points."""
+    parsed = urlparse(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex((parsed.hostname or "127.0.0.1", parsed.port or 80)) != 0:
+                return
+        time.sleep(0.1)
 
 
 def wrk(url: str, script: Path, concurrency: int, duration: int) -> dict[str, float]:

@@ -11,6 +11,7 @@ gives the length of its JSON part.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -71,7 +72,7 @@ class BinaryInputs:
             )
         chunk = self.data[self.offset : self.offset + size]
         self.offset += size
-        count = int(np.prod(shape))
+        count = math.prod(shape)
         if datatype == "BYTES":
             return _bytes_elements(bytes(chunk), count, name)
         dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
