@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,10 +51,8 @@ def may_hold_booleans(body: bytes) -> bool:
     return b"true" in body or b"false" in body
 
 
-def mlflow_matrix(body: bytes, content_type: str, features: Sequence[str], max_rows: int) -> np.ndarray:
-    """The matrix of an MLflow ``/invocations`` request."""
-    if content_type.startswith("text/csv"):
-        return _csv_matrix(body, features, max_rows)
+def mlflow_payload(body: bytes) -> tuple[str, Any, dict[str, Any]]:
+    """An ``/invocations`` JSON body's format (one of ``MLFLOW_FORMATS``), its value, and its ``params``."""
     payload = parse_json(body)
     if not isinstance(payload, dict):
         raise RequestError(400, f"expected a JSON object with one of {', '.join(MLFLOW_FORMATS)}")
@@ -64,8 +62,17 @@ def mlflow_matrix(body: bytes, content_type: str, features: Sequence[str], max_r
         raise RequestError(
             400, f"expected exactly one of {', '.join(MLFLOW_FORMATS)} (and optionally params); got {found}"
         )
-    key = formats[0]
-    value = payload[key]
+    params = payload.get("params") or {}
+    if not isinstance(params, dict):
+        raise RequestError(400, "params must be an object")
+    return formats[0], payload[formats[0]], params
+
+
+def mlflow_matrix(body: bytes, content_type: str, features: Sequence[str], max_rows: int) -> np.ndarray:
+    """The matrix of an MLflow ``/invocations`` request."""
+    if content_type.startswith("text/csv"):
+        return _csv_matrix(body, features, max_rows)
+    key, value, _ = mlflow_payload(body)
     bools = may_hold_booleans(body)
     if key == "dataframe_split":
         if not isinstance(value, dict) or "data" not in value:
@@ -190,15 +197,25 @@ def describe_bad_rows(rows: list[Any], names: Sequence[str], where: str) -> Requ
     return RequestError(400, f"{where}: values could not be read as a matrix of numbers")
 
 
-def _csv_matrix(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray:
+def csv_reader(body: bytes) -> tuple[list[str], Iterator[list[str]]]:
+    """A CSV body's header row and a reader of its other rows (a byte-order mark is ignored).
+
+    Raises:
+        RequestError: The body is not UTF-8 or has no header row.
+    """
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise RequestError(400, f"CSV body is not UTF-8: {error}") from error
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if not header:
-        raise RequestError(400, "CSV body needs a header row with the feature names")
+        raise RequestError(400, "CSV body needs a header row with the column names")
+    return header, reader
+
+
+def _csv_matrix(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray:
+    header, reader = csv_reader(body)
     rows: list[list[Any]] = []
     for number, line in enumerate(reader):
         if len(rows) >= max_rows:

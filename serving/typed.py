@@ -14,8 +14,6 @@ session's feeds exactly as training typed its data (``tasks.features.typed_featu
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from serving.bundle import BundleError, ModelMetadata
-from serving.protocols import MLFLOW_FORMATS, RequestError, check_names, check_rows, parse_json
+from serving.protocols import RequestError, check_names, check_rows, csv_reader, mlflow_payload
 
 # How a boolean column's text reads (training types its data with the same words: tasks.features).
 TRUE_WORDS = frozenset({"true", "1", "1.0", "yes", "y", "t"})
@@ -186,20 +184,7 @@ def mlflow_columns(
     """An ``/invocations`` request as raw values per column, its ``params``, and whether the values are CSV text."""
     if content_type.startswith("text/csv"):
         return _csv_columns(body, names, max_rows), {}, True
-    payload = parse_json(body)
-    if not isinstance(payload, dict):
-        raise RequestError(400, f"expected a JSON object with one of {', '.join(MLFLOW_FORMATS)}")
-    formats = [key for key in MLFLOW_FORMATS if key in payload]
-    if len(formats) != 1 or len(payload) - ("params" in payload) != 1:
-        found = ", ".join(sorted(payload)) or "nothing"
-        raise RequestError(
-            400, f"expected exactly one of {', '.join(MLFLOW_FORMATS)} (and optionally params); got {found}"
-        )
-    params = payload.get("params") or {}
-    if not isinstance(params, dict):
-        raise RequestError(400, "params must be an object")
-    key = formats[0]
-    value = payload[key]
+    key, value, params = mlflow_payload(body)
     if key == "dataframe_split":
         if not isinstance(value, dict) or "data" not in value:
             raise RequestError(400, "dataframe_split must be an object with 'data' (rows) and 'columns'")
@@ -236,14 +221,7 @@ def _rows_columns(rows: Any, columns: Any, names: Sequence[str], max_rows: int, 
 
 
 def _csv_columns(body: bytes, names: Sequence[str], max_rows: int) -> Columns:
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise RequestError(400, f"CSV body is not UTF-8: {error}") from error
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        raise RequestError(400, "CSV body needs a header row with the column names")
+    header, reader = csv_reader(body)
     rows: list[list[str]] = []
     for line in reader:
         if not line:

@@ -47,19 +47,24 @@ class V2Request:
     binary: frozenset[str]  # those to answer as bytes
 
 
-def parse_infer(
-    body: bytes, header_length: str | None, features: Sequence[str], outputs: Sequence[str], max_rows: int
-) -> V2Request:
-    """Decode an infer request (JSON, or JSON + binary tensor data) for a model of ``features`` → ``outputs``."""
+def _request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], list[dict[str, Any]], BinaryInputs]:
+    """The request's JSON object, its input tensors, and the reader of their binary data."""
     text, binary = split_body(body, header_length)
     payload = parse_json(text)
-    bools = may_hold_booleans(text)
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
         raise RequestError(400, "expected a JSON object with a non-empty 'inputs' list of tensors")
     tensors = payload["inputs"]
     if not all(isinstance(tensor, dict) for tensor in tensors):
         raise RequestError(400, "each entry of 'inputs' must be an object with name, shape, datatype and data")
-    raw = BinaryInputs(binary)
+    return payload, tensors, BinaryInputs(binary)
+
+
+def parse_infer(
+    body: bytes, header_length: str | None, features: Sequence[str], outputs: Sequence[str], max_rows: int
+) -> V2Request:
+    """Decode an infer request (JSON, or JSON + binary tensor data) for a model of ``features`` → ``outputs``."""
+    payload, tensors, raw = _request(body, header_length)
+    bools = may_hold_booleans(body)  # a binary part that happens to hold "true" only costs the slower check
     if len(tensors) == 1 and tensors[0].get("name") not in features:
         matrix = _matrix_tensor(tensors[0], features, max_rows, raw, bools)
     else:
@@ -75,14 +80,7 @@ def parse_typed_infer(
     """Decode an infer request for a typed model: one tensor per column (``BYTES`` for text, numbers, nulls in
     JSON data where a column may be missing), or one ``[rows, columns]`` numeric tensor; values checked later
     by :class:`serving.typed.TypedSchema`."""
-    text, binary = split_body(body, header_length)
-    payload = parse_json(text)
-    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or not payload["inputs"]:
-        raise RequestError(400, "expected a JSON object with a non-empty 'inputs' list of tensors")
-    tensors = payload["inputs"]
-    if not all(isinstance(tensor, dict) for tensor in tensors):
-        raise RequestError(400, "each entry of 'inputs' must be an object with name, shape, datatype and data")
-    raw = BinaryInputs(binary)
+    payload, tensors, raw = _request(body, header_length)
     columns: dict[str, list[Any]] = {}
     if len(tensors) == 1 and tensors[0].get("name") not in names:
         tensor = tensors[0]
