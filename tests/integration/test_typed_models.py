@@ -1,27 +1,44 @@
 """A classifier on a mixed-type table, a team's own pipeline, and an estimator that cannot be exported,
-each through the real training flow (real MLflow server, Prefect's harness)."""
+each through the real training flow (real MLflow server, Prefect's harness); the classifier served by the
+real server process: both protocols answer labels and probabilities equal to scikit-learn's for raw rows
+with strings, nulls and an unknown category, tritonclient with binary data on and off, typed rows
+collected, its known answer smoke-checked, released behind its endpoint and batch-scored."""
 
 from __future__ import annotations
 
+import json
+import math
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import httpx
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
+from cli.stack import down
+from flows.release import ReleaseParameters, release_flow
 from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.settings import Settings
 from mlops.spec import TrainingSpec
+from serving.bundle import read_bundle
 from serving.model import open_session
+from tasks.endpoint_admin import endpoint_url
 from tasks.features import typed_features
 from tasks.ingest import accepted_frame
 from tasks.onnx_convert import ExportError
+from tasks.rollout import RolloutConfig, deployment_name
 from tasks.serving_bundle import fetch_bundle
+from tasks.smoke import SmokeTestError, check_answers
 from tasks.tracking import client
 from tasks.train import TrainingSet
+from tests.conftest import serving_process
 from tests.integration.conftest import model_home
 
 
@@ -81,6 +98,205 @@ def test_a_new_category_at_scoring_time_is_ignored_by_both(classifier: Settings)
     typed = typed_features(frame.head(5).assign(clinic="harbour"), classifier.spec())
     model = mlflow.sklearn.load_model(f"models:/{classifier.model_name}@champion")
     assert len(model.predict(typed)) == 5
+
+
+@dataclass(frozen=True)
+class Served:
+    settings: Settings
+    url: str
+    rows: pd.DataFrame  # raw feature values as they arrived: strings, gaps, an Int64 with gaps, a flag
+    labels: np.ndarray  # scikit-learn's answers
+    probabilities: np.ndarray
+    collect_dir: Path
+    bundle: Path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, classifier: Settings) -> Iterator[Served]:
+    """Version 1 of the classifier (pinned: a test below may register a second) behind a real server process."""
+    settings = classifier
+    spec = settings.spec()
+    frame = accepted_frame(settings.data_for())
+    assert frame is not None
+    gaps = frame[frame["clinic"].isna()].head(5), frame[frame["lymph_nodes"].isna()].head(5)
+    rows = pd.concat([frame.head(30), *gaps])[list(spec.feature_names)].reset_index(drop=True)
+    assert rows["clinic"].isna().any() and rows["lymph_nodes"].isna().any()
+    model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/1")
+    typed = typed_features(rows, spec)
+    scratch = tmp_path_factory.mktemp("typed-bundle")
+    fetch_bundle(settings.tracking_uri, f"models:/{settings.model_name}/1", scratch / "bundle")
+    collect_dir = scratch / "collected"
+    with serving_process(scratch / "bundle", "--collect-dir", str(collect_dir)) as url:
+        labels, probabilities = model.predict(typed), model.predict_proba(typed)
+        yield Served(settings, url, rows, labels, probabilities, collect_dir, scratch / "bundle")
+
+
+def json_value(value: Any) -> Any:
+    """A cell as a client sends it: numbers, strings, booleans, null for any gap."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def raw_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{column: json_value(value) for column, value in record.items()} for record in rows.to_dict("records")]
+
+
+def test_invocations_answers_labels_and_opt_in_probabilities_like_scikit_learn(served: Served) -> None:
+    records = raw_records(served.rows)
+    columns = list(served.rows.columns)
+    split = {"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in records]}}
+    for body in (split, {"dataframe_records": records}, {"instances": records}):
+        answer = httpx.post(f"{served.url}/invocations", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == served.labels.tolist()
+    answer = httpx.post(f"{served.url}/invocations", json={**split, "params": {"predict_method": "predict_proba"}})
+    assert answer.status_code == 200, answer.text
+    assert np.abs(np.array(answer.json()["predictions"]) - served.probabilities).max() <= 1e-5
+
+    csv = served.rows.to_csv(index=False)  # gaps are empty cells, the flag True/False
+    answer = httpx.post(f"{served.url}/invocations", content=csv, headers={"content-type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"] == served.labels.tolist()
+
+
+def test_v2_json_tensors_per_column_answer_label_and_probabilities_with_the_class_names(served: Served) -> None:
+    records = raw_records(served.rows)
+    inputs = []
+    for column in served.rows.columns:
+        values = [record[column] for record in records]
+        text = served.rows[column].dtype == object
+        inputs.append({"name": column, "shape": [len(values)], "datatype": "BYTES" if text else "FP64", "data": values})
+    answer = httpx.post(f"{served.url}/v2/models/{served.settings.model_name}/infer", json={"inputs": inputs})
+    assert answer.status_code == 200, answer.text
+    outputs = {output["name"]: output for output in answer.json()["outputs"]}
+    assert outputs["label"]["datatype"] == "BYTES" and outputs["label"]["data"] == served.labels.tolist()
+    probabilities = outputs["probabilities"]
+    assert probabilities["shape"] == [len(records), 2]
+    assert probabilities["parameters"]["classes"] == ["benign", "malignant"]
+    assert np.abs(np.array(probabilities["data"]).reshape(-1, 2) - served.probabilities).max() <= 1e-5
+
+
+def test_tritonclient_with_binary_data_on_and_off(served: Served) -> None:
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(served.url.removeprefix("http://"))
+    rows = served.rows
+    try:
+        for binary in (True, False):
+            for width in ("FP64", "FP32"):
+                tensors = []
+                for column in rows.columns:
+                    if rows[column].dtype == object:
+                        values = np.array([json_value(v) or "" for v in rows[column]], dtype=object)
+                        values[rows[column].isna().to_numpy()] = "__missing__"  # BYTES holds no null
+                        tensor = triton.InferInput(column, [len(rows)], "BYTES")
+                    else:
+                        numbers = rows[column].astype("float64").to_numpy()
+                        values = numbers.astype(np.float32) if width == "FP32" else numbers
+                        tensor = triton.InferInput(column, [len(rows)], width)
+                    tensor.set_data_from_numpy(values, binary_data=binary)
+                    tensors.append(tensor)
+                wanted = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("label", "probabilities")]
+                result = client.infer(served.settings.model_name, tensors, outputs=wanted)
+                labels = result.as_numpy("label")
+                assert labels is not None
+                decoded = [label.decode() if isinstance(label, bytes) else label for label in labels.reshape(-1)]
+                assert decoded == served.labels.tolist(), (binary, width)
+                probabilities = result.as_numpy("probabilities")
+                assert probabilities is not None
+                tolerance = 1e-5 if width == "FP64" else 1e-3  # FP32 rounds the inputs themselves
+                assert np.abs(probabilities - served.probabilities).max() <= tolerance, (binary, width)
+    finally:
+        client.close()
+
+
+def test_an_unknown_category_is_scored_and_counted_and_a_missing_required_value_is_refused(served: Served) -> None:
+    record = raw_records(served.rows.head(1))[0]
+    answer = httpx.post(f"{served.url}/invocations", json={"dataframe_records": [{**record, "clinic": "harbour"}]})
+    assert answer.status_code == 200, answer.text
+    metrics = httpx.get(f"{served.url}/metrics").text
+    counted = [line for line in metrics.splitlines() if line.startswith("mlops_serving_unknown_categories_total")]
+    assert len(counted) == 1 and 'column="clinic"' in counted[0] and counted[0].endswith(" 1.0"), counted
+
+    refused = httpx.post(f"{served.url}/invocations", json={"dataframe_records": [{**record, "mean radius": None}]})
+    assert refused.status_code == 400
+    assert "column 'mean radius': missing, but mean radius may not be missing" in refused.json()["message"]
+    wrong = httpx.post(f"{served.url}/invocations", json={"dataframe_records": [{**record, "mean texture": "soft"}]})
+    assert wrong.status_code == 400 and "column 'mean texture': expected a number" in wrong.json()["message"]
+    regression_only = {"dataframe_records": [record], "params": {"predict_method": "decision_function"}}
+    assert httpx.post(f"{served.url}/invocations", json=regression_only).status_code == 400
+
+
+def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(served: Served) -> None:
+    httpx.post(f"{served.url}/invocations", json={"dataframe_records": raw_records(served.rows.head(3))})
+    lines: list[dict[str, Any]] = []
+    for _ in range(50):  # the collector writes every 0.1 s
+        files = sorted(served.collect_dir.glob("requests-*.jsonl*"))
+        lines = [json.loads(line) for path in files for line in path.read_text().splitlines()[1:] if line]
+        if lines:
+            break
+        time.sleep(0.1)
+    assert lines, f"nothing collected in {served.collect_dir}"
+    call = lines[0]
+    columns = list(served.rows.columns)
+    first = dict(zip(columns, call["inputs"][0], strict=True))
+    assert isinstance(first["clinic"], str) and isinstance(first["mean radius"], float)
+    assert call["predictions"][0] in ("benign", "malignant")
+    assert len(call["probabilities"][0]) == 2 and abs(sum(call["probabilities"][0]) - 1) < 1e-6
+
+
+def test_the_bundles_known_answer_passes_the_smoke_check_and_a_wrong_one_fails(served: Served) -> None:
+    _, metadata = read_bundle(served.bundle)
+    assert metadata.example is not None and metadata.example.probabilities
+    assert check_answers(served.url, metadata, timeout=10) <= metadata.example.tolerance
+    flipped = tuple("benign" if label == "malignant" else "malignant" for label in metadata.example.predictions)
+    with pytest.raises(SmokeTestError, match="answered the known request with labels"):
+        check_answers(served.url, replace(metadata, example=replace(metadata.example, predictions=flipped)), 10)
+
+
+def test_the_classifier_is_released_behind_its_endpoint(served: Served) -> None:
+    settings = served.settings
+    quick = RolloutConfig(steps=[50, 100], bake_seconds=1.0, min_requests=0)
+    try:
+        outcome = release_flow(ReleaseParameters(version="1", image="never", rollout=quick))
+        assert outcome.rollout == "nothing_to_do", outcome.message
+        record = raw_records(served.rows.head(3))
+        answer = httpx.post(f"{endpoint_url(settings)}/invocations", json={"dataframe_records": record}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == served.labels[:3].tolist()
+        assert answer.headers["x-mlops-deployment"] == deployment_name(settings.model_name, "1")
+    finally:
+        down(settings)
+
+
+def test_batch_scoring_of_a_mixed_type_file_answers_labels_probabilities_and_quarantines_bad_rows(
+    served: Served, tmp_path: Path
+) -> None:
+    from flows.batch_score import BatchScoreParameters, batch_score_flow
+    from tasks.batch import REJECTED, read_scores
+
+    source = served.rows.assign(patient_id=[f"P{n}" for n in range(len(served.rows))])
+    broken = source.head(2).copy()
+    broken["mean texture"] = broken["mean texture"].astype(object)
+    broken.loc[broken.index[0], "mean texture"] = "soft"  # not a number
+    broken.loc[broken.index[1], "mean radius"] = None  # may not be missing
+    (tmp_path / "input").mkdir()
+    pd.concat([source, broken], ignore_index=True).to_csv(tmp_path / "input" / "patients.csv", index=False)
+
+    outcome = batch_score_flow(
+        BatchScoreParameters(input=str(tmp_path / "input"), output=str(tmp_path / "out"), version="1", chunk_rows=25)
+    )
+    assert (outcome.scored, outcome.rejected) == (len(source), 2)
+    scores = read_scores(tmp_path / "out")
+    assert scores["prediction"].tolist() == served.labels.tolist()
+    probabilities = scores[["probability_benign", "probability_malignant"]].to_numpy()
+    assert np.abs(probabilities - served.probabilities).max() <= 1e-5
+    assert scores["patient_id"].tolist() == source["patient_id"].tolist()  # the input's columns are kept
+    rejected = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / REJECTED).glob("*.parquet"))
+    assert sorted(rejected["reason"]) == ["mean radius is missing and may not be", "mean texture is not a number"]
 
 
 def test_a_factory_pipeline_trains_exports_and_logs_its_source(classifier: Settings) -> None:
