@@ -28,8 +28,21 @@ class RolloutConfig(BaseModel):
     max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest canary 5xx share.")
     max_p99_ratio: float = Field(2.0, ge=1, description="Canary p99 may be this many times the stable p99 ...")
     p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
-    max_ks: float = Field(0.3, gt=0, le=1, description="Largest KS distance between canary and stable predictions.")
+    max_ks: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Largest distance between canary and stable predictions: KS for values, Cramér's V of the "
+        "predicted-class counts for a classifier's labels.",
+    )
     ks_alpha: float = Field(0.001, gt=0, lt=1, description="Significance a KS failure also needs.")
+    min_label_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="A classifier canary on mirrored traffic must give the label clients got at least this often.",
+    )
+    min_agreement_rows: int = Field(20, ge=1, description="Mirrored rows compared before agreement is judged.")
     compare_predictions: bool = Field(
         True,
         description="Roll back when canary and stable predictions differ (KS). Off: the KS distance is only "

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from serving.metrics import LATENCY_BUCKETS
 
 WINDOW_REQUESTS = 200_000
+Prediction = float | str  # a value, or a classifier's label
 PREDICTIONS_PER_REQUEST = 64
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
@@ -212,19 +213,27 @@ class DeploymentStats:
     prediction_sum: float = 0.0
     mirrored: int = 0
     # (epoch seconds, latency seconds, status, predictions) of recent requests, oldest first.
-    window: deque[tuple[float, float, int, tuple[float, ...]]] = field(
+    window: deque[tuple[float, float, int, tuple[Prediction, ...]]] = field(
         default_factory=lambda: deque(maxlen=WINDOW_REQUESTS)
     )
+    # (epoch seconds, predictions compared, equal) of mirrored requests: a shadow's answers against the answer
+    # the client got for the same request.
+    agreements: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=WINDOW_REQUESTS))
 
-    def observe(self, status: int, seconds: float, predictions: tuple[float, ...]) -> None:
+    def observe(self, status: int, seconds: float, predictions: tuple[Prediction, ...]) -> None:
         self.requests += 1
         self.codes[status] = self.codes.get(status, 0) + 1
         self.latency_buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
         if predictions:
             self.predictions += len(predictions)
-            self.prediction_sum += sum(predictions)
+            self.prediction_sum += sum(value for value in predictions if not isinstance(value, str))
         self.window.append((time.time(), seconds, status, predictions[:PREDICTIONS_PER_REQUEST]))
+
+    def observe_agreement(self, mine: tuple[Prediction, ...], answered: tuple[Prediction, ...]) -> None:
+        """Compare a mirrored request's predictions with those the client got (same request, other deployment)."""
+        if mine and len(mine) == len(answered):
+            self.agreements.append((time.time(), len(mine), sum(a == b for a, b in zip(mine, answered, strict=True))))
 
     def totals(self) -> dict[str, int]:
         """Cumulative requests and 5xx answers: O(1), for polling."""
@@ -243,6 +252,11 @@ class DeploymentStats:
         for entry in recent:
             codes[str(entry[2])] = codes.get(str(entry[2]), 0) + 1
         predictions = [value for entry in recent if entry[2] == 200 for value in entry[3]]
+        compared = equal = 0
+        for when, count, same in reversed(self.agreements):
+            if when < start:
+                break
+            compared, equal = compared + count, equal + same
         return {
             "requests": len(recent),
             "codes": codes,
@@ -250,6 +264,7 @@ class DeploymentStats:
             "p50_ms": _percentile(latencies, 0.50) * 1000,
             "p99_ms": _percentile(latencies, 0.99) * 1000,
             "predictions": predictions[-max_predictions:],
+            "agreement": {"compared": compared, "equal": equal},
         }
 
 

@@ -43,7 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from serving.asgi import Receive, Reply, Request, RequestError, Scope, Send, authorize, bearer, dumps, send_reply
 from serving.binary import HEADER
 from serving.config import ConfigError, EnvConfig
-from serving.endpoint import Deployment, DeploymentStats, EndpointError, EndpointMetrics, RoutingTable
+from serving.endpoint import Deployment, DeploymentStats, EndpointError, EndpointMetrics, Prediction, RoutingTable
 from serving.upstream import Response, Upstream, UpstreamError
 
 logger = logging.getLogger("serving.router")
@@ -88,9 +88,9 @@ class RouterConfig(EnvConfig):
             raise ConfigError("timeout and max_body_bytes must be > 0, drain_timeout >= 0")
 
 
-def predictions_of(body: bytes, header_length: bytes | None = None) -> tuple[float, ...]:
+def predictions_of(body: bytes, header_length: bytes | None = None) -> tuple[Prediction, ...]:
     """The predictions in a model server's answer (MLflow or v2 style, v2 outputs as JSON or as binary tensor
-    data after a JSON part of ``header_length`` bytes); () if there are none."""
+    data after a JSON part of ``header_length`` bytes): numbers, or a classifier's labels; () if there are none."""
     text = body if header_length is None else body[: int(header_length)] if header_length.isdigit() else b""
     try:
         content = orjson.loads(text)
@@ -110,7 +110,11 @@ def predictions_of(body: bytes, header_length: bytes | None = None) -> tuple[flo
     if not isinstance(values, list):
         return ()
     flat = [v[0] if isinstance(v, list) and v else v for v in values]
-    return tuple(float(v) for v in flat if isinstance(v, int | float) and not isinstance(v, bool))
+    return tuple(
+        v if isinstance(v, str) else float(v)
+        for v in flat
+        if isinstance(v, int | float | str) and not isinstance(v, bool)
+    )
 
 
 class Router:
@@ -266,8 +270,9 @@ class Router:
         await send_reply(send, Reply(response.status, response.body, content_type), extra)
         shadows = self.table.shadows
         if shadows and random.random() < self.table.mirror:
+            answered = predictions_of(response.body, response.header(HEADER)) if response.status == 200 else ()
             for shadow in shadows:
-                task = asyncio.create_task(self._mirror(shadow, method, target, headers, body))
+                task = asyncio.create_task(self._mirror(shadow, method, target, headers, body, answered))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
 
@@ -289,13 +294,24 @@ class Router:
         stats.observe(response.status, time.perf_counter() - start, predictions)
         return response
 
-    async def _mirror(self, shadow: Deployment, method: bytes, target: bytes, headers: bytes, body: bytes) -> None:
+    async def _mirror(
+        self,
+        shadow: Deployment,
+        method: bytes,
+        target: bytes,
+        headers: bytes,
+        body: bytes,
+        answered: tuple[Prediction, ...] = (),
+    ) -> None:
         upstream = self.upstreams.get(shadow.name)
         if upstream is None:
             return
-        self.stats[shadow.name].mirrored += 1
+        stats = self.stats[shadow.name]
+        stats.mirrored += 1
         with contextlib.suppress(Exception):  # a shadow's failure is recorded in its stats, never raised
-            await self._send(shadow, method, target, headers, body)
+            response = await self._send(shadow, method, target, headers, body)
+            if response is not None and response.status == 200 and answered:
+                stats.observe_agreement(predictions_of(response.body, response.header(HEADER)), answered)
 
     # --- admin ------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 from prefect import task
-from scipy.stats import ks_2samp
+from scipy.stats import chi2_contingency, ks_2samp
 
 from mlops.policies import RolloutConfig
 from serving.endpoint import Deployment
@@ -53,22 +53,36 @@ class Window:
     errors: int
     p50_ms: float
     p99_ms: float
-    predictions: tuple[float, ...] = ()
+    predictions: tuple[float | str, ...] = ()
+    agreement_compared: int = 0  # mirrored predictions compared with the answer the client got
+    agreement_equal: int = 0
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
 
+    @property
+    def labels(self) -> list[str]:
+        """A classifier's predicted labels (text labels; numbers are values or numeric labels)."""
+        return [value for value in self.predictions if isinstance(value, str)]
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreement_equal / self.agreement_compared if self.agreement_compared else None
+
     @classmethod
     def from_stats(cls, stats: dict[str, Any] | None) -> Window:
         if not stats:
             return cls(0, 0, 0.0, 0.0)
+        agreement = stats.get("agreement") or {}
         return cls(
             int(stats["requests"]),
             int(stats["errors"]),
             float(stats["p50_ms"]),
             float(stats["p99_ms"]),
             tuple(stats["predictions"]),
+            int(agreement.get("compared", 0)),
+            int(agreement.get("equal", 0)),
         )
 
     def figures(self) -> dict[str, float]:
@@ -133,7 +147,10 @@ def deployment_name(model_name: str, version: str) -> str:
 
 
 def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list[str], float | None]:
-    """Reasons the canary fails against the stable window (empty: it passes), and the KS distance."""
+    """Reasons the canary fails against the stable window (empty: it passes), and the distance between their
+    predictions: KS for values, Cramér's V of the predicted-class counts (chi-square) for a classifier's labels.
+    Either fails only when large (``max_ks``) and significant (``ks_alpha``); a classifier canary that saw mirrored
+    traffic also fails when it agrees with the answers clients got less often than ``min_label_agreement``."""
     reasons = []
     if canary.error_rate > config.max_error_rate:
         reasons.append(f"canary error rate {canary.error_rate:.1%} > {config.max_error_rate:.1%}")
@@ -141,17 +158,44 @@ def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list
         allowed = max(stable.p99_ms * config.max_p99_ratio, stable.p99_ms + config.p99_slack_ms)
         if canary.p99_ms > allowed:
             reasons.append(f"canary p99 {canary.p99_ms:.1f} ms > {allowed:.1f} ms (stable p99 {stable.p99_ms:.1f} ms)")
-    ks = None
-    if len(canary.predictions) >= 2 and len(stable.predictions) >= 2:
-        result = ks_2samp(np.asarray(canary.predictions), np.asarray(stable.predictions))
-        ks = float(result.statistic)
-        if config.compare_predictions and ks > config.max_ks and float(result.pvalue) < config.ks_alpha:
-            reasons.append(
-                f"canary predictions differ from stable: KS {ks:.2f} > {config.max_ks} (p={float(result.pvalue):.1e})"
-            )
+    distance, pvalue, what = _prediction_distance(canary, stable)
+    if config.compare_predictions and distance is not None and distance > config.max_ks and pvalue < config.ks_alpha:
+        reasons.append(
+            f"canary predictions differ from stable: {what} {distance:.2f} > {config.max_ks} (p={pvalue:.1e})"
+        )
+    agreement = canary.agreement
+    if (
+        config.compare_predictions
+        and agreement is not None
+        and canary.labels
+        and canary.agreement_compared >= config.min_agreement_rows
+        and agreement < config.min_label_agreement
+    ):
+        reasons.append(
+            f"canary labels agree with the answers given on {agreement:.1%} of {canary.agreement_compared} mirrored "
+            f"rows (< {config.min_label_agreement:.0%})"
+        )
     if not reasons and canary.requests < config.min_requests:
         reasons.append(f"only {canary.requests} canary requests in the step (need {config.min_requests}): no verdict")
-    return reasons, ks
+    return reasons, distance
+
+
+def _prediction_distance(canary: Window, stable: Window) -> tuple[float | None, float, str]:
+    """(distance, p-value, name): Cramér's V of label counts when the canary answers labels, else KS of values."""
+    mine, theirs = canary.labels, stable.labels
+    if mine and theirs:
+        classes = sorted(set(mine) | set(theirs))
+        table = np.array([[mine.count(c) for c in classes], [theirs.count(c) for c in classes]])
+        if len(classes) < 2:
+            return 0.0, 1.0, "Cramér's V"
+        chi2, pvalue, _, _ = chi2_contingency(table, correction=False)
+        return float(np.sqrt(chi2 / table.sum())), float(pvalue), "Cramér's V"
+    numbers = [p for p in canary.predictions if not isinstance(p, str)]
+    reference = [p for p in stable.predictions if not isinstance(p, str)]
+    if len(numbers) >= 2 and len(reference) >= 2:
+        result = ks_2samp(np.asarray(numbers, dtype=float), np.asarray(reference, dtype=float))
+        return float(result.statistic), float(result.pvalue), "KS"
+    return None, 1.0, "KS"
 
 
 @task

@@ -103,22 +103,30 @@ TINY_ROWS = [[1.0, 2.0, 3.0], [-1.0, 0.5, 40.0], [0.0, -20.0, 100.0]]
 
 
 def write_tiny_bundle(directory: Path, model: Any, version: str = "7", name: str = "tiny") -> Path:
-    """A serving bundle of a model on ``TINY_FEATURES``, with a known answer for ``TINY_ROWS``."""
+    """A serving bundle of a model (regressor or classifier) on ``TINY_FEATURES``, with a known answer for
+    ``TINY_ROWS``."""
+    from sklearn.base import is_classifier
+
     from serving.bundle import ModelMetadata, write_bundle
     from tasks.export import known_answer
-    from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx
+    from tasks.onnx_convert import LABEL, MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_onnx
 
-    onnx_bytes = to_onnx(model, numeric_columns(TINY_FEATURES)).model.SerializeToString()
+    converted = to_onnx(model, numeric_columns(TINY_FEATURES))
+    onnx_bytes = converted.model.SerializeToString()
     rows = pd.DataFrame(TINY_ROWS, columns=list(TINY_FEATURES))
+    classifier = is_classifier(model)
     metadata = ModelMetadata(
         name,
         version,
         TINY_FEATURES,
         MATRIX_INPUT,
-        OUTPUT_NAME,
+        LABEL if classifier else OUTPUT_NAME,
         hashlib.sha256(onnx_bytes).hexdigest(),
         run_id="r1",
-        example=known_answer(model, rows, tolerance=1e-9),
+        example=known_answer(model, rows, tolerance=1e-6 if classifier else 1e-9, classifier=classifier),
+        task="binary" if classifier else "regression",
+        outputs=converted.outputs,
+        classes=tuple(model.classes_.tolist()) if classifier else (),
     )
     return write_bundle(directory, onnx_bytes, metadata)
 

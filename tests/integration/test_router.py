@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -221,3 +222,42 @@ def test_the_triton_client_binary_extension_passes_through_the_router(endpoint: 
     assert through_router.reshape(-1).tolist() == pytest.approx([d[0] if isinstance(d, list) else d for d in direct])
     recorded = endpoint.admin("GET", "stats?since=0").json()["deployments"]["v7"]["predictions"]
     assert recorded[-2:] == pytest.approx(through_router.reshape(-1).tolist())
+
+
+def test_mirrored_classifier_answers_are_compared_with_the_answers_clients_got(tmp_path: Path) -> None:
+    """A shadow classifier that flips the labels agrees on no row; an identical one on every row."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = pd.DataFrame(np.random.default_rng(3).normal(size=(200, 3)), columns=list(TINY_FEATURES))
+    truth = np.where(x["x1"] + 0.2 * x["x2"] > 0, "yes", "no")
+    good = LogisticRegression().fit(x, truth)
+    flipped = LogisticRegression().fit(x, np.where(truth == "yes", "no", "yes"))
+    bundles = {
+        "stable": write_tiny_bundle(tmp_path / "stable", good, "1"),
+        "same": write_tiny_bundle(tmp_path / "same", good, "2"),
+        "flipped": write_tiny_bundle(tmp_path / "flipped", flipped, "3"),
+    }
+    with ExitStack() as stack:
+        servers = {name: stack.enter_context(serving_process(bundle)) for name, bundle in bundles.items()}
+        env = {**os.environ, "MLOPS_ROUTER_ADMIN_TOKEN": TOKEN}
+        args = ["-m", "serving.router", "--model", "tiny", "--deployment", f"stable={servers['stable']}@100:1"]
+        url = stack.enter_context(python_server(args, "/v2/health/ready", env))
+        http = stack.enter_context(httpx.Client(timeout=30, headers={"Authorization": f"Bearer {TOKEN}"}))
+        for name, version in (("same", "2"), ("flipped", "3")):
+            body = {"name": name, "url": servers[name], "version": version, "shadow": True}
+            assert http.post(f"{url}/admin/deployments", json=body).status_code == 201
+        assert http.put(f"{url}/admin/weights", json={"weights": {}, "mirror": 1.0}).is_success
+        rows = x.head(40).to_numpy().tolist()
+        answers = [http.post(f"{url}/invocations", json={"instances": [row]}).json()["predictions"][0] for row in rows]
+        assert set(answers) == {"yes", "no"}
+
+        def agreement() -> dict[str, dict[str, int]]:
+            stats = http.get(f"{url}/admin/stats?since=0").json()["deployments"]
+            return {name: stats[name]["agreement"] for name in ("same", "flipped")}
+
+        deadline = time.monotonic() + 10  # mirrored requests are sent after the answer
+        while agreement()["flipped"]["compared"] < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert agreement() == {"same": {"compared": 40, "equal": 40}, "flipped": {"compared": 40, "equal": 0}}
+        labels = http.get(f"{url}/admin/stats?since=0").json()["deployments"]["stable"]["predictions"]
+        assert labels == answers  # the router records a classifier's labels for the rollout's chi-square

@@ -50,3 +50,30 @@ def test_steps_must_climb_to_100() -> None:
     for steps in ([10, 50], [50, 10, 100], [0, 100], [10, 10, 100], []):
         with pytest.raises(ValidationError, match="steps must increase"):
             RolloutConfig(steps=steps)
+
+
+def labels(n: int, malignant: float, seed: int = 1) -> tuple[str, ...]:
+    draws = np.random.default_rng(seed).random(n)
+    return tuple("malignant" if d < malignant else "benign" for d in draws)
+
+
+def test_a_classifier_canary_is_judged_on_its_predicted_classes_by_chi_square() -> None:
+    stable = Window(300, 0, 1.0, 4.0, labels(300, 0.35))
+    like = Window(300, 0, 1.0, 4.0, labels(300, 0.35, seed=2))
+    reasons, distance = analyse(like, stable, CONFIG)
+    assert reasons == [] and distance is not None and distance < 0.1
+    flipped = Window(300, 0, 1.0, 4.0, labels(300, 0.65, seed=2))  # the classes swapped
+    reasons, distance = analyse(flipped, stable, CONFIG)
+    assert distance is not None and distance > 0.3
+    assert len(reasons) == 1 and "Cramér's V" in reasons[0]
+
+
+def test_a_classifier_canary_that_disagrees_on_mirrored_rows_fails_and_agreement_needs_enough_rows() -> None:
+    stable = Window(300, 0, 1.0, 4.0, labels(300, 0.35))
+    disagreeing = Window(300, 0, 1.0, 4.0, labels(300, 0.35, seed=2), agreement_compared=300, agreement_equal=240)
+    reasons, _ = analyse(disagreeing, stable, CONFIG)
+    assert reasons == ["canary labels agree with the answers given on 80.0% of 300 mirrored rows (< 90%)"]
+    too_few = Window(300, 0, 1.0, 4.0, labels(300, 0.35, seed=2), agreement_compared=10, agreement_equal=5)
+    assert analyse(too_few, stable, CONFIG)[0] == []
+    relaxed = CONFIG.model_copy(update={"compare_predictions": False})
+    assert analyse(disagreeing, stable, relaxed)[0] == []
