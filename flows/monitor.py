@@ -67,7 +67,8 @@ class MonitorOutcome:
     """What a monitoring run found.
 
     Attributes:
-        status: ``judged`` or ``too-few-rows`` (nothing judged, nothing emitted).
+        status: ``judged``, ``too-few-rows`` or ``not-supported`` (a classifier or a model with categorical
+            inputs: their drift and performance are not judged yet; nothing emitted).
         message: One line for people.
         version: The champion version judged.
         rows: Rows served by it in the window.
@@ -107,6 +108,12 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     version = champion_version(tracking, model_name)
     if version is None:
         raise NoChampionError(f"{model_name} has no champion to monitor; train one first (`uv run mlops train`)")
+    categorical = [feature.name for feature in spec.features if feature.is_categorical]
+    if spec.task.is_classification or categorical:
+        what = f"a {spec.task.value} classifier" if spec.task.is_classification else f"categories ({categorical})"
+        message = f"{model_name} v{version}: monitoring of {what} is not supported yet; nothing judged"
+        logger.warning("%s", message)
+        return MonitorOutcome("not-supported", message, model_name, version, "")
 
     until = params.window_end.timestamp() if params.window_end else time.time()
     since = until - params.window_minutes * 60

@@ -10,6 +10,7 @@ target column and optionally ``row`` (the row of a multi-row request, default 0)
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -73,18 +74,26 @@ def load_requests(
             rows.append(np.concatenate([np.arange(count) for count in counts]))
             times.append(np.full(total, call["time"]))
             versions.append(np.full(total, header["model_version"], dtype=object))
-            inputs.append(np.asarray(call["inputs"], dtype=float).reshape(total, -1))
-            predictions.append(np.asarray(call["predictions"], dtype=float).reshape(total))
+            inputs.append(_values(call["inputs"]).reshape(total, -1))
+            predictions.append(_values(call["predictions"]).reshape(total))
     columns = columns or []
     if not ids:
         return pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction"])
-    frame = pd.DataFrame(np.concatenate(inputs), columns=columns)
+    frame = pd.DataFrame(np.concatenate(inputs), columns=columns).infer_objects()
     frame.insert(0, "request_id", ids)
     frame.insert(1, "row", np.concatenate(rows))
     frame.insert(2, "time", np.concatenate(times))
     frame.insert(3, "model_version", np.concatenate(versions))
     frame["prediction"] = np.concatenate(predictions)
     return frame
+
+
+def _values(values: list[Any]) -> np.ndarray:
+    """Collected values as float64 (null → NaN), or as objects where a typed model collected text."""
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return np.asarray(values, dtype=object)
 
 
 def load_labels(directory: Path, target: str) -> pd.DataFrame:

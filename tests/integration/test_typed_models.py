@@ -248,6 +248,20 @@ def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(s
     assert len(call["probabilities"][0]) == 2 and abs(sum(call["probabilities"][0]) - 1) < 1e-6
 
 
+def test_typed_collection_is_read_back_and_the_monitor_says_it_cannot_judge_a_classifier_yet(served: Served) -> None:
+    from flows.monitor import MonitorParameters, monitor_flow
+    from tasks.collected import load_requests
+
+    httpx.post(f"{served.url}/invocations", json={"dataframe_records": raw_records(served.rows.head(4))})
+    time.sleep(0.5)  # the collector writes every 0.1 s
+    collected = load_requests(served.collect_dir, 0)
+    assert len(collected) >= 4
+    assert collected["clinic"].dtype == object and collected["mean radius"].dtype == np.float64
+    assert set(collected["prediction"]) <= {"benign", "malignant"}
+    outcome = monitor_flow(MonitorParameters(window_minutes=60))
+    assert outcome.status == "not-supported" and "binary classifier" in outcome.message
+
+
 def test_the_bundles_known_answer_passes_the_smoke_check_and_a_wrong_one_fails(served: Served) -> None:
     _, metadata = read_bundle(served.bundle)
     assert metadata.example is not None and metadata.example.probabilities
@@ -297,6 +311,20 @@ def test_batch_scoring_of_a_mixed_type_file_answers_labels_probabilities_and_qua
     assert scores["patient_id"].tolist() == source["patient_id"].tolist()  # the input's columns are kept
     rejected = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / REJECTED).glob("*.parquet"))
     assert sorted(rejected["reason"]) == ["mean radius is missing and may not be", "mean texture is not a number"]
+
+
+def test_the_classifiers_image_passes_the_typed_smoke_check_in_a_container(served: Served, docker_engine: Any) -> None:
+    """The release flow builds the classifier's serving image and asks the container its typed known answer
+    by both protocols (labels exact, probabilities within the tolerance) before recording it."""
+    settings = served.settings
+    try:
+        outcome = release_flow(ReleaseParameters(version="1", image_only=True))
+        tags = client(settings.tracking_uri).get_model_version(settings.model_name, "1").tags
+        assert tags["image_smoke"] == "passed", tags.get("image_smoke_summary")
+        assert outcome.image == f"mlops/{settings.model_name}:1"
+    finally:
+        for image in docker_engine.images.list(name=f"mlops/{settings.model_name}"):
+            docker_engine.images.remove(image.id, force=True)
 
 
 def test_a_factory_pipeline_trains_exports_and_logs_its_source(classifier: Settings) -> None:
