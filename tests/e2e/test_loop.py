@@ -38,13 +38,11 @@ from cli.traffic import BackgroundTraffic
 from deployments.automations import TAG
 from deployments.prefect_server import start_prefect, stop_prefect
 from deployments.prefect_worker import PROJECT, _prefect, deploy_all, start_worker, stop_worker
-from flows.release import ReleaseParameters, release_flow
 from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
 from mlops.process import free_port
-from mlops.settings import Settings, get_settings
+from mlops.settings import Settings
 from tasks.endpoint_admin import endpoint_url
 from tasks.ingest import accepted_frame
-from tasks.rollout import RolloutConfig
 from tasks.sample_data import drifted, land_batches
 from tests.conftest import model_env, write_spec
 from tests.integration.factories import SECOND_REGRESSION
@@ -166,8 +164,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
     with pytest.MonkeyPatch.context() as patch:
         for key, value in values.items():
             patch.setenv(key, value)
-        get_settings.cache_clear()  # flows run in this process too (the other model's release)
-        settings = get_settings()
+        settings = Settings()
         patch.setenv("PREFECT_API_URL", settings.prefect_url)
         env = {**os.environ}
         start_mlflow(mlflow)
@@ -182,7 +179,6 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
             down(settings)
             stop_prefect(settings)
             stop_mlflow(mlflow)
-            get_settings.cache_clear()
 
 
 def apply_automations(loop: Loop) -> dict[str, str]:
@@ -201,7 +197,7 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     assert set(apply_automations(loop).values()) == {"unchanged"}  # idempotent
 
     # The first champions, trained by each model's own deployment (both at once, one worker), and put behind
-    # their endpoints: the first by a CLI-triggered deployment run, the other by the release flow in-process.
+    # their endpoints by CLI-triggered deployment runs.
     other = loop.other
     land_batches(settings.landing_for(), [0])
     land_batches(settings.landing_for(other), [0, 1, 2, 3], spec=settings.spec(other))
@@ -211,9 +207,8 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     assert loop.alias("champion") == "1"
     release = {"params": {"version": "champion", "image": "never", "rollout": ROLLOUT}}
     assert "Completed" in loop.run_deployment("release/challenger", release)
-    quick = RolloutConfig.model_validate(ROLLOUT)
-    released = release_flow(ReleaseParameters(version="champion", model_name=other, image="never", rollout=quick))
-    assert released.rollout == "nothing_to_do", released.message
+    other_release = {"params": {**release["params"], "model_name": other}}
+    assert "Completed" in loop.run_deployment("release/challenger", other_release)
 
     frame = accepted_frame(settings.data_for())
     assert frame is not None
@@ -286,13 +281,13 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     assert [(run["state_type"], run["parameters"]["params"]["model"]) for run in trains] == [
         ("COMPLETED", settings.model_name)
     ]
-    assert [run["state_type"] for run in releases] == ["COMPLETED"] * 2  # the first champion's, then v2's
+    assert [run["state_type"] for run in releases] == ["COMPLETED"] * 3  # both first champions, then A's v2
     assert [run["state_type"] for run in monitors] == ["COMPLETED", "COMPLETED"]  # each judged both models
     first_drift = datetime.fromisoformat(events[positions[0]]["occurred"])
     assert datetime.fromisoformat(trains[0]["created"]) > first_drift
     assert trains[0]["created_by"]["type"] == "AUTOMATION", trains[0]["created_by"]
-    assert releases[1]["created_by"]["type"] == "AUTOMATION"
-    assert releases[1]["parameters"]["params"]["model_name"] == settings.model_name
+    assert releases[2]["created_by"]["type"] == "AUTOMATION"
+    assert releases[2]["parameters"]["params"]["model_name"] == settings.model_name
     timeline = "\n".join(f"{event['occurred']}  {event['event']}" for event in events)
     (settings.resolved_home / "loop-timeline.txt").write_text(f"{timeline}\nloop {loop_seconds:.1f} s\n")
     print(f"event chain:\n{timeline}\ndrift traffic -> promoted: {loop_seconds:.1f} s")
