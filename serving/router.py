@@ -250,14 +250,15 @@ class Router:
         headers = b"".join(key + b": " + value + b"\r\n" for key, value in scope["headers"] if key in FORWARDED)
         target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
         method = scope["method"].encode()
-        response = await self._send(deployment, method, target, headers, body)
-        if response is None:  # refused: once more on another live deployment, if there is one
+        sent = await self._send(deployment, method, target, headers, body)
+        if sent is None:  # refused: once more on another live deployment, if there is one
             fallback = self.table.choose_other(deployment.name, random.random())
             if fallback is not None:
                 deployment = fallback
-                response = await self._send(deployment, method, target, headers, body)
-        if response is None:
-            response = Response(502, [], dumps({"error": f"deployment {deployment.name} is unreachable"}))
+                sent = await self._send(deployment, method, target, headers, body)
+        if sent is None:
+            sent = Response(502, [], dumps({"error": f"deployment {deployment.name} is unreachable"})), ()
+        response, answered = sent
         extra = [
             (b"x-mlops-deployment", deployment.name.encode()),
             (b"x-mlops-model-version", deployment.version.encode()),
@@ -270,7 +271,6 @@ class Router:
         await send_reply(send, Reply(response.status, response.body, content_type), extra)
         shadows = self.table.shadows
         if shadows and random.random() < self.table.mirror:
-            answered = predictions_of(response.body, response.header(HEADER)) if response.status == 200 else ()
             for shadow in shadows:
                 task = asyncio.create_task(self._mirror(shadow, method, target, headers, body, answered))
                 self._background.add(task)
@@ -278,8 +278,9 @@ class Router:
 
     async def _send(
         self, deployment: Deployment, method: bytes, target: bytes, headers: bytes, body: bytes
-    ) -> Response | None:
-        """Forward and record; None if the deployment could not be reached at all."""
+    ) -> tuple[Response, tuple[Prediction, ...]] | None:
+        """Forward and record; the answer and the predictions read from it (once, for the stats, the mirror's
+        comparison and the client's answer alike), or None if the deployment could not be reached at all."""
         upstream, stats = self.upstreams[deployment.name], self.stats[deployment.name]
         start = time.perf_counter()
         try:
@@ -292,7 +293,7 @@ class Router:
             return None
         predictions = predictions_of(response.body, response.header(HEADER)) if response.status == 200 else ()
         stats.observe(response.status, time.perf_counter() - start, predictions)
-        return response
+        return response, predictions
 
     async def _mirror(
         self,
@@ -309,9 +310,9 @@ class Router:
         stats = self.stats[shadow.name]
         stats.mirrored += 1
         with contextlib.suppress(Exception):  # a shadow's failure is recorded in its stats, never raised
-            response = await self._send(shadow, method, target, headers, body)
-            if response is not None and response.status == 200 and answered:
-                stats.observe_agreement(predictions_of(response.body, response.header(HEADER)), answered)
+            sent = await self._send(shadow, method, target, headers, body)
+            if sent is not None and sent[0].status == 200 and answered:
+                stats.observe_agreement(sent[1], answered)
 
     # --- admin ------------------------------------------------------------------------------
 
