@@ -2,13 +2,19 @@
 
 Each run takes one window of collected requests (default: the last hour) and
 
-1. decides drift on every row (features and predictions; :mod:`tasks.drift`) and emits
+1. decides drift on every row (features by their kind, and the model's outputs: a regression's
+   prediction, a classifier's label and class probabilities; :mod:`tasks.drift`) and emits
    ``drift.detected`` when the data set drifted;
 2. writes Evidently's data drift report (HTML) into the champion's monitoring run in MLflow, under
    ``<home>/reports/<model>/`` and as a Prefect link artifact;
 3. runs the Great Expectations suite on the live inputs;
 4. joins the labels that arrived for the window's requests (``<home>/labels/<model>/``) and emits
-   ``performance.degraded`` when RMSE exceeds the champion's holdout RMSE by the policy's factor.
+   ``performance.degraded`` when RMSE exceeds the champion's holdout RMSE by the policy's factor, or a
+   classifier's accuracy, macro F1, ROC AUC or log loss is worse than its holdout figure by more than
+   the policy's ``max_drop``;
+5. for a classifier, estimates accuracy (and binary ROC AUC) from its probabilities before any label
+   arrives (:mod:`tasks.estimate`) and emits ``performance.estimated_drop`` when the estimate falls the
+   policy's ``estimated_drop`` below the holdout accuracy.
 
 Only rows served by the champion version are judged (its predictions are what its reference
 describes). Run with the defaults: ``python -m flows.monitor [--minutes 60]``; the scheduled
@@ -34,12 +40,14 @@ from mlops.policies import MonitorPolicy
 from mlops.settings import get_settings
 from serving.collector import requests_dir
 from tasks.collected import load_requests
+from tasks.drift import DriftDecision
 from tasks.evaluate import champion_version
 from tasks.events import artifact_key
 from tasks.monitoring import (
     drift_report,
-    holdout_rmse,
+    holdout_figures,
     judge_drift,
+    judge_estimate,
     judge_performance,
     record_window,
     window_label,
@@ -67,15 +75,15 @@ class MonitorOutcome:
     """What a monitoring run found.
 
     Attributes:
-        status: ``judged``, ``too-few-rows`` or ``not-supported`` (a classifier or a model with categorical
-            inputs: their drift and performance are not judged yet; nothing emitted).
+        status: ``judged`` or ``too-few-rows``.
         message: One line for people.
         version: The champion version judged.
         rows: Rows served by it in the window.
         drift: Whether the window drifted, and the per-column figures.
         evidently_drifted: Columns Evidently's report judged drifted on its samples.
         quality: Whether the live inputs passed the validation suite, and what failed.
-        performance: Labelled rows, RMSE, the champion's holdout RMSE, and whether it degraded.
+        performance: Labelled rows, the window's metrics, the champion's holdout figures, whether it degraded.
+        estimated: Classifiers: the label-free accuracy estimate with its band, and whether it dropped.
         report_url: The drift report in the MLflow UI; report_file: the same on disk.
     """
 
@@ -89,13 +97,15 @@ class MonitorOutcome:
     evidently_drifted: tuple[str, ...] = ()
     quality: dict[str, Any] = field(default_factory=dict)
     performance: dict[str, Any] = field(default_factory=dict)
+    estimated: dict[str, Any] = field(default_factory=dict)
     report_url: str | None = None
     report_file: str | None = None
 
 
 @flow(name="monitor-model", log_prints=True)
 def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
-    """Judge the last window of served requests: drift (Evidently), live-input quality (GX), delayed-label RMSE."""
+    """Judge the last window of served requests: drift (Evidently), live-input quality (GX), performance from
+    delayed labels and, for classifiers, estimated from the model's probabilities."""
     params = params or MonitorParameters()
     settings = get_settings()
     logger = get_run_logger()
@@ -108,17 +118,13 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     version = champion_version(tracking, model_name)
     if version is None:
         raise NoChampionError(f"{model_name} has no champion to monitor; train one first (`uv run mlops train`)")
-    categorical = [feature.name for feature in spec.features if feature.is_categorical]
-    if spec.task.is_classification or categorical:
-        what = f"a {spec.task.value} classifier" if spec.task.is_classification else f"categories ({categorical})"
-        message = f"{model_name} v{version}: monitoring of {what} is not supported yet; nothing judged"
-        logger.warning("%s", message)
-        return MonitorOutcome("not-supported", message, model_name, version, "")
 
     until = params.window_end.timestamp() if params.window_end else time.time()
     since = until - params.window_minutes * 60
     label = window_label(since, until)
-    served = load_requests(requests_dir(settings.resolved_home, model_name), since, until, features)
+    reference = load_reference(tracking, model_name, version)
+    outputs = reference.output_columns
+    served = load_requests(requests_dir(settings.resolved_home, model_name), since, until, features, outputs[1:])
     window = served[served["model_version"] == version].reset_index(drop=True)
     if len(window) < policy.min_rows:
         message = (
@@ -129,27 +135,29 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
         return MonitorOutcome("too-few-rows", message, model_name, version, label, len(window))
 
     context = {"window": label, "flow_run_id": str(flow_run.id or "none")}
-    reference = load_reference(tracking, model_name, version)
-    verdict = judge_drift(reference.profile, window, features, policy, model_name, version, context)
+    verdict = judge_drift(reference, window, features, policy, model_name, version, context)
 
     reports = settings.resolved_home / "reports" / model_name
     report = reports / f"drift-{datetime.fromtimestamp(until, UTC):%Y%m%dT%H%M%S}.html"
-    columns = [*features, PREDICTION]
-    evidently_drifted = drift_report(reference.sample, window, columns, policy.report_rows, report)
+    columns = [*features, *outputs]
+    categorical = [*spec.categorical_features, *([PREDICTION] if reference.classes else [])]
+    evidently_drifted = drift_report(reference.sample, window, columns, categorical, policy.report_rows, report, policy)
     shutil.copyfile(report, reports / "drift-latest.html")
 
     quality = validate_batch(window[features], f"requests {label}", spec, reference.sample[features], with_target=False)
-    baseline = holdout_rmse(tracking, model_name, version)
+    baseline = holdout_figures(tracking, model_name, version)
     performance = judge_performance(
         window,
         settings.resolved_home / "labels" / model_name,
         spec.target.column,
         baseline,
         policy,
+        reference.classes,
         model_name,
         version,
         context,
     )
+    estimated = judge_estimate(reference, window, baseline.get("accuracy"), policy, model_name, version, context)
 
     metrics = {
         "rows": float(len(window)),
@@ -158,18 +166,25 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
         "quality_failures": float(len(quality.failures)),
         "labelled_rows": float(performance.labelled),
         **{f"drift_score.{column}": score for column, score in verdict.decision.scores.items()},
+        **{key: value for key, value in performance.metrics.items() if value == value},  # NaN: not logged
+        **({key: value for key, value in estimated.estimate.payload().items()} if estimated else {}),
     }
-    if performance.rmse is not None:
-        metrics["rmse"] = performance.rmse
     recorded = record_window(tracking, f"{spec.experiment}-monitoring", model_name, version, metrics, report, until)
-    _publish(model_name, verdict.decision.scores, verdict.decision.threshold, recorded.report_url, label)
+    _publish(model_name, verdict.decision, recorded.report_url, label)
 
     message = (
         f"{model_name} v{version}, {len(window)} rows in {label}: "
-        + (f"DRIFT in {', '.join(verdict.drifted_features) or 'predictions'}" if verdict.drifted else "no drift")
+        + (f"DRIFT in {', '.join(verdict.drifted_features) or 'outputs'}" if verdict.drifted else "no drift")
         + f"; inputs {'passed' if quality.success else 'failed'} validation"
-        + (f"; RMSE {performance.rmse:.2f} vs {performance.baseline:.2f}" if performance.judged else "")
+        + (f"; {performance.summary()}" if performance.judged else "")
         + ("; DEGRADED" if performance.degraded else "")
+        + (
+            f"; estimated accuracy {estimated.estimate.accuracy:.3f} "
+            f"[{estimated.estimate.lower:.3f}, {estimated.estimate.upper:.3f}]"
+            + (" ESTIMATED DROP" if estimated.dropped else "")
+            if estimated
+            else ""
+        )
     )
     logger.info("%s", message)
     return MonitorOutcome(
@@ -183,17 +198,21 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
         evidently_drifted=tuple(evidently_drifted),
         quality={"success": quality.success, "reason": quality.reason},
         performance={**performance.payload(), "degraded": performance.degraded},
+        estimated=estimated.payload() if estimated else {},
         report_url=recorded.report_url,
         report_file=str(report),
     )
 
 
-def _publish(model_name: str, scores: dict[str, float], threshold: float, report_url: str, label: str) -> None:
+def _publish(model_name: str, decision: DriftDecision, report_url: str, label: str) -> None:
+    drifted = set(decision.drifted)
     create_table_artifact(
         key=artifact_key("drift", model_name),
-        table=[{"column": c, "score": round(s, 4), "drifted": s > threshold} for c, s in scores.items()],
-        description=f"Normed Wasserstein distance per column vs the training reference, {label} "
-        f"(drift above {threshold})",
+        table=[
+            {"column": c, "score": round(s, 6), "drift when": decision.rule(c), "drifted": c in drifted}
+            for c, s in decision.scores.items()
+        ],
+        description=f"Each column vs the training reference by Evidently's statistic for it, {label}",
     )
     create_link_artifact(
         key=artifact_key("drift-report", model_name),

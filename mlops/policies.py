@@ -10,8 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Evidently 0.7: Wasserstein (normed) > 0.1 means drift, above 1000 rows
+# Evidently 0.7's defaults: distances (normed Wasserstein, Jensen-Shannon) from 0.1 mean drift for a
+# reference of more than 1000 rows; p-values (K-S, chi-square, Z-test) under 0.05 at or below 1000 rows
 EVIDENTLY_THRESHOLD = 0.1
+EVIDENTLY_P_VALUE = 0.05
 
 
 class RolloutConfig(BaseModel):
@@ -72,7 +74,15 @@ class MonitorPolicy(BaseModel):
 
     min_rows: int = Field(100, ge=1, description="Fewest served rows in the window to judge it at all.")
     column_threshold: float = Field(
-        EVIDENTLY_THRESHOLD, gt=0, description="Normed Wasserstein distance above which a column drifted."
+        EVIDENTLY_THRESHOLD,
+        gt=0,
+        description="Distance (normed Wasserstein, Jensen-Shannon) from which a column drifted (reference > 1000 rows)",
+    )
+    column_p_value: float = Field(
+        EVIDENTLY_P_VALUE,
+        gt=0,
+        lt=1,
+        description="p-value (K-S, chi-square, Z-test) under which a column drifted (reference <= 1000 rows).",
     )
     drift_share: float = Field(
         0.5, gt=0, le=1, description="Share of drifted feature columns from which the data set drifted."
@@ -84,6 +94,25 @@ class MonitorPolicy(BaseModel):
     rmse_ratio: float = Field(
         1.25, gt=1, description="Degraded when the window's RMSE exceeds the champion's holdout RMSE by this factor."
     )
+    max_drop: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 0.05, "roc_auc": 0.05},
+        description="Classifiers: degraded when a labelled window's metric (accuracy, f1_macro, roc_auc, log_loss) "
+        "is worse than the champion's holdout figure by more than this.",
+    )
+    estimated_drop: float | None = Field(
+        0.05,
+        gt=0,
+        description="Classifiers: emit performance.estimated_drop when the label-free accuracy estimate falls this "
+        "far below the champion's holdout accuracy (null: never).",
+    )
+
+    @field_validator("max_drop")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - {"accuracy", "f1_macro", "roc_auc", "log_loss"})
+        if unknown:
+            raise ValueError(f"max_drop names unknown metric(s) {unknown}; use accuracy, f1_macro, roc_auc, log_loss")
+        return value
 
 
 class ValidationPolicy(BaseModel):

@@ -32,10 +32,16 @@ def _complete_lines(path: Path) -> list[bytes]:
 
 
 def load_requests(
-    directory: Path, since: float, until: float | None = None, features: list[str] | None = None
+    directory: Path,
+    since: float,
+    until: float | None = None,
+    features: list[str] | None = None,
+    probability_columns: list[str] | None = None,
 ) -> pd.DataFrame:
     """Every collected row with ``since <= time < until``: request_id, row, time (epoch s), model_version,
-    one column per feature, prediction. Files last written before ``since`` are not opened.
+    one column per feature, prediction (a classifier's label) and, for a classifier's collection, one column
+    per class probability (named by ``probability_columns``, default ``probability.<i>``). Files last written
+    before ``since`` are not opened.
 
     Raises:
         ValueError: A file's features differ from ``features`` (or from the first file's).
@@ -49,6 +55,7 @@ def load_requests(
     versions: list[np.ndarray] = []
     inputs: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
     for path in paths:
         try:
             if path.stat().st_mtime < since:
@@ -76,15 +83,28 @@ def load_requests(
             versions.append(np.full(total, header["model_version"], dtype=object))
             inputs.append(_values(call["inputs"]).reshape(total, -1))
             predictions.append(_values(call["predictions"]).reshape(total))
+            if "probabilities" in call:
+                probabilities.append(np.asarray(call["probabilities"], dtype=float).reshape(total, -1))
     columns = columns or []
+    if probabilities and len(probabilities) != len(predictions):
+        raise ValueError(f"{directory} mixes calls with and without probabilities: one model's files only")
+    named = list(probability_columns or [])
+    if probabilities and not named:
+        named = [f"probability.{i}" for i in range(probabilities[0].shape[1])]
     if not ids:
-        return pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction"])
+        return pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction", *named])
     frame = pd.DataFrame(np.concatenate(inputs), columns=columns).infer_objects()
     frame.insert(0, "request_id", ids)
     frame.insert(1, "row", np.concatenate(rows))
     frame.insert(2, "time", np.concatenate(times))
     frame.insert(3, "model_version", np.concatenate(versions))
     frame["prediction"] = np.concatenate(predictions)
+    if probabilities:
+        stacked = np.concatenate(probabilities)
+        if stacked.shape[1] != len(named):
+            raise ValueError(f"collected probabilities have {stacked.shape[1]} classes, expected {len(named)}")
+        for index, name in enumerate(named):
+            frame[name] = stacked[:, index]
     return frame
 
 

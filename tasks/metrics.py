@@ -24,6 +24,7 @@ from sklearn.metrics import (
 )
 
 from mlops.spec import ModelSpec, Task
+from tasks.reference import Outputs
 
 SCORING = {Task.REGRESSION: "neg_root_mean_squared_error", Task.BINARY: "roc_auc", Task.MULTICLASS: "roc_auc_ovr"}
 
@@ -71,11 +72,12 @@ def holdout_metrics(task: Task, model: Any, x: pd.DataFrame, y: pd.Series) -> di
     return classification_metrics(y, model.predict(x), model.predict_proba(x), list(model.classes_))
 
 
-def model_output(task: Task, model: Any, x: pd.DataFrame) -> np.ndarray:
-    """One number per row to profile: the prediction, or a classifier's probability of its last class."""
+def model_outputs(task: Task, model: Any, x: pd.DataFrame) -> Outputs:
+    """What the model answers for ``x``, to profile: the prediction, or a classifier's labels and probabilities."""
     if not task.is_classification:
-        return np.asarray(model.predict(x), dtype=np.float64)
-    return np.asarray(model.predict_proba(x)[:, -1], dtype=np.float64)
+        return Outputs(np.asarray(model.predict(x), dtype=np.float64))
+    probabilities = np.asarray(model.predict_proba(x), dtype=np.float64)
+    return Outputs(model.predict(x), probabilities, tuple(model.classes_.tolist()))
 
 
 def _figure(width: float = 6, height: float = 4) -> tuple[Any, Any]:

@@ -28,10 +28,11 @@ from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, Stratifi
 from mlops.spec import ModelSpec
 from serving.model import open_session
 from tasks.dataset import Snapshot
+from tasks.estimate import Calibration
 from tasks.events import emit
 from tasks.features import Factory, build_estimator, default_grid, target_values, typed_features
 from tasks.lineage import lock_file
-from tasks.metrics import cv_scoring, holdout_metrics, log_classification_plots, log_importance, model_output
+from tasks.metrics import cv_scoring, holdout_metrics, log_classification_plots, log_importance, model_outputs
 from tasks.onnx_convert import ExportError, first_line, to_onnx
 from tasks.reference import log_reference
 from tasks.tracking import client
@@ -282,7 +283,11 @@ def train_candidate(
             log_classification_plots(model, x_holdout, y_holdout)
         mlflow.log_dict(validation_reports, "validation/reports.json")
         log_reference(
-            data.frame.assign(**data.typed), spec.numeric_features, model_output(spec.task, model, data.typed)
+            data.frame.assign(**data.typed),
+            spec.feature_names,
+            model_outputs(spec.task, model, data.typed),
+            spec.categorical_features,
+            Calibration.fit(list(classes), model.predict_proba(x_holdout), y_holdout) if classes else None,
         )
         if (lock := lock_file()) is not None:
             mlflow.log_artifact(str(lock), "environment")

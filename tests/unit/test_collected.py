@@ -11,7 +11,7 @@ import pytest
 
 from serving.collector import CollectorConfig, RequestCollector
 from tasks.collected import LabelsError, join_labels, load_labels, load_requests, rmse
-from tasks.reference import PREDICTION, build_reference
+from tasks.reference import PREDICTION, Outputs, build_reference
 
 FEATURES = ["a", "b"]
 
@@ -91,7 +91,7 @@ def test_a_labels_file_without_the_target_says_what_it_has(tmp_path: Path) -> No
 
 def test_the_reference_profiles_features_and_predictions_and_samples_rows() -> None:
     frame = pd.DataFrame({"a": np.arange(10_000.0), "b": np.ones(10_000), "target": np.zeros(10_000)})
-    profile, sample = build_reference(frame, FEATURES, frame["a"].to_numpy() * 2)
+    profile, sample = build_reference(frame, FEATURES, Outputs(frame["a"].to_numpy() * 2))
     assert profile.columns == ("a", "b", PREDICTION) and profile.rows == 10_000
     assert profile.quantiles[PREDICTION][-1] == pytest.approx(2 * profile.quantiles["a"][-1])
     assert len(sample) == 5000 and list(sample.columns) == ["a", "b", "target", PREDICTION]

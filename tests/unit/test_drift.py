@@ -64,3 +64,57 @@ def test_bad_current_data_is_named() -> None:
         decide(profile, current.drop(columns=["f2"]))
     with pytest.raises(ValueError, match="no current rows"):
         decide(profile, current.iloc[:0])
+
+
+def mixed(rows: int, seed: int, shifted: bool) -> pd.DataFrame:
+    """Numbers, a few-valued count, a flag, and two text categories (one with gaps); ``shifted`` moves some."""
+    rng = np.random.default_rng(seed)
+    grades = ["low", "mid", "high", "very high"]
+    frame = pd.DataFrame(
+        {
+            "size": rng.normal(10, 2, rows),
+            "visits": rng.integers(0, 4, rows).astype(float),
+            "urgent": rng.random(rows) < 0.3,
+            "grade": rng.choice(grades, rows, p=[0.4, 0.3, 0.2, 0.1]),
+            "clinic": rng.choice(["north", "south", None], rows, p=[0.5, 0.4, 0.1]),
+        }
+    )
+    if shifted:
+        frame["size"] += 1.5
+        frame["grade"] = rng.choice(grades, rows, p=[0.1, 0.2, 0.3, 0.4])
+        frame["urgent"] = rng.random(rows) < 0.6
+    return frame
+
+
+@pytest.mark.parametrize("reference_rows", [800, 4000], ids=["small-reference", "large-reference"])
+def test_mixed_columns_are_judged_by_evidently_s_statistic_for_their_kind(
+    reference_rows: int, tmp_path: pytest.TempPathFactory
+) -> None:
+    from tasks.monitoring import drift_report
+
+    categorical = ["grade", "clinic"]
+    reference = mixed(reference_rows, seed=5, shifted=False)
+    current = mixed(3000, seed=6, shifted=True)
+    decision = decide(ReferenceProfile.from_frame(reference, categorical=categorical), current)
+    assert {"size", "urgent", "grade"} <= set(decision.drifted) and "clinic" not in decision.drifted
+    small = reference_rows <= 1000
+    assert decision.methods == (
+        {"size": "ks", "visits": "chisquare", "urgent": "z", "grade": "chisquare", "clinic": "z"}
+        if small
+        else {"size": "wasserstein", **dict.fromkeys(["visits", "urgent", "grade", "clinic"], "jensenshannon")}
+    )
+    columns = list(reference.columns)
+    evidently = drift_report.fn(reference, current, columns, categorical, 5000, tmp_path / "report.html")
+    assert sorted(evidently) == sorted(decision.drifted)
+
+
+def test_a_category_the_reference_never_saw_drifts_and_text_survives_json() -> None:
+    reference = mixed(600, seed=7, shifted=False)
+    current = mixed(400, seed=8, shifted=False)
+    current.loc[:150, "grade"] = "unheard of"
+    profile = ReferenceProfile.from_json(
+        ReferenceProfile.from_frame(reference, categorical=["grade", "clinic"]).to_json()
+    )
+    decision = decide(profile, current)
+    assert decision.drifted == ["grade"] and decision.scores["grade"] < 1e-6
+    assert decision.rule("grade") == "chisquare p < 0.05"
