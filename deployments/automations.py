@@ -9,6 +9,7 @@ release-challenger     ``model.registered`` with alias challenger   run ``releas
 train-on-new-data      ``data.landed`` (the landing check)          run ``train/triggered`` for that model; once per
                                                                     cooldown per model
 notify-on-trouble      ``data.rejected`` / ``rollout.rolled_back``   post to the ``mlops-notify`` webhook block
+                       / ``performance.estimated_drop``
 =====================  ===========================================  ==========================================
 
 The cooldown is Prefect's own: a reactive trigger with ``threshold=1`` fires on the first event
@@ -146,10 +147,11 @@ def desired(
         wanted.append(
             AutomationCore(
                 name="notify-on-trouble",
-                description="Rejected data and rolled-back releases are posted to the mlops-notify webhook.",
+                description="Rejected data, rolled-back releases and label-free accuracy drops are posted to the "
+                "mlops-notify webhook.",
                 tags=[TAG],
                 trigger=EventTrigger(
-                    expect={"data.rejected", "rollout.rolled_back"},
+                    expect={"data.rejected", "rollout.rolled_back", "performance.estimated_drop"},
                     match={"prefect.resource.id": "mlops.*"},
                     posture=Posture.Reactive,
                     threshold=1,

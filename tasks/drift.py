@@ -64,7 +64,7 @@ def _counts(values: pd.Series, numeric: bool) -> dict[str, int]:
 
 
 def _numbers(column: pd.Series) -> np.ndarray:
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return values[np.isfinite(values)]
 
 

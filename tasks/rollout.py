@@ -10,6 +10,9 @@
    max_wait_factor``), then canary and stable are compared over that same window: error rate, p99
    latency, and the distribution of predictions (two-sample Kolmogorov-Smirnov: a failure needs
    both an effect above ``max_ks`` and significance, so small samples don't fail a good model).
+   A classifier's labels are compared by Cramér's V of the predicted-class counts (chi-square, the
+   same effect-and-significance rule), by agreement on mirrored traffic, and each class
+   probability by KS — the probabilities read from what both deployments collected in the window.
 4. **Promote** (every step passed): ``champion`` moves to the new version (who/why/figures), the
    old deployment drains and stops. **Roll back** (any step failed): canary weight 0, canary
    drained and stopped, ``challenger`` alias removed, the version tagged with the reason and figures.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +59,7 @@ class Window:
     predictions: tuple[float | str, ...] = ()
     agreement_compared: int = 0  # mirrored predictions compared with the answer the client got
     agreement_equal: int = 0
+    probabilities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a classifier's, per class
 
     @property
     def error_rate(self) -> float:
@@ -129,6 +133,30 @@ class Canary:
     name: str
     stable: str
     stable_version: str
+    collected: Path | None = None  # where both deployments collect their requests (a classifier's probabilities)
+    classes: tuple[str, ...] = ()
+
+    def with_probabilities(self, windows: dict[str, Window], since: float) -> dict[str, Window]:
+        """``windows`` (by deployment name) with each version's class probabilities collected since ``since``."""
+        if not self.classes or self.collected is None or not self.collected.is_dir():
+            return windows
+        from tasks.collected import load_requests
+
+        names = [f"probability.{label}" for label in self.classes]
+        try:
+            rows = load_requests(self.collected, since, None, None, names)
+        except ValueError:  # a collection without probabilities: nothing to compare
+            return windows
+        if not set(names) <= set(rows.columns):
+            return windows
+        found = dict(windows)
+        for name, version in ((self.name, self.version), (self.stable, self.stable_version)):
+            mine = rows[rows["model_version"] == version]
+            found[name] = replace(
+                windows[name],
+                probabilities={label: tuple(mine[n]) for label, n in zip(self.classes, names, strict=True)},
+            )
+        return found
 
 
 @dataclass(frozen=True)
@@ -163,6 +191,16 @@ def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list
         reasons.append(
             f"canary predictions differ from stable: {what} {distance:.2f} > {config.max_ks} (p={pvalue:.1e})"
         )
+    for label, values in canary.probabilities.items() if config.compare_predictions else ():
+        theirs = stable.probabilities.get(label, ())
+        if len(values) < 2 or len(theirs) < 2:
+            continue
+        result = ks_2samp(np.asarray(values), np.asarray(theirs))
+        if result.statistic > config.max_ks and result.pvalue < config.ks_alpha:
+            reasons.append(
+                f"canary probability of {label} differs from stable: KS {result.statistic:.2f} > {config.max_ks} "
+                f"(p={result.pvalue:.1e})"
+            )
     agreement = canary.agreement
     if (
         config.compare_predictions
@@ -249,7 +287,9 @@ def start_canary(
         raise
     endpoint.add(Deployment(name, url, version, weight=0, shadow=shadow))
     emit("rollout.started", "model", model_name, {"version": version, "champion": champion, "deployment": name})
-    return Canary(model_name, version, name, deployment_name(model_name, champion), champion)
+    classes = tuple(str(label) for label in metadata.classes)
+    stable = deployment_name(model_name, champion)
+    return Canary(model_name, version, name, stable, champion, target.collected(model_name), classes)
 
 
 def wait_for_evidence(
@@ -282,8 +322,10 @@ def bake_step(
     endpoint.set_weights(weights)
     started = wait_for_evidence(endpoint, canary.name, config.bake_seconds, config, fail_fast=True)
     stats = endpoint.stats(started)
-    window = Window.from_stats(stats.get(canary.name))
-    stable = Window.from_stats(stats.get(canary.stable))
+    windows = canary.with_probabilities(
+        {name: Window.from_stats(stats.get(name)) for name in (canary.name, canary.stable)}, started
+    )
+    window, stable = windows[canary.name], windows[canary.stable]
     compared = stable if stable.requests >= config.min_requests else reference
     reasons, ks = analyse(window, compared, config)
     report = StepReport(
@@ -302,7 +344,10 @@ def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig
     started = wait_for_evidence(endpoint, canary.name, config.shadow_seconds, config, fail_fast=False)
     endpoint.set_weights({}, mirror=0.0)
     stats = endpoint.stats(started)
-    window, stable = Window.from_stats(stats.get(canary.name)), Window.from_stats(stats.get(canary.stable))
+    windows = canary.with_probabilities(
+        {name: Window.from_stats(stats.get(name)) for name in (canary.name, canary.stable)}, started
+    )
+    window, stable = windows[canary.name], windows[canary.stable]
     reasons, ks = analyse(window, stable, config)
     seconds = time.time() - started
     report = StepReport(0, 0, seconds, not reasons, tuple(reasons), window.figures(), stable.figures(), ks)

@@ -30,6 +30,10 @@ class DeploymentTarget(Protocol):
         """Stop deployment ``name``; False if none of ours was running."""
         ...
 
+    def collected(self, model_name: str) -> Path | None:
+        """Where the deployments of ``model_name`` collect their requests; None when they do not."""
+        ...
+
 
 def _ready(body: str) -> bool:
     return '"ready":true' in body.replace(" ", "")
@@ -49,6 +53,9 @@ class ProcessTarget:
     home: Path
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     kind: str = "process"
+
+    def collected(self, model_name: str) -> Path | None:
+        return requests_dir(self.home, model_name)
 
     def _server(self, name: str, port: int = 0, bundle: Path | None = None, model_name: str = "") -> ManagedServer:
         command = [sys.executable, "-m", "serving", str(bundle or ""), "--port", str(port)]
@@ -93,6 +100,9 @@ class DockerTarget:
     kind: str = "docker"
     ready_timeout: float = 60.0
     home: Path | None = None
+
+    def collected(self, model_name: str) -> Path | None:
+        return requests_dir(self.home, model_name) if self.home is not None else None
 
     def _engine(self) -> Any:
         from tasks.docker_engine import connect

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +98,35 @@ def model_events(model_name: str, since: datetime, prefix: str, expected: set[st
         if expected <= {event.event for event in events} or time.monotonic() > deadline:
             return [event for event in events if event.resource.id == f"mlops.model.{model_name}"]
         time.sleep(0.5)
+
+
+def register_bundle(settings: Settings, onnx_bytes: bytes, metadata: Any, alias: str = "challenger") -> str:
+    """Register ``onnx_bytes`` with ``metadata`` (a ``ModelMetadata``) as a new version of the settings' model,
+    as the training flow stores a bundle (an artifact of a run, ``onnx_uri`` and ``onnx_sha256`` tags), and
+    give it ``alias``. Returns the version."""
+    import hashlib
+    import tempfile
+    from dataclasses import replace
+
+    import mlflow
+
+    from serving.bundle import write_bundle
+
+    sha = hashlib.sha256(onnx_bytes).hexdigest()
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.spec().experiment)
+    assert experiment is not None
+    run = client.create_run(experiment.experiment_id, tags={"purpose": "test bundle"})
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch) / "onnx"
+        write_bundle(folder, onnx_bytes, replace(metadata, version="unregistered", sha256=sha, run_id=run.info.run_id))
+        client.log_artifacts(run.info.run_id, str(folder), "onnx")
+    client.set_terminated(run.info.run_id)
+    version = client.create_model_version(
+        settings.model_name,
+        f"runs:/{run.info.run_id}/onnx",
+        run_id=run.info.run_id,
+        tags={"onnx_uri": f"runs:/{run.info.run_id}/onnx", "onnx_sha256": sha, "validation_status": "passed"},
+    )
+    client.set_registered_model_alias(settings.model_name, alias, version.version)
+    return str(version.version)

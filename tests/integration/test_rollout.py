@@ -8,14 +8,11 @@ the end either way, and a rollout that crashed midway is finished by re-running 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -27,7 +24,7 @@ from flows.release import ReleaseParameters, release_flow
 from mlflow_server import MlflowServerConfig
 from mlops.process import free_port
 from mlops.settings import Settings
-from serving.bundle import ModelMetadata, write_bundle
+from serving.bundle import ModelMetadata
 from tasks.endpoint_admin import EndpointClient, start_endpoint, stop_endpoint
 from tasks.export import known_answer
 from tasks.ingest import accepted_frame
@@ -35,7 +32,7 @@ from tasks.onnx_convert import MATRIX_INPUT, OUTPUT_NAME, numeric_columns, to_on
 from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig, Window, bake_step, deployment_name, reconcile_endpoint, start_canary
 from tasks.targets import ProcessTarget
-from tests.integration.conftest import model_events, model_home
+from tests.integration.conftest import model_events, model_home, register_bundle
 
 # p99_slack_ms 50: a scheduling hiccup on a busy 2-core machine must not fail a good canary; the slow
 # canary below adds 120 ms, far beyond it.
@@ -114,28 +111,12 @@ def register_copy(loop: Loop, model: Any = None, shift: float = 0.0) -> str:
         x = loop.frame[features]
         model = Ridge().fit(x, model.predict(x) + shift)
     onnx_bytes = to_onnx(model, numeric_columns(features)).model.SerializeToString()
-    sha = hashlib.sha256(onnx_bytes).hexdigest()
-    client = tracker(loop)
-    experiment = client.get_experiment_by_name(settings.spec().experiment)
-    assert experiment is not None
-    run = client.create_run(experiment.experiment_id, tags={"purpose": "rollout test"})
-    with tempfile.TemporaryDirectory() as scratch:
-        sample = loop.frame[features].head(8)
-        metadata = ModelMetadata(
-            settings.model_name, "unregistered", tuple(features), MATRIX_INPUT, OUTPUT_NAME, sha,
-            run_id=run.info.run_id, example=known_answer(model, sample, 1e-3),
-        )  # fmt: skip
-        write_bundle(Path(scratch) / "onnx", onnx_bytes, metadata)
-        client.log_artifacts(run.info.run_id, str(Path(scratch) / "onnx"), "onnx")
-    client.set_terminated(run.info.run_id)
-    version = client.create_model_version(
-        settings.model_name,
-        f"runs:/{run.info.run_id}/onnx",
-        run_id=run.info.run_id,
-        tags={"onnx_uri": f"runs:/{run.info.run_id}/onnx", "onnx_sha256": sha, "validation_status": "passed"},
-    )
-    client.set_registered_model_alias(settings.model_name, CHALLENGER, version.version)
-    return str(version.version)
+    sample = loop.frame[features].head(8)
+    metadata = ModelMetadata(
+        settings.model_name, "unregistered", tuple(features), MATRIX_INPUT, OUTPUT_NAME, "",
+        example=known_answer(model, sample, 1e-3),
+    )  # fmt: skip
+    return register_bundle(settings, onnx_bytes, metadata)
 
 
 def rollout_events(loop: Loop, since: datetime, expected: set[str]) -> list[str]:

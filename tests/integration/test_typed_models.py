@@ -10,8 +10,10 @@ import json
 import math
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,11 @@ from cli.stack import down
 from flows.release import ReleaseParameters, release_flow
 from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
+from mlops.policies import MonitorPolicy
 from mlops.settings import Settings
 from mlops.spec import TrainingSpec
 from serving.bundle import read_bundle
+from serving.collector import requests_dir
 from serving.model import open_session
 from tasks.endpoint_admin import endpoint_url
 from tasks.features import typed_features
@@ -39,7 +43,7 @@ from tasks.smoke import SmokeTestError, check_answers
 from tasks.tracking import client
 from tasks.train import TrainingSet
 from tests.conftest import serving_process
-from tests.integration.conftest import model_home
+from tests.integration.conftest import model_events, model_home, register_bundle
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +129,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, classifier: Settings) -> It
     typed = typed_features(rows, spec)
     scratch = tmp_path_factory.mktemp("typed-bundle")
     fetch_bundle(settings.tracking_uri, f"models:/{settings.model_name}/1", scratch / "bundle")
-    collect_dir = scratch / "collected"
+    collect_dir = requests_dir(settings.resolved_home, settings.model_name)  # where the monitor reads
     with serving_process(scratch / "bundle", "--collect-dir", str(collect_dir)) as url:
         labels, probabilities = model.predict(typed), model.predict_proba(typed)
         yield Served(settings, url, rows, labels, probabilities, collect_dir, scratch / "bundle")
@@ -248,18 +252,86 @@ def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(s
     assert len(call["probabilities"][0]) == 2 and abs(sum(call["probabilities"][0]) - 1) < 1e-6
 
 
-def test_typed_collection_is_read_back_and_the_monitor_says_it_cannot_judge_a_classifier_yet(served: Served) -> None:
-    from flows.monitor import MonitorParameters, monitor_flow
+def send(served: Served, rows: pd.DataFrame) -> list[str]:
+    """Score ``rows`` one per request with our own request ids (the ids delayed labels refer to)."""
+    ids = []
+    with httpx.Client(base_url=served.url, timeout=10) as session:
+        for record in raw_records(rows):
+            request_id = uuid.uuid4().hex
+            answer = session.post(
+                "/invocations", json={"dataframe_records": [record]}, headers={"x-request-id": request_id}
+            )
+            assert answer.status_code == 200, answer.text
+            ids.append(request_id)
+    time.sleep(0.5)  # the collector writes every 0.1 s
+    return ids
+
+
+def window_since(started: float) -> Any:
+    from flows.monitor import MonitorParameters
+
+    ended = time.time()
+    return MonitorParameters(window_minutes=(ended - started) / 60, window_end=datetime.fromtimestamp(ended, UTC))
+
+
+def test_the_monitor_judges_the_classifier_like_evidently_from_labels_and_before_them(served: Served) -> None:
+    """Drift by column kind (p-value tests: the reference has 569 rows) naming the columns Evidently names,
+    typed collection read back, delayed labels scored, and the label-free estimate within its band of the
+    accuracy the labels then show, on a window shifted towards the hard cases."""
+    from flows.monitor import monitor_flow
     from tasks.collected import load_requests
 
-    httpx.post(f"{served.url}/invocations", json={"dataframe_records": raw_records(served.rows.head(4))})
-    time.sleep(0.5)  # the collector writes every 0.1 s
-    collected = load_requests(served.collect_dir, 0)
-    assert len(collected) >= 4
+    settings = served.settings
+    spec = settings.spec()
+    frame = accepted_frame(settings.data_for())
+    assert frame is not None
+    started = time.time()
+    send(served, frame.sample(n=150, random_state=1)[spec.feature_names])
+    collected = load_requests(served.collect_dir, started, None, None, ["probability.benign", "probability.malignant"])
     assert collected["clinic"].dtype == object and collected["mean radius"].dtype == np.float64
     assert set(collected["prediction"]) <= {"benign", "malignant"}
-    outcome = monitor_flow(MonitorParameters(window_minutes=60))
-    assert outcome.status == "not-supported" and "binary classifier" in outcome.message
+    assert np.allclose(collected[["probability.benign", "probability.malignant"]].sum(axis=1), 1)
+    like_training = monitor_flow(window_since(started))
+    assert like_training.status == "judged", like_training.message
+    drifted = {*like_training.drift["drifted_columns"], *like_training.drift["drifted_outputs"]}
+    assert drifted == set(like_training.evidently_drifted) and not like_training.drift["drifted"]
+    assert (
+        like_training.drift["methods"]["clinic"] == "chisquare"
+        and like_training.drift["methods"]["mean radius"] == "ks"
+    )
+    assert like_training.estimated["estimated_accuracy"] > 0.85
+
+    # the hard cases: mid-sized nuclei, where benign and malignant overlap, from one clinic
+    hard = frame[frame["mean radius"].between(12, 17)].assign(clinic="north")
+    labels_of = dict(zip(hard.index, hard["diagnosis"], strict=True))
+    started = time.time()
+    ids = send(served, hard[spec.feature_names])
+    labels_dir = settings.resolved_home / "labels" / settings.model_name
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    # a strict policy for this window (holdout accuracy 0.97): estimate or labels 0.01 lower are a drop
+    strict = MonitorPolicy(estimated_drop=0.01, max_drop={"accuracy": 0.01})
+    params = window_since(started).model_copy(update={"policy": strict})
+    since = datetime.now(UTC)
+    expected = {"performance.estimated_drop", "performance.degraded"}
+    shifted = monitor_flow(params)  # before any label arrives
+    drifted = {*shifted.drift["drifted_columns"], *shifted.drift["drifted_outputs"]}
+    assert drifted == set(shifted.evidently_drifted) and {"mean radius", "clinic"} <= drifted
+    assert shifted.drift["drifted"] and shifted.performance["labelled_rows"] == 0
+
+    pd.DataFrame({"request_id": ids, "diagnosis": [labels_of[i] for i in hard.index]}).to_csv(
+        labels_dir / "labels.csv", index=False
+    )
+    labelled = monitor_flow(params)  # the same window, now with its labels
+    model = mlflow.sklearn.load_model(f"models:/{settings.model_name}/1")
+    realised = float(np.mean(model.predict(typed_features(hard, spec)) == hard["diagnosis"].to_numpy()))
+    assert labelled.performance["accuracy"] == pytest.approx(realised)
+    assert {"f1_macro", "roc_auc", "log_loss"} <= set(labelled.performance)
+    estimated = shifted.estimated
+    assert estimated["estimated_accuracy_lower"] <= realised <= estimated["estimated_accuracy_upper"], estimated
+    assert estimated["estimated_accuracy"] < like_training.estimated["estimated_accuracy"]
+    assert estimated["dropped"] and labelled.performance["degraded"]  # by the window's strict policy
+    names = {event.event for event in model_events(settings.model_name, since, "performance.", expected)}
+    assert names == expected, names
 
 
 def test_the_bundles_known_answer_passes_the_smoke_check_and_a_wrong_one_fails(served: Served) -> None:
@@ -282,6 +354,80 @@ def test_the_classifier_is_released_behind_its_endpoint(served: Served) -> None:
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"] == served.labels[:3].tolist()
         assert answer.headers["x-mlops-deployment"] == deployment_name(settings.model_name, "1")
+    finally:
+        down(settings)
+
+
+def flipped_labels(bundle: Path) -> tuple[bytes, Any]:
+    """The bundle's graph answering the other class (its class list reversed, the probabilities untouched: an
+    export that mixed up the class order), with a known answer that agrees with it, so only traffic can tell."""
+    import onnx
+
+    model_file, metadata = read_bundle(bundle)
+    graph = onnx.load(model_file)
+    reversed_lists = 0
+    for node in graph.graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "classlabels_strings":
+                attribute.strings[:] = list(reversed(attribute.strings))
+                reversed_lists += 1
+    assert reversed_lists, "no class list found in the graph"
+    other = {"benign": "malignant", "malignant": "benign"}
+    example = replace(metadata.example, predictions=tuple(other[label] for label in metadata.example.predictions))
+    return graph.SerializeToString(), replace(metadata, example=example)
+
+
+def test_a_label_flipping_canary_is_rolled_back_and_a_good_one_promoted_under_load(served: Served) -> None:
+    from cli.traffic import BackgroundTraffic
+
+    settings = served.settings
+    tracker = client(settings.tracking_uri)
+    frame = accepted_frame(settings.data_for())
+    assert frame is not None
+    records = raw_records(frame[list(served.rows.columns)])
+    quick = RolloutConfig(steps=[10, 50, 100], bake_seconds=2.0, min_requests=20, p99_slack_ms=50.0)
+
+    def traffic() -> BackgroundTraffic:
+        return BackgroundTraffic(
+            f"{endpoint_url(settings)}/invocations",
+            lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]},
+            max_seconds=120,
+            concurrency=4,
+        )
+
+    try:
+        assert release_flow(ReleaseParameters(version="1", image="never", rollout=quick)).rollout == "nothing_to_do"
+        for shadow in (0.0, 2.0):  # caught at its first step, and in a shadow phase before answering anyone
+            bad = register_bundle(settings, *flipped_labels(served.bundle))
+            with traffic() as load:
+                outcome = release_flow(
+                    ReleaseParameters(
+                        version="challenger", image="never", rollout=quick.model_copy(update={"shadow_seconds": shadow})
+                    )
+                )
+            assert outcome.rollout == "rolled_back" and len(outcome.steps) == 1, outcome.message
+            assert "Cramér's V" in outcome.message or "agree with the answers given" in outcome.message, outcome.message
+            if shadow:
+                assert "agree with the answers given" in outcome.message
+                assert set(load.result.deployments) == {deployment_name(settings.model_name, "1")}
+            assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:3]
+            assert tracker.get_model_version(settings.model_name, bad).tags["rollout"] == "rolled_back"
+            assert tracker.get_model_version_by_alias(settings.model_name, "champion").version == "1"
+
+        first = tracker.get_model_version(settings.model_name, "1")  # the same model registered again: a good one
+        good = tracker.create_model_version(settings.model_name, first.source, run_id=first.run_id, tags=first.tags)
+        tracker.set_registered_model_alias(settings.model_name, "challenger", good.version)
+        with traffic() as load:
+            outcome = release_flow(
+                ReleaseParameters(
+                    version="challenger", image="never", rollout=quick.model_copy(update={"shadow_seconds": 2.0})
+                )
+            )
+        assert outcome.rollout == "promoted", outcome.message
+        assert [step["verdict"] for step in outcome.steps] == ["pass"] * 4
+        assert load.result.requests > 300
+        assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:5]
+        assert tracker.get_model_version_by_alias(settings.model_name, "champion").version == good.version
     finally:
         down(settings)
 

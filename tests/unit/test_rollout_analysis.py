@@ -77,3 +77,19 @@ def test_a_classifier_canary_that_disagrees_on_mirrored_rows_fails_and_agreement
     assert analyse(too_few, stable, CONFIG)[0] == []
     relaxed = CONFIG.model_copy(update={"compare_predictions": False})
     assert analyse(disagreeing, stable, relaxed)[0] == []
+
+
+def test_a_classifier_canary_whose_probabilities_moved_fails_on_that_class_even_with_the_same_labels() -> None:
+    labels = tuple(RNG.choice(["benign", "malignant"], 300))
+
+    def classifier(confidence: float) -> Window:
+        first = np.clip(RNG.normal(confidence, 0.05, 300), 0, 1)
+        return Window(300, 0, 1.0, 4.0, labels, probabilities={"benign": tuple(first), "malignant": tuple(1 - first)})
+
+    reasons, _ = analyse(classifier(0.7), classifier(0.7), CONFIG)
+    assert reasons == []
+    reasons, _ = analyse(classifier(0.55), classifier(0.7), CONFIG)  # same labels, less sure of them
+    assert [reason.split(":")[0] for reason in reasons] == [
+        "canary probability of benign differs from stable",
+        "canary probability of malignant differs from stable",
+    ]
