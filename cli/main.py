@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from cli.stack import deploy, down, up
@@ -176,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     release_parser.add_argument(
         "--min-requests", type=int, default=None, help="canary requests per step for a verdict (default 30)"
     )
+    trace_parser = commands.add_parser(
+        "trace", help="from a request id (served or batch row) to the model version, its inputs, outputs and lineage"
+    )
+    trace_parser.add_argument("request_id", help="the x-request-id of a served request, or <input stem>:<row>")
+    trace_parser.add_argument(
+        "--batch-dir", action="append", type=Path, default=[], help="a batch output folder outside <home>/batch/output"
+    )
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -187,12 +195,24 @@ def main(argv: list[str] | None = None) -> int:
         serve_parser,
         release_parser,
         promote_parser,
+        trace_parser,
     ):
         command.add_argument("--model", default=None, help="the model (its spec's name; default: MLOPS_MODEL_NAME)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    if args.command in ("demo", "train", "promote", "serve", "release", "deploy", "monitor", "score", "models"):
+    if args.command in (
+        "demo",
+        "train",
+        "promote",
+        "serve",
+        "release",
+        "deploy",
+        "monitor",
+        "score",
+        "models",
+        "trace",
+    ):
         _configure_clients(settings)
         settings = get_settings()
     try:
@@ -233,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(outcome), indent=2))
         elif args.command == "promote":
             promote(args.model or settings.model_name, args.version, args.reason)
+        elif args.command == "trace":
+            from tasks.trace import trace
+
+            found = trace(args.request_id, settings.resolved_home, settings.tracking_uri, args.model, args.batch_dir)
+            print(found.to_json())
     except Exception as error:  # a CLI reports the failure in one line; flows keep their tracebacks in logs
         print(f"mlops {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -182,14 +182,15 @@ def roll_out(settings: Settings, name: str, version: str, config: RolloutConfig)
     champion, _ = reconcile_endpoint(endpoint, target, tracking, name)
     if version == champion:
         return RolloutOutcome("nothing_to_do", name, version, champion, f"version {version} is the champion already")
+    shadow_seconds = config.shadow_for(settings.spec(name).task.is_classification)
     try:
-        canary = start_canary(endpoint, target, tracking, name, version, champion, shadow=config.shadow_seconds > 0)
+        canary = start_canary(endpoint, target, tracking, name, version, champion, shadow=shadow_seconds > 0)
     except SmokeTestError as error:  # recorded as a rollback by the task: the canary never took traffic
         return RolloutOutcome("rolled_back", name, version, champion, f"rolled back before any traffic: {error}")
     reports: list[StepReport] = []
     failed: StepReport | None = None
-    if config.shadow_seconds > 0:
-        reports.append(shadow_phase(endpoint, canary, config))
+    if shadow_seconds > 0:
+        reports.append(shadow_phase(endpoint, canary, config, shadow_seconds))
         failed = None if reports[-1].passed else reports[-1]
     reference = Window(0, 0, 0.0, 0.0)
     for step, weight in enumerate(config.steps, start=1):

@@ -50,14 +50,24 @@ class RolloutConfig(BaseModel):
         description="Roll back when canary and stable predictions differ (KS). Off: the KS distance is only "
         "reported — for retrains after drift, whose predictions are meant to move (the known-answer check stays).",
     )
-    shadow_seconds: float = Field(
-        0.0, ge=0, description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none)."
+    shadow_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none). Default: "
+        "none for a regression; bake_seconds for a classifier, whose label agreement needs both answers to one request "
+        "(a canary that swaps two balanced classes keeps their distribution).",
     )
     target: Literal["process", "docker"] = Field("process", description="Where deployments run.")
     canary_env: dict[str, str] = Field(
         default_factory=dict,
         description="Extra MLOPS_SERVING_* settings of the canary deployment (e.g. threads, or chaos knobs).",
     )
+
+    def shadow_for(self, classifier: bool) -> float:
+        """Seconds of shadow phase for a classifier's or a regression's canary."""
+        if self.shadow_seconds is not None:
+            return self.shadow_seconds
+        return self.bake_seconds if classifier else 0.0
 
     @field_validator("steps")
     @classmethod

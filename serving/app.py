@@ -74,6 +74,7 @@ class ServingApp:
                 self.meta.name,
                 self.meta.version,
                 self.features,
+                self.meta.classes,
             )
         self.collector = collector
         if collector is not None:

@@ -6,6 +6,8 @@ straight from the numpy arrays (time in epoch seconds; ``rows`` says how many ro
 ``inputs``/``predictions`` belong to each request id, in order)::
 
     {"header": {"model": "diabetes", "model_version": "3", "features": ["age", ...], "format": 2}}
+
+(a classifier's header also lists its ``classes``, the order of the ``probabilities`` on its lines)
     {"request_ids": ["a1", "b2"], "rows": [1, 2], "time": 1795386921.98, "inputs": [[59.0, ...], ...],
      "predictions": [151.2, 80.1, 99.0]}
 
@@ -61,9 +63,12 @@ class CollectorConfig:
 class RequestCollector:
     """Writes scored requests in a background thread; ``close()`` flushes and finishes the open file."""
 
-    def __init__(self, config: CollectorConfig, model: str, version: str, features: Sequence[str]) -> None:
+    def __init__(
+        self, config: CollectorConfig, model: str, version: str, features: Sequence[str], classes: Sequence[Any] = ()
+    ) -> None:
         self.config = config
         self.model, self.version, self.features = model, version, list(features)
+        self.classes = list(classes)  # a classifier's, in the order of its collected probabilities
         self.written_rows = 0
         self.dropped_rows = 0
         self._queue: deque[tuple[bytes, int]] = deque()  # encoded line, rows
@@ -162,6 +167,8 @@ class RequestCollector:
             self._file = self._path.open("ab")
             self._file_rows, self._file_started = 0, time.monotonic()
             header = {"model": self.model, "model_version": self.version, "features": self.features, "format": FORMAT}
+            if self.classes:
+                header["classes"] = self.classes
             self._file.write(orjson.dumps({"header": header}, option=orjson.OPT_APPEND_NEWLINE))
         return self._file
 

@@ -337,11 +337,11 @@ def bake_step(
 
 
 @task
-def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig) -> StepReport:
+def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig, seconds: float) -> StepReport:
     """Mirror all traffic to the canary (already added as a shadow), judge it, then make it a live deployment."""
     log = run_logger(__name__)
     endpoint.set_weights({}, mirror=1.0)
-    started = wait_for_evidence(endpoint, canary.name, config.shadow_seconds, config, fail_fast=False)
+    started = wait_for_evidence(endpoint, canary.name, seconds, config, fail_fast=False)
     endpoint.set_weights({}, mirror=0.0)
     stats = endpoint.stats(started)
     windows = canary.with_probabilities(

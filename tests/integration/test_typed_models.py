@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -28,7 +30,7 @@ from flows.release import ReleaseParameters, release_flow
 from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
 from mlops.policies import MonitorPolicy
-from mlops.settings import Settings
+from mlops.settings import PROJECT_ROOT, Settings
 from mlops.spec import TrainingSpec
 from serving.bundle import read_bundle
 from serving.collector import requests_dir
@@ -334,6 +336,39 @@ def test_the_monitor_judges_the_classifier_like_evidently_from_labels_and_before
     assert names == expected, names
 
 
+def mlops(*args: str) -> subprocess.CompletedProcess[str]:
+    """The ``mlops`` command as a user runs it (the model home's environment is inherited)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT
+    )
+
+
+def test_mlops_trace_leads_from_a_served_request_to_its_inputs_outputs_and_lineage(served: Served) -> None:
+    request_id = f"trace-{uuid.uuid4().hex}"
+    body = {"dataframe_records": raw_records(served.rows.iloc[[0, 31]])}  # the second row has gaps
+    assert httpx.post(f"{served.url}/invocations", json=body, headers={"x-request-id": request_id}).status_code == 200
+    time.sleep(0.5)  # the collector writes every 0.1 s
+    done = mlops("trace", request_id)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert (found["source"], found["model"], found["version"]) == ("served", served.settings.model_name, "1")
+    assert found["deployment"] == deployment_name(served.settings.model_name, "1")
+    assert [row["prediction"] for row in found["rows"]] == served.labels[[0, 31]].tolist()
+    chances = [row["probabilities"]["malignant"] for row in found["rows"]]
+    assert np.allclose(chances, served.probabilities[[0, 31], 1], atol=1e-5)
+    assert found["rows"][0]["mean radius"] == served.rows["mean radius"].iloc[0]
+    version = client(served.settings.tracking_uri).get_model_version(served.settings.model_name, "1")
+    lineage = found["lineage"]
+    assert lineage["run_id"] == version.run_id and lineage["onnx_sha256"] == version.tags["onnx_sha256"]
+    for key in ("git_commit", "dataset_digest", "validation_summary"):
+        assert lineage[key] == version.tags[key], key
+    assert "roc_auc" in lineage["holdout_metrics"]
+
+    missing = mlops("trace", "no-such-request")
+    assert missing.returncode == 1 and "not found: searched" in missing.stderr
+    assert str(served.settings.resolved_home / "requests") in missing.stderr
+
+
 def test_the_bundles_known_answer_passes_the_smoke_check_and_a_wrong_one_fails(served: Served) -> None:
     _, metadata = read_bundle(served.bundle)
     assert metadata.example is not None and metadata.example.probabilities
@@ -365,11 +400,16 @@ def flipped_labels(bundle: Path) -> tuple[bytes, Any]:
 
     model_file, metadata = read_bundle(bundle)
     graph = onnx.load(model_file)
+    classes = [label.encode() for label in metadata.classes]
     reversed_lists = 0
-    for node in graph.graph.node:
+    for tensor in graph.graph.initializer:  # the label is looked up in a string tensor of the classes ...
+        if list(tensor.string_data) == classes:
+            tensor.string_data[:] = classes[::-1]
+            reversed_lists += 1
+    for node in graph.graph.node:  # ... or named by the classifier node's attribute
         for attribute in node.attribute:
-            if attribute.name == "classlabels_strings":
-                attribute.strings[:] = list(reversed(attribute.strings))
+            if attribute.name == "classlabels_strings" and list(attribute.strings) == classes:
+                attribute.strings[:] = classes[::-1]
                 reversed_lists += 1
     assert reversed_lists, "no class list found in the graph"
     other = {"benign": "malignant", "malignant": "benign"}
@@ -378,16 +418,25 @@ def flipped_labels(bundle: Path) -> tuple[bytes, Any]:
 
 
 def test_a_label_flipping_canary_is_rolled_back_and_a_good_one_promoted_under_load(served: Served) -> None:
+    """A canary that swaps the two classes: caught by label agreement in the shadow phase a classifier's rollout
+    starts with by default (never answering a user), and — without a shadow phase, on traffic where one class
+    dominates — by the chi-square test of predicted classes at its first step. The same model registered again
+    is promoted through shadow and steps under load with no failed request."""
     from cli.traffic import BackgroundTraffic
 
     settings = served.settings
     tracker = client(settings.tracking_uri)
     frame = accepted_frame(settings.data_for())
     assert frame is not None
-    records = raw_records(frame[list(served.rows.columns)])
+    columns = list(served.rows.columns)
+    everyone = raw_records(frame[columns])
+    mostly_benign = raw_records(
+        pd.concat([frame[frame["diagnosis"] == "benign"], frame[frame["diagnosis"] != "benign"].head(50)])[columns]
+    )
     quick = RolloutConfig(steps=[10, 50, 100], bake_seconds=2.0, min_requests=20, p99_slack_ms=50.0)
+    champion = deployment_name(settings.model_name, "1")
 
-    def traffic() -> BackgroundTraffic:
+    def traffic(records: list[dict[str, Any]]) -> BackgroundTraffic:
         return BackgroundTraffic(
             f"{endpoint_url(settings)}/invocations",
             lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]},
@@ -395,36 +444,43 @@ def test_a_label_flipping_canary_is_rolled_back_and_a_good_one_promoted_under_lo
             concurrency=4,
         )
 
+    def release(config: RolloutConfig) -> Any:
+        return release_flow(ReleaseParameters(version="challenger", image="never", rollout=config))
+
     try:
         assert release_flow(ReleaseParameters(version="1", image="never", rollout=quick)).rollout == "nothing_to_do"
-        for shadow in (0.0, 2.0):  # caught at its first step, and in a shadow phase before answering anyone
-            bad = register_bundle(settings, *flipped_labels(served.bundle))
-            with traffic() as load:
-                outcome = release_flow(
-                    ReleaseParameters(
-                        version="challenger", image="never", rollout=quick.model_copy(update={"shadow_seconds": shadow})
-                    )
-                )
-            assert outcome.rollout == "rolled_back" and len(outcome.steps) == 1, outcome.message
-            assert "Cramér's V" in outcome.message or "agree with the answers given" in outcome.message, outcome.message
-            if shadow:
-                assert "agree with the answers given" in outcome.message
-                assert set(load.result.deployments) == {deployment_name(settings.model_name, "1")}
-            assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:3]
-            assert tracker.get_model_version(settings.model_name, bad).tags["rollout"] == "rolled_back"
-            assert tracker.get_model_version_by_alias(settings.model_name, "champion").version == "1"
+        bad = register_bundle(settings, *flipped_labels(served.bundle))
+        with traffic(everyone) as load:
+            outcome = release(quick)  # shadow phase by default for a classifier
+        assert outcome.rollout == "rolled_back" and [s["canary weight %"] for s in outcome.steps] == [0], (
+            outcome.message
+        )
+        assert "agree with the answers given" in outcome.message, outcome.message
+        assert set(load.result.deployments) == {champion} and load.result.server_errors == 0  # it answered no one
+        assert tracker.get_model_version(settings.model_name, bad).tags["rollout"] == "rolled_back"
+
+        register_bundle(settings, *flipped_labels(served.bundle))
+        with traffic(mostly_benign) as load:
+            outcome = release(quick.model_copy(update={"shadow_seconds": 0.0}))
+        assert outcome.rollout == "rolled_back" and [s["canary weight %"] for s in outcome.steps] == [10], (
+            outcome.message
+        )
+        assert "Cramér's V" in outcome.message, outcome.message
+        assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:3]
+        assert tracker.get_model_version_by_alias(settings.model_name, "champion").version == "1"
 
         first = tracker.get_model_version(settings.model_name, "1")  # the same model registered again: a good one
-        good = tracker.create_model_version(settings.model_name, first.source, run_id=first.run_id, tags=first.tags)
+        logged_model = first.source.removeprefix("models:/")  # MLflow 3: the logged model the source names
+        good = tracker.create_model_version(
+            settings.model_name, first.source, run_id=first.run_id, tags=first.tags, model_id=logged_model
+        )
         tracker.set_registered_model_alias(settings.model_name, "challenger", good.version)
-        with traffic() as load:
-            outcome = release_flow(
-                ReleaseParameters(
-                    version="challenger", image="never", rollout=quick.model_copy(update={"shadow_seconds": 2.0})
-                )
-            )
+        with traffic(everyone) as load:
+            outcome = release(quick)
         assert outcome.rollout == "promoted", outcome.message
-        assert [step["verdict"] for step in outcome.steps] == ["pass"] * 4
+        assert [(step["canary weight %"], step["verdict"]) for step in outcome.steps] == [
+            (0, "pass"), (10, "pass"), (50, "pass"), (100, "pass")
+        ]  # fmt: skip
         assert load.result.requests > 300
         assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:5]
         assert tracker.get_model_version_by_alias(settings.model_name, "champion").version == good.version
@@ -457,6 +513,13 @@ def test_batch_scoring_of_a_mixed_type_file_answers_labels_probabilities_and_qua
     assert scores["patient_id"].tolist() == source["patient_id"].tolist()  # the input's columns are kept
     rejected = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / REJECTED).glob("*.parquet"))
     assert sorted(rejected["reason"]) == ["mean radius is missing and may not be", "mean texture is not a number"]
+
+    done = mlops("trace", "patients:3", "--batch-dir", str(tmp_path / "out"))  # a batch row, back to its origin
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert (found["source"], found["version"], found["rows"][0]["patient_id"]) == ("batch", "1", "P3")
+    assert found["rows"][0]["prediction"] == served.labels[3]
+    assert found["lineage"]["onnx_sha256"] and found["lineage"]["dataset_digest"]
 
 
 def test_the_classifiers_image_passes_the_typed_smoke_check_in_a_container(served: Served, docker_engine: Any) -> None:
