@@ -97,7 +97,12 @@ class MonitorPolicy(BaseModel):
     drift_share: float = Field(
         0.5, gt=0, le=1, description="Share of drifted feature columns from which the data set drifted."
     )
-    prediction_drift: bool = Field(True, description="A drifted prediction distribution alone also counts as drift.")
+    prediction_drift: bool = Field(
+        True,
+        description="A drifted output alone (prediction, label, class probability) also counts as drift — when its "
+        "distance (Wasserstein, Jensen-Shannon) also reaches column_threshold, so a p-value test on a large window "
+        "does not raise alarms over differences too small to matter.",
+    )
     max_rows: int = Field(200_000, ge=1000, description="Rows sampled for the decision in a larger window.")
     report_rows: int = Field(5000, ge=100, description="Rows of each side in the Evidently report.")
     min_labels: int = Field(30, ge=1, description="Fewest labelled rows to judge performance.")

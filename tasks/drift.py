@@ -145,6 +145,12 @@ class DriftDecision:
     methods: dict[str, str] = field(default_factory=dict)
     drifted_columns: tuple[str, ...] | None = None
     p_value: float = EVIDENTLY_P_VALUE
+    effects: dict[str, float] = field(default_factory=dict)  # distance per column (Wasserstein or Jensen-Shannon)
+
+    def material(self, column: str) -> bool:
+        """Drifted by Evidently's test *and* by an effect of at least the distance threshold: a p-value test
+        on a large window flags differences too small to matter (the rollout's effect-and-significance rule)."""
+        return column in self.drifted and self.effects.get(column, self.scores[column]) >= self.threshold
 
     @property
     def drifted(self) -> list[str]:
@@ -192,27 +198,29 @@ def decide(
     scores: dict[str, float] = {}
     methods: dict[str, str] = {}
     drifted: list[str] = []
+    effects: dict[str, float] = {}
     for column in profile.columns:
         numeric = not profile.is_categorical(column)
         window = tested if small else sample
         counts = _counts(window[column], numeric) if column in profile.counts else {}
         few_values = column in profile.counts and len(counts.keys() | profile.counts[column].keys()) <= FEW_VALUES
         if not numeric or few_values:
-            method, score = _compare_counts(profile.counts[column], counts, small)
-        elif small:
-            method = KS
-            current_values = _numbers(tested[column])
-            score = float(stats.ks_2samp(profile.values[column], current_values)[1]) if len(current_values) else 1.0
+            effect = _jensen_shannon(profile.counts[column], counts)
+            method, score = _compare_counts(profile.counts[column], counts) if small else (JENSEN_SHANNON, effect)
         else:
-            method = WASSERSTEIN
-            observed = np.quantile(_numbers(sample[column]), levels)
-            score = float(np.mean(np.abs(observed - np.asarray(profile.quantiles[column])))) / (
-                profile.std[column] or 1.0
-            )
-        scores[column], methods[column] = score, method
+            present = _numbers(window[column])
+            observed = np.quantile(present, levels) if len(present) else np.asarray(profile.quantiles[column])
+            distance = float(np.mean(np.abs(observed - np.asarray(profile.quantiles[column]))))
+            effect = distance / (profile.std[column] or 1.0)
+            if small:
+                method = KS
+                score = float(stats.ks_2samp(profile.values[column], present)[1]) if len(present) else 1.0
+            else:
+                method, score = WASSERSTEIN, effect
+        scores[column], methods[column], effects[column] = score, method, effect
         if _drifted(method, score, threshold, p_value):
             drifted.append(column)
-    return DriftDecision(scores, threshold, len(current), len(sample), methods, tuple(drifted), p_value)
+    return DriftDecision(scores, threshold, len(current), len(sample), methods, tuple(drifted), p_value, effects)
 
 
 def _drifted(method: str, score: float, threshold: float, p_value: float) -> bool:
@@ -222,16 +230,27 @@ def _drifted(method: str, score: float, threshold: float, p_value: float) -> boo
     return score < p_value if method in P_VALUE_METHODS else score >= threshold
 
 
-def _compare_counts(reference: dict[str, int], current: dict[str, int], small: bool) -> tuple[str, float]:
-    """Evidently's categorical statistic on value counts (nulls left out): chi-square or Z-test p-value for a
-    small reference, Jensen-Shannon distance (natural log) for a large one."""
+def _aligned(reference: dict[str, int], current: dict[str, int]) -> tuple[list[str], np.ndarray, np.ndarray]:
     keys = sorted(reference.keys() | current.keys())
     ref = np.array([reference.get(key, 0) for key in keys], dtype=float)
     cur = np.array([current.get(key, 0) for key in keys], dtype=float)
+    return keys, ref, cur
+
+
+def _jensen_shannon(reference: dict[str, int], current: dict[str, int]) -> float:
+    """Jensen-Shannon distance (natural log) of the value shares, nulls left out (Evidently's for categories)."""
+    _, ref, cur = _aligned(reference, current)
     if not cur.sum() or not ref.sum():
-        return (CHI_SQUARE, 1.0) if small else (JENSEN_SHANNON, 0.0)
-    if not small:
-        return JENSEN_SHANNON, float(distance.jensenshannon(ref / ref.sum(), cur / cur.sum()))
+        return 0.0
+    return float(distance.jensenshannon(ref / ref.sum(), cur / cur.sum()))
+
+
+def _compare_counts(reference: dict[str, int], current: dict[str, int]) -> tuple[str, float]:
+    """Evidently's categorical test on value counts (nulls left out) for a small reference: chi-square or Z-test
+    p-value."""
+    keys, ref, cur = _aligned(reference, current)
+    if not cur.sum() or not ref.sum():
+        return CHI_SQUARE, 1.0
     if len(keys) > 2:
         with np.errstate(divide="ignore", invalid="ignore"):  # a category the reference never saw: p = 0
             p = stats.chisquare(cur, ref * cur.sum() / ref.sum())[1]

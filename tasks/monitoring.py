@@ -61,8 +61,13 @@ class DriftVerdict:
         return len(self.drifted_features) / len(self.features) if self.features else 0.0
 
     @property
+    def material_outputs(self) -> list[str]:
+        """Drifted outputs whose distance also reaches the threshold: what counts as prediction drift."""
+        return [column for column in self.drifted_outputs if self.decision.material(column)]
+
+    @property
     def prediction_drifted(self) -> bool:
-        return bool(self.drifted_outputs)
+        return bool(self.material_outputs)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -71,6 +76,7 @@ class DriftVerdict:
             "prediction_drifted": self.prediction_drifted,
             "drifted_outputs": self.drifted_outputs,
             "scores": {column: round(score, 6) for column, score in self.decision.scores.items()},
+            "effects": {column: round(effect, 4) for column, effect in self.decision.effects.items()},
             "methods": self.decision.methods,
             "threshold": self.decision.threshold,
             "p_value": self.decision.p_value,

@@ -118,3 +118,15 @@ def test_a_category_the_reference_never_saw_drifts_and_text_survives_json() -> N
     decision = decide(profile, current)
     assert decision.drifted == ["grade"] and decision.scores["grade"] < 1e-6
     assert decision.rule("grade") == "chisquare p < 0.05"
+
+
+def test_a_small_change_on_a_large_window_is_drift_by_the_p_value_but_not_material() -> None:
+    grades = ["a", "b", "c", "d"]
+    reference = pd.DataFrame({"grade": np.repeat(grades, 250)})  # 1000 rows: Evidently's chi-square
+    current = pd.DataFrame({"grade": np.repeat(grades, [1350, 1250, 1250, 1150])})  # shares 0.27 .. 0.23
+    profile = ReferenceProfile.from_frame(reference, categorical=["grade"])
+    decision = decide(profile, current)
+    assert decision.drifted == ["grade"] and decision.methods["grade"] == "chisquare"
+    assert decision.effects["grade"] < 0.05 and not decision.material("grade")
+    moved = decide(profile, pd.DataFrame({"grade": np.repeat(grades, [2500, 1000, 1000, 500])}))
+    assert moved.material("grade")
