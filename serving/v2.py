@@ -119,10 +119,10 @@ def _raw_values(tensor: dict[str, Any], shape: list[int], raw: BinaryInputs) -> 
     if datatype != "BYTES" and datatype != "BOOL" and datatype not in NUMERIC_DATATYPES:
         raise RequestError(400, f"input {name!r} has datatype {datatype!r}; use BYTES for text, BOOL, or a number type")
     expected = math.prod(shape)
-    carried = raw.take(tensor, shape)
+    carried = raw.take(tensor, shape, as_list=True)
     if carried is not None:
-        if isinstance(carried, np.ndarray):
-            return list(carried.tolist())
+        if datatype != "BYTES":
+            return list(carried)  # Python numbers already (as_list): a cheap copy
         try:
             return [element.decode("utf-8") for element in carried]
         except UnicodeDecodeError as error:

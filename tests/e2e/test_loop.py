@@ -1,13 +1,15 @@
 """The whole loop, closed by Prefect's own machinery: a real ``prefect server start``, one process worker
 running the deployments of ``prefect.yaml`` (registered with ``prefect deploy --all``), the
-automations applied from code, the real MLflow server, and two models, each behind its own endpoint.
+automations applied from code, the real MLflow server, and two models — the diabetes regression and the
+example classifier (mixed-type table, strings and gaps) — each behind its own endpoint.
 
 Drifted traffic to the first model is collected -> the monitor deployment emits ``drift.detected``
 for it -> the retrain-on-drift automation runs the training deployment on the data that landed -> a
 better challenger is registered -> the release-challenger automation runs the release deployment ->
-the canary is promoted. A second drift alarm inside the cooldown starts nothing. The second model,
+the canary is promoted. A second drift alarm inside the cooldown starts nothing. The classifier,
 judged by the same monitor runs on its training-like traffic, is never retrained or released and
-answers throughout. New data that fails
+answers throughout. The training flow also runs the README's way (``python -m flows.train``) against
+the same server. New data that fails
 validation, announced by the landing check, is quarantined and posted to a webhook (a local HTTP
 server here).
 """
@@ -44,8 +46,7 @@ from mlops.settings import Settings
 from tasks.endpoint_admin import endpoint_url
 from tasks.ingest import accepted_frame
 from tasks.sample_data import drifted, land_batches
-from tests.conftest import model_env, write_spec
-from tests.integration.factories import SECOND_REGRESSION
+from tests.conftest import model_env, raw_records, write_spec
 
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}
 RELEASE = {"params": {"version": "challenger", "image": "never", "rollout": ROLLOUT}}
@@ -83,7 +84,8 @@ class Loop:
     settings: Settings
     env: dict[str, str]
     api: str
-    other: str  # a second model on the same stack, never drifted
+    other: str  # a second model on the same stack (the example classifier), never drifted
+    readme: str  # a third, trained by `python -m flows.train` at the end
 
     def cli(self, *args: str, timeout: float = 300) -> str:
         result = subprocess.run(list(args), cwd=PROJECT, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -145,7 +147,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
     root = tmp_path_factory.mktemp("loop")
     mlflow = MlflowServerConfig.scratch(root / "mlflow", free_port())
     other = f"other_{os.urandom(4).hex()}"
-    write_spec(root / "models", other, **SECOND_REGRESSION)
+    write_spec(root / "models", other, base="tumours")
+    readme = f"readme_{os.urandom(4).hex()}"
+    write_spec(root / "models", readme)
     values = {
         **model_env(root, "looped"),
         "MLFLOW_TRACKING_URI": mlflow.url,
@@ -172,7 +176,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
             start_prefect(settings)
             start_worker(settings)  # creates the local-process pool
             deploy_all(settings)
-            loop = Loop(settings, env, settings.prefect_url, other)
+            loop = Loop(settings, env, settings.prefect_url, other, readme)
             yield loop
         finally:
             stop_worker(settings)
@@ -216,16 +220,12 @@ def test_drift_retrains_and_the_challenger_is_released_by_automations(loop: Loop
     land_batches(settings.landing_for(), [1, 2, 3])  # the labelled data a retraining will find
     other_frame = accepted_frame(settings.data_for(other))
     assert other_frame is not None
-    other_columns = list(settings.spec(other).feature_names)
-    other_rows = other_frame[other_columns].to_numpy().tolist()
+    other_records = raw_records(other_frame[list(settings.spec(other).feature_names)])
 
     endpoint = f"http://127.0.0.1:{settings.endpoint_port}/invocations"
     body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
-    other_body = lambda rng: {  # noqa: E731  training-like rows, ten per request
-        "dataframe_split": {
-            "columns": other_columns,
-            "data": [other_rows[rng.randrange(len(other_rows))] for _ in range(10)],
-        }
+    other_body = lambda rng: {  # noqa: E731  training-like rows (strings, gaps), ten per request
+        "dataframe_records": [other_records[rng.randrange(len(other_records))] for _ in range(10)]
     }
     started = datetime.now(UTC)
     clock = time.monotonic()
@@ -382,3 +382,30 @@ def test_the_prefect_and_mlflow_uis_show_the_loop(loop: Loop) -> None:
         finally:
             browser.close()
     assert all(not texts for texts in missing.values()), f"not shown: {missing}; screenshots in {SCREENSHOTS}"
+
+
+def test_the_training_flow_module_runs_the_readme_way_against_the_same_server(loop: Loop) -> None:
+    """``python -m flows.train`` (what the README's main command runs) against the real Prefect server: one flow
+    run with its tasks, and the registered version pointing back at it. Also guards the FastAPI pin: Prefect
+    3.8's server does not start on FastAPI >= 0.155."""
+    model = loop.readme
+    land_batches(loop.settings.landing_for(model), [0, 1, 2])
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.train"],
+        cwd=PROJECT,
+        env={**loop.env, "MLOPS_MODEL_NAME": model},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '"status": "registered"' in result.stdout
+    version = MlflowClient(loop.settings.tracking_uri).get_model_version_by_alias(model, "champion")
+    run_id = version.tags["prefect_flow_run_id"]
+    run = httpx.get(f"{loop.api}/flow_runs/{run_id}", timeout=30).json()
+    assert run["state_type"] == "COMPLETED" and run["deployment_id"] is None  # the module's run, no deployment
+    assert httpx.get(f"{loop.api}/flows/{run['flow_id']}", timeout=30).json()["name"] == "train"
+    tasks = httpx.post(f"{loop.api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}}, timeout=30)
+    assert {"validate_batch", "train_candidate", "register_candidate"} <= {
+        task["task_key"].rsplit("-", 1)[0] for task in tasks.json()
+    }

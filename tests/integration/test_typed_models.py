@@ -7,7 +7,6 @@ collected, its known answer smoke-checked, released behind its endpoint and batc
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from tasks.serving_bundle import fetch_bundle
 from tasks.smoke import SmokeTestError, check_answers
 from tasks.tracking import client
 from tasks.train import TrainingSet
-from tests.conftest import serving_process
+from tests.conftest import json_value, raw_records, serving_process
 from tests.integration.conftest import model_events, model_home, register_bundle
 
 
@@ -135,19 +134,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, classifier: Settings) -> It
     with serving_process(scratch / "bundle", "--collect-dir", str(collect_dir)) as url:
         labels, probabilities = model.predict(typed), model.predict_proba(typed)
         yield Served(settings, url, rows, labels, probabilities, collect_dir, scratch / "bundle")
-
-
-def json_value(value: Any) -> Any:
-    """A cell as a client sends it: numbers, strings, booleans, null for any gap."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def raw_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{column: json_value(value) for column, value in record.items()} for record in rows.to_dict("records")]
 
 
 def test_invocations_answers_labels_and_opt_in_probabilities_like_scikit_learn(served: Served) -> None:
