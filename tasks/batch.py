@@ -139,31 +139,36 @@ def typed_scorable(frame: pd.DataFrame, schema: TypedSchema, source: str) -> tup
     missing = [column.name for column in schema.columns if column.name not in frame.columns]
     if missing:
         raise BatchScoreError(f"{source} lacks feature column(s) {', '.join(missing)} (has {list(frame.columns)})")
-    reasons = pd.Series("", index=frame.index, dtype=object)
+    reasons = np.full(len(frame), "", dtype=object)
+    open_rows = np.ones(len(frame), dtype=bool)  # rows with no reason yet: the first reason found is kept
 
-    def refuse(rows: pd.Series, why: str) -> None:
-        reasons[rows & (reasons == "")] = why
+    def refuse(rows: np.ndarray, why: str) -> None:
+        hit = rows & open_rows
+        if hit.any():  # numpy masks throughout, strings only for refused rows (most chunks have none)
+            reasons[hit] = why
+            open_rows[hit] = False
 
     typed: list[np.ndarray] = []
     for column in schema.columns:
         raw = frame[column.name]
-        absent = raw.isna()
+        absent = raw.isna().to_numpy()
         if column.type == "string":
             typed.append(category_strings(raw).fillna(column.fill or "").to_numpy(dtype=object))
         else:
             numbers = boolean_numbers(raw) if column.kind == "boolean" else pd.to_numeric(raw, errors="coerce")
-            numbers = numbers.astype("float64")
+            values = numbers.to_numpy(dtype="float64", na_value=np.nan)
             refuse(
-                numbers.isna() & ~absent,
+                np.isnan(values) & ~absent,
                 f"{column.name} is not {'true/false' if column.kind == 'boolean' else 'a number'}",
             )
-            refuse(pd.Series(np.isinf(numbers.to_numpy()), index=frame.index), f"{column.name} is not finite")
-            typed.append(numbers.to_numpy())
+            refuse(np.isinf(values), f"{column.name} is not finite")
+            typed.append(values)
         if not column.nullable:
             refuse(absent, f"{column.name} is missing and may not be")
+    refused = pd.Series(reasons, index=frame.index)
     if schema.matrix_input is not None:
-        return {schema.matrix_input: np.column_stack(typed)}, reasons
-    return {column.input: values.reshape(-1, 1) for column, values in zip(schema.columns, typed, strict=True)}, reasons
+        return {schema.matrix_input: np.column_stack(typed)}, refused
+    return {column.input: values.reshape(-1, 1) for column, values in zip(schema.columns, typed, strict=True)}, refused
 
 
 def output_columns(outputs: dict[str, np.ndarray], classes: tuple[Any, ...]) -> dict[str, np.ndarray]:

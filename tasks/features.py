@@ -79,7 +79,11 @@ def category_strings(column: pd.Series) -> pd.Series:
         whole = numbers.notna() & (numbers == np.round(numbers))
         text = numbers.astype(object).where(~whole, numbers.round().astype("Int64").astype(object))
         return text.where(numbers.notna(), None).map(lambda value: None if value is None else str(value))
-    return column.astype(object).where(column.notna(), None).map(lambda value: None if value is None else str(value))
+    values = column.to_numpy(dtype=object)
+    missing = pd.isna(values)
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):  # text already: no per-value call
+        return pd.Series(np.where(missing, None, values), index=column.index, dtype=object)
+    return column.astype(object).where(~missing, None).map(lambda value: None if value is None else str(value))
 
 
 def category_fill(feature: Feature) -> str:

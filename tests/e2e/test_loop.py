@@ -148,8 +148,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
     mlflow = MlflowServerConfig.scratch(root / "mlflow", free_port())
     other = f"other_{os.urandom(4).hex()}"
     write_spec(root / "models", other, base="tumours")
-    readme = f"readme_{os.urandom(4).hex()}"
-    write_spec(root / "models", readme)
+    readme = f"readme_{os.urandom(4).hex()}"  # its spec is written by the last test (not deployed)
     values = {
         **model_env(root, "looped"),
         "MLFLOW_TRACKING_URI": mlflow.url,
@@ -389,6 +388,7 @@ def test_the_training_flow_module_runs_the_readme_way_against_the_same_server(lo
     run with its tasks, and the registered version pointing back at it. Also guards the FastAPI pin: Prefect
     3.8's server does not start on FastAPI >= 0.155."""
     model = loop.readme
+    write_spec(loop.settings.specs_dir, model)
     land_batches(loop.settings.landing_for(model), [0, 1, 2])
     result = subprocess.run(
         [sys.executable, "-m", "flows.train"],
