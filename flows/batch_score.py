@@ -3,8 +3,9 @@
     python -m flows.batch_score INPUT OUTPUT [--version champion] [--chunk-rows 50000]
 
 The version's ONNX bundle (sha256-checked, the same file the servers run) scores the input in
-chunks; every chunk becomes one Parquet part with the input's columns, ``prediction``,
-``model_version`` and ``request_id`` (see :mod:`tasks.batch` for the layout, resumption and
+chunks; every chunk becomes one Parquet part with the input's columns, ``prediction`` (a
+classifier's label), for a classifier ``probability_<class>`` per class, ``model_version`` and
+``request_id`` (see :mod:`tasks.batch` for the layout, resumption and
 quarantined rows). Progress shows as a Prefect progress artifact and a log line per chunk.
 """
 

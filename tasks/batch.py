@@ -3,7 +3,8 @@
 Layout of an output folder::
 
     _manifest.json                    model, version, ONNX sha256, chunk size, the inputs' fingerprints
-    <input stem>/part-00000.parquet   the input's columns + prediction, model_version, request_id
+    <input stem>/part-00000.parquet   the input's columns + prediction (a classifier's label, and
+                                      probability_<class> per class), model_version, request_id
     _rejected/<input stem>-part-00000.parquet   rows that could not be scored, with the reason
 
 A part is written to a temporary name and renamed, so it exists whole or not at all. A re-run
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 
 from serving.bundle import ModelMetadata
 from serving.typed import TypedSchema
-from tasks.features import boolean_numbers, category_strings
+from tasks.features import boolean_numbers, filled_categories
 from tasks.onnx_convert import MATRIX_INPUT
 
 SUFFIXES = (".csv", ".parquet", ".pq")
@@ -151,10 +152,11 @@ def typed_scorable(frame: pd.DataFrame, schema: TypedSchema, source: str) -> tup
     typed: list[np.ndarray] = []
     for column in schema.columns:
         raw = frame[column.name]
-        absent = raw.isna().to_numpy()
         if column.type == "string":
-            typed.append(category_strings(raw).fillna(column.fill or "").to_numpy(dtype=object))
+            values, absent = filled_categories(raw, column.fill or "")
+            typed.append(values)
         else:
+            absent = raw.isna().to_numpy()
             numbers = boolean_numbers(raw) if column.kind == "boolean" else pd.to_numeric(raw, errors="coerce")
             values = numbers.to_numpy(dtype="float64", na_value=np.nan)
             refuse(
@@ -194,7 +196,8 @@ def score_chunk(
     feeds, reasons = typed_scorable(frame, schema, source)
     scorable = reasons == ""
     rows = scorable.to_numpy()
-    outputs = session.run(list(metadata.outputs), {name: values[rows] for name, values in feeds.items()})
+    chosen = feeds if rows.all() else {name: values[rows] for name, values in feeds.items()}  # no copy when all are
+    outputs = session.run(list(metadata.outputs), chosen)
     return scorable, output_columns(dict(zip(metadata.outputs, outputs, strict=True)), metadata.classes), reasons
 
 

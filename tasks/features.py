@@ -86,6 +86,14 @@ def category_strings(column: pd.Series) -> pd.Series:
     return column.astype(object).where(~missing, None).map(lambda value: None if value is None else str(value))
 
 
+def filled_categories(column: pd.Series, fill: str) -> tuple[np.ndarray, np.ndarray]:
+    """Category strings with every gap as ``fill`` (an object array), and where the gaps were — one pass over a
+    text column to find its gaps instead of one per step."""
+    strings = category_strings(column).to_numpy(dtype=object)
+    gaps = strings == None  # noqa: E711  (elementwise: category_strings marks every gap as None)
+    return np.where(gaps, fill, strings), gaps
+
+
 def category_fill(feature: Feature) -> str:
     """The string a missing category becomes."""
     if feature.resolved_fill is Fill.CONSTANT:
@@ -99,7 +107,8 @@ def typed_features(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     for feature in spec.features:
         column = frame[feature.name]
         if feature.is_categorical:
-            columns[feature.name] = category_strings(column).fillna(category_fill(feature)).astype(object)
+            values, _ = filled_categories(column, category_fill(feature))
+            columns[feature.name] = pd.Series(values, index=frame.index, dtype=object)
         else:
             columns[feature.name] = _numbers(column, feature)
     return pd.DataFrame(columns, index=frame.index)
