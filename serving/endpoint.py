@@ -158,6 +158,14 @@ class RoutingTable:
             raise EndpointError(f"deployment {deployment.name} already exists")
         return replace(self, deployments=(*self.deployments, deployment), generation=self.generation + 1)
 
+    def moved(self, name: str, url: str) -> RoutingTable:
+        """The deployment ``name`` at another address (its process restarted), weight and version kept."""
+        found = self.get(name)
+        if found is None:
+            raise EndpointError(f"no deployment named {name}")
+        deployments = tuple(replace(d, url=url) if d.name == name else d for d in self.deployments)
+        return replace(self, deployments=deployments, generation=self.generation + 1)
+
     def without(self, name: str) -> RoutingTable:
         if self.get(name) is None:
             raise EndpointError(f"no deployment named {name}")

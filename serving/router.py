@@ -324,6 +324,11 @@ class Router:
             return await self._add(await self._json(request))
         if len(parts) == 3 and parts[:2] == ["admin", "deployments"] and method == "DELETE":
             return await self._remove(parts[2])
+        if len(parts) == 3 and parts[:2] == ["admin", "deployments"] and method == "PUT":
+            url = (await self._json(request)).get("url")
+            if not isinstance(url, str):
+                raise RequestError(400, "body must name the deployment's new 'url'")
+            return await self._move(parts[2], url)
         if parts == ["admin", "weights"] and method == "PUT":
             content = await self._json(request)
             weights = content.get("weights", {})
@@ -355,8 +360,8 @@ class Router:
             raise RequestError(400, "body must be a JSON object")
         return content
 
-    async def _add(self, content: dict[str, Any]) -> Reply:
-        deployment = Deployment.from_dict(content)
+    @staticmethod
+    async def _probe(deployment: Deployment) -> None:
         probe = Upstream(*deployment.address)
         try:
             ready = await probe.request(b"GET", b"/v2/health/ready", b"", b"", timeout=5)
@@ -366,6 +371,26 @@ class Router:
             probe.close()
         if ready.status != 200:
             raise RequestError(400, f"deployment {deployment.name} at {deployment.url} is not ready ({ready.status})")
+
+    async def _move(self, name: str, url: str) -> Reply:
+        """Point deployment ``name`` at ``url`` (its server restarted elsewhere) once that answers ready; weight,
+        version and stats kept, the old connections closed."""
+        table = self.table.moved(name, url)
+        moved = table.get(name)
+        assert moved is not None
+        await self._probe(moved)
+        async with self._lock:
+            table = self.table.moved(name, url)
+            old = self.upstreams[name]
+            self.upstreams[name] = Upstream(*moved.address)
+            self._install(table)
+        old.close()
+        logger.info("moved deployment %s to %s", name, url)
+        return Reply(200, dumps(self.table.to_dict()))
+
+    async def _add(self, content: dict[str, Any]) -> Reply:
+        deployment = Deployment.from_dict(content)
+        await self._probe(deployment)
         async with self._lock:
             table = self.table.with_deployment(deployment)
             self._attach(deployment)

@@ -120,6 +120,10 @@ class EndpointClient:
     def add(self, deployment: Deployment) -> RoutingTable:
         return RoutingTable.from_dict(self._call("POST", "deployments", asdict(deployment)))
 
+    def move(self, name: str, url: str) -> RoutingTable:
+        """Point deployment ``name`` at ``url`` (its server restarted), weight and version kept."""
+        return RoutingTable.from_dict(self._call("PUT", f"deployments/{name}", {"url": url}))
+
     def remove(self, name: str) -> bool:
         """Remove a deployment once its in-flight requests finished; True if it drained in time."""
         return bool(self._call("DELETE", f"deployments/{name}")["drained"])

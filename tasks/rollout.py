@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import numpy as np
 from prefect import task
 from scipy.stats import chi2_contingency, ks_2samp
@@ -174,11 +175,14 @@ def deployment_name(model_name: str, version: str) -> str:
     return f"{model_name}-v{version}"
 
 
-def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list[str], float | None]:
+def analyse(
+    canary: Window, stable: Window, config: RolloutConfig, agreement_needed: bool = False
+) -> tuple[list[str], float | None]:
     """Reasons the canary fails against the stable window (empty: it passes), and the distance between their
     predictions: KS for values, Cramér's V of the predicted-class counts (chi-square) for a classifier's labels.
     Either fails only when large (``max_ks``) and significant (``ks_alpha``); a classifier canary that saw mirrored
-    traffic also fails when it agrees with the answers clients got less often than ``min_label_agreement``."""
+    traffic also fails when it agrees with the answers clients got less often than ``min_label_agreement``;
+    with ``agreement_needed`` (a classifier's shadow phase) too few compared rows are no verdict, never a pass."""
     reasons = []
     if canary.error_rate > config.max_error_rate:
         reasons.append(f"canary error rate {canary.error_rate:.1%} > {config.max_error_rate:.1%}")
@@ -212,6 +216,16 @@ def analyse(canary: Window, stable: Window, config: RolloutConfig) -> tuple[list
         reasons.append(
             f"canary labels agree with the answers given on {agreement:.1%} of {canary.agreement_compared} mirrored "
             f"rows (< {config.min_label_agreement:.0%})"
+        )
+    if (
+        agreement_needed
+        and config.compare_predictions
+        and not reasons
+        and canary.agreement_compared < config.min_agreement_rows
+    ):
+        reasons.append(
+            f"only {canary.agreement_compared} mirrored rows compared with the answers given "
+            f"(need {config.min_agreement_rows}): no verdict"
         )
     if not reasons and canary.requests < config.min_requests:
         reasons.append(f"only {canary.requests} canary requests in the step (need {config.min_requests}): no verdict")
@@ -251,9 +265,14 @@ def reconcile_endpoint(
     challenger = alias_version(tracking_uri, model_name, CHALLENGER)
     stable = deployment_name(model_name, champion)
     table = endpoint.table()
-    if table.get(stable) is None:
+    listed = table.get(stable)
+    if listed is None or not _answers(listed.url):
+        # not there, or listed but gone (its process stopped by `mlops down`, its container removed): start it
         url = target.start(stable, model_name, champion)
-        endpoint.add(Deployment(stable, url, champion, weight=0))
+        if listed is None:
+            endpoint.add(Deployment(stable, url, champion, weight=0))
+        else:
+            endpoint.move(stable, url)
         log.info("started the champion's deployment %s (version %s) at %s", stable, champion, url)
     table = endpoint.set_weights({d.name: (100 if d.name == stable else 0) for d in endpoint.table().deployments})
     for leftover in [d.name for d in table.deployments if d.name != stable]:
@@ -261,6 +280,14 @@ def reconcile_endpoint(
         target.stop(leftover)
         log.info("removed leftover deployment %s (%s)", leftover, "drained" if drained else "drain timed out")
     return champion, challenger
+
+
+def _answers(url: str) -> bool:
+    """Whether a deployment's server answers its readiness probe."""
+    try:
+        return httpx.get(f"{url}/v2/health/ready", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @task
@@ -293,11 +320,12 @@ def start_canary(
 
 
 def wait_for_evidence(
-    endpoint: EndpointClient, name: str, seconds: float, config: RolloutConfig, fail_fast: bool
+    endpoint: EndpointClient, name: str, seconds: float, config: RolloutConfig, fail_fast: bool, agreement: bool = False
 ) -> float:
-    """Wait until deployment ``name`` has served ``seconds`` and ``min_requests`` (at most ``max_wait_factor``
-    times ``seconds``); with ``fail_fast``, stop as soon as its errors exceed what the whole step could
-    tolerate. Returns when the wait started (the window to judge)."""
+    """Wait until deployment ``name`` has served ``seconds`` and ``min_requests`` — with ``agreement``, also
+    ``min_agreement_rows`` mirrored rows compared with the answers given — (at most ``max_wait_factor`` times
+    ``seconds``); with ``fail_fast``, stop as soon as its errors exceed what the whole step could tolerate.
+    Returns when the wait started (the window to judge)."""
     started = time.time()
     before = endpoint.totals().get(name, {"requests": 0, "errors": 0})
     deadline = started + seconds * config.max_wait_factor
@@ -308,8 +336,13 @@ def wait_for_evidence(
         tolerated = config.max_error_rate * max(requests, config.min_requests)
         if (fail_fast and errors >= 5 and errors > tolerated) or time.time() > deadline:
             return started
-        if time.time() - started >= seconds and requests >= config.min_requests:
+        enough = time.time() - started >= seconds and requests >= config.min_requests
+        if enough and (not agreement or _compared(endpoint, name, started) >= config.min_agreement_rows):
             return started
+
+
+def _compared(endpoint: EndpointClient, name: str, since: float) -> int:
+    return int((endpoint.stats(since).get(name) or {}).get("agreement", {}).get("compared", 0))
 
 
 @task
@@ -341,14 +374,15 @@ def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig
     """Mirror all traffic to the canary (already added as a shadow), judge it, then make it a live deployment."""
     log = run_logger(__name__)
     endpoint.set_weights({}, mirror=1.0)
-    started = wait_for_evidence(endpoint, canary.name, seconds, config, fail_fast=False)
+    classifier = bool(canary.classes)  # its shadow phase is there to compare labels: it needs that evidence
+    started = wait_for_evidence(endpoint, canary.name, seconds, config, fail_fast=False, agreement=classifier)
     endpoint.set_weights({}, mirror=0.0)
     stats = endpoint.stats(started)
     windows = canary.with_probabilities(
         {name: Window.from_stats(stats.get(name)) for name in (canary.name, canary.stable)}, started
     )
     window, stable = windows[canary.name], windows[canary.stable]
-    reasons, ks = analyse(window, stable, config)
+    reasons, ks = analyse(window, stable, config, agreement_needed=classifier)
     seconds = time.time() - started
     report = StepReport(0, 0, seconds, not reasons, tuple(reasons), window.figures(), stable.figures(), ks)
     log.info("shadow phase: %s", "; ".join(reasons) or "passed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -48,6 +49,10 @@ def test_changes_make_new_tables_and_refuse_inconsistent_ones() -> None:
     with pytest.raises(EndpointError, match="within"):
         grown.with_weights({}, mirror=1.5)
     assert RoutingTable.from_dict(grown.to_dict()) == grown
+    moved = grown.moved("a", "http://127.0.0.1:9999")
+    assert moved.get("a") == replace(A, url="http://127.0.0.1:9999") and moved.get("b") == B
+    with pytest.raises(EndpointError, match="no deployment named c"):
+        grown.moved("c", "http://127.0.0.1:9999")
 
 
 def test_deployments_are_validated() -> None:
