@@ -142,21 +142,19 @@ class DriftDecision:
     threshold: float
     rows: int
     sampled: int
-    methods: dict[str, str] = field(default_factory=dict)
-    drifted_columns: tuple[str, ...] | None = None
-    p_value: float = EVIDENTLY_P_VALUE
-    effects: dict[str, float] = field(default_factory=dict)  # distance per column (Wasserstein or Jensen-Shannon)
+    methods: dict[str, str]
+    drifted_columns: tuple[str, ...]
+    p_value: float
+    effects: dict[str, float]  # distance per column (Wasserstein or Jensen-Shannon)
 
     def material(self, column: str) -> bool:
         """Drifted by Evidently's test *and* by an effect of at least the distance threshold: a p-value test
         on a large window flags differences too small to matter (the rollout's effect-and-significance rule)."""
-        return column in self.drifted and self.effects.get(column, self.scores[column]) >= self.threshold
+        return column in self.drifted_columns and self.effects[column] >= self.threshold
 
     @property
     def drifted(self) -> list[str]:
-        if self.drifted_columns is not None:
-            return list(self.drifted_columns)
-        return [column for column, score in self.scores.items() if score >= self.threshold]
+        return list(self.drifted_columns)
 
     @property
     def share(self) -> float:
@@ -164,7 +162,7 @@ class DriftDecision:
 
     def rule(self, column: str) -> str:
         """How the column's score is judged, for people: ``K-S p < 0.05``, ``Wasserstein > 0.1``..."""
-        method = self.methods.get(column, WASSERSTEIN)
+        method = self.methods[column]
         if method in P_VALUE_METHODS:
             return f"{method} p {'<=' if method == KS else '<'} {self.p_value}"
         return f"{method} >= {self.threshold}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -130,3 +130,31 @@ def register_bundle(settings: Settings, onnx_bytes: bytes, metadata: Any, alias:
     )
     client.set_registered_model_alias(settings.model_name, alias, version.version)
     return str(version.version)
+
+
+def send_with_ids(url: str, bodies: Iterable[dict[str, Any]]) -> list[str]:
+    """POST each body to ``url`` with a request id of our own (what delayed labels refer to); every answer must be
+    200. Returns the ids, once the server's collector had time to write them (it writes every 0.1 s)."""
+    import uuid
+
+    import httpx
+
+    ids = []
+    with httpx.Client(timeout=10) as session:
+        for body in bodies:
+            request_id = uuid.uuid4().hex
+            answer = session.post(url, json=body, headers={"x-request-id": request_id})
+            assert answer.status_code == 200, answer.text
+            ids.append(request_id)
+    time.sleep(0.5)
+    return ids
+
+
+def monitor_window(started: float) -> Any:
+    """Monitor parameters judging exactly the requests served from ``started`` until now."""
+    from datetime import UTC
+
+    from flows.monitor import MonitorParameters
+
+    ended = time.time()
+    return MonitorParameters(window_minutes=(ended - started) / 60, window_end=datetime.fromtimestamp(ended, UTC))

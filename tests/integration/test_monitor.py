@@ -9,26 +9,24 @@ arrive later for its request ids — degraded (``performance.degraded``).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
-from flows.monitor import MonitorParameters, monitor_flow
+from flows.monitor import monitor_flow
 from mlflow_server import MlflowServerConfig
 from mlops.settings import Settings
 from tasks.ingest import accepted_frame
 from tasks.registry import CHAMPION
 from tasks.sample_data import DRIFT_COLUMNS, drifted
 from tasks.targets import ProcessTarget
-from tests.integration.conftest import model_events, model_home
+from tests.integration.conftest import model_events, model_home, monitor_window, send_with_ids
 
 SHIFTED = list(DRIFT_COLUMNS)  # 6 of 10 features: over Evidently's 0.5 share
 
@@ -57,22 +55,9 @@ def served(
 
 def send(served: Served, rows: pd.DataFrame, per_request: int = 10) -> list[str]:
     """Score ``rows`` in requests of ``per_request`` rows with our own request ids; returns the ids."""
-    features = list(served.settings.spec().feature_names)
-    ids = []
-    with httpx.Client(base_url=served.url, timeout=10) as client:
-        for start in range(0, len(rows), per_request):
-            request_id = uuid.uuid4().hex
-            chunk = rows.iloc[start : start + per_request][features].to_numpy().tolist()
-            response = client.post("/invocations", json={"instances": chunk}, headers={"x-request-id": request_id})
-            assert response.status_code == 200, response.text
-            ids.append(request_id)
-    time.sleep(0.5)  # the collector writes every 0.1 s
-    return ids
-
-
-def window(started: float) -> MonitorParameters:
-    ended = time.time()
-    return MonitorParameters(window_minutes=(ended - started) / 60, window_end=datetime.fromtimestamp(ended, UTC))
+    matrix = rows[list(served.settings.spec().feature_names)].to_numpy().tolist()
+    chunks = (matrix[start : start + per_request] for start in range(0, len(matrix), per_request))
+    return send_with_ids(f"{served.url}/invocations", ({"instances": chunk} for chunk in chunks))
 
 
 def test_training_like_traffic_is_judged_stable_and_recorded_in_mlflow(served: Served) -> None:
@@ -80,7 +65,7 @@ def test_training_like_traffic_is_judged_stable_and_recorded_in_mlflow(served: S
     started = time.time()
     since = datetime.now(UTC)
     send(served, served.frame.sample(300, replace=True, random_state=1))
-    outcome = monitor_flow(window(started))
+    outcome = monitor_flow(monitor_window(started))
 
     assert outcome.status == "judged" and outcome.rows == 300, outcome.message
     assert outcome.drift["drifted"] is False and outcome.drift["drifted_columns"] == []
@@ -116,7 +101,7 @@ def test_shifted_traffic_emits_drift_and_late_labels_emit_degradation(served: Se
     folder.mkdir(parents=True, exist_ok=True)
     labels.to_csv(folder / "labels-0001.csv", index=False)
 
-    outcome = monitor_flow(window(started))
+    outcome = monitor_flow(monitor_window(started))
 
     assert outcome.drift["drifted"] is True, outcome.message
     assert set(outcome.drift["drifted_columns"]) == set(SHIFTED)
@@ -138,6 +123,6 @@ def test_a_window_with_too_few_rows_judges_nothing(served: Served) -> None:
     started = time.time()
     since = datetime.now(UTC)
     send(served, drifted(served.frame.head(20)))
-    outcome = monitor_flow(window(started))
+    outcome = monitor_flow(monitor_window(started))
     assert outcome.status == "too-few-rows" and outcome.rows == 20 and "need 100" in outcome.message
     assert model_events(served.settings.model_name, since, "drift.", set(), timeout=2) == []

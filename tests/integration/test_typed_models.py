@@ -44,7 +44,7 @@ from tasks.smoke import SmokeTestError, check_answers
 from tasks.tracking import client
 from tasks.train import TrainingSet
 from tests.conftest import json_value, raw_records, serving_process
-from tests.integration.conftest import model_events, model_home, register_bundle
+from tests.integration.conftest import model_events, model_home, monitor_window, register_bundle, send_with_ids
 
 
 @pytest.fixture(scope="module")
@@ -242,24 +242,7 @@ def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(s
 
 def send(served: Served, rows: pd.DataFrame) -> list[str]:
     """Score ``rows`` one per request with our own request ids (the ids delayed labels refer to)."""
-    ids = []
-    with httpx.Client(base_url=served.url, timeout=10) as session:
-        for record in raw_records(rows):
-            request_id = uuid.uuid4().hex
-            answer = session.post(
-                "/invocations", json={"dataframe_records": [record]}, headers={"x-request-id": request_id}
-            )
-            assert answer.status_code == 200, answer.text
-            ids.append(request_id)
-    time.sleep(0.5)  # the collector writes every 0.1 s
-    return ids
-
-
-def window_since(started: float) -> Any:
-    from flows.monitor import MonitorParameters
-
-    ended = time.time()
-    return MonitorParameters(window_minutes=(ended - started) / 60, window_end=datetime.fromtimestamp(ended, UTC))
+    return send_with_ids(f"{served.url}/invocations", ({"dataframe_records": [r]} for r in raw_records(rows)))
 
 
 def test_the_monitor_judges_the_classifier_like_evidently_from_labels_and_before_them(served: Served) -> None:
@@ -279,7 +262,7 @@ def test_the_monitor_judges_the_classifier_like_evidently_from_labels_and_before
     assert collected["clinic"].dtype == object and collected["mean radius"].dtype == np.float64
     assert set(collected["prediction"]) <= {"benign", "malignant"}
     assert np.allclose(collected[["probability.benign", "probability.malignant"]].sum(axis=1), 1)
-    like_training = monitor_flow(window_since(started))
+    like_training = monitor_flow(monitor_window(started))
     assert like_training.status == "judged", like_training.message
     drifted = {*like_training.drift["drifted_columns"], *like_training.drift["drifted_outputs"]}
     assert drifted == set(like_training.evidently_drifted) and not like_training.drift["drifted"]
@@ -298,7 +281,7 @@ def test_the_monitor_judges_the_classifier_like_evidently_from_labels_and_before
     labels_dir.mkdir(parents=True, exist_ok=True)
     # a strict policy for this window (holdout accuracy 0.97): estimate or labels 0.01 lower are a drop
     strict = MonitorPolicy(estimated_drop=0.01, max_drop={"accuracy": 0.01})
-    params = window_since(started).model_copy(update={"policy": strict})
+    params = monitor_window(started).model_copy(update={"policy": strict})
     since = datetime.now(UTC)
     expected = {"performance.estimated_drop", "performance.degraded"}
     shifted = monitor_flow(params)  # before any label arrives
