@@ -129,10 +129,12 @@ def split_scorable(frame: pd.DataFrame, features: list[str], source: str) -> tup
     return numbers.to_numpy(dtype=np.float64), scorable
 
 
-def typed_scorable(frame: pd.DataFrame, schema: TypedSchema, source: str) -> tuple[dict[str, np.ndarray], pd.Series]:
-    """A typed model's feeds for every row of ``frame`` (typed as training typed its data) and, per row, why it
-    cannot be scored ('' when it can): a value that is not a number, not finite, or missing where the column
-    may not be.
+def typed_scorable(
+    frame: pd.DataFrame, schema: TypedSchema, source: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, pd.Series]:
+    """A typed model's feeds for every row of ``frame`` (typed as training typed its data), which rows can be
+    scored, and, per row, why it cannot be ('' when it can): a value that is not a number, not finite, or missing
+    where the column may not be.
 
     Raises:
         BatchScoreError: A feature column is missing altogether.
@@ -169,8 +171,9 @@ def typed_scorable(frame: pd.DataFrame, schema: TypedSchema, source: str) -> tup
             refuse(absent, f"{column.name} is missing and may not be")
     refused = pd.Series(reasons, index=frame.index)
     if schema.matrix_input is not None:
-        return {schema.matrix_input: np.column_stack(typed)}, refused
-    return {column.input: values.reshape(-1, 1) for column, values in zip(schema.columns, typed, strict=True)}, refused
+        return {schema.matrix_input: np.column_stack(typed)}, open_rows, refused
+    feeds = {column.input: values.reshape(-1, 1) for column, values in zip(schema.columns, typed, strict=True)}
+    return feeds, open_rows, refused
 
 
 def output_columns(outputs: dict[str, np.ndarray], classes: tuple[Any, ...]) -> dict[str, np.ndarray]:
@@ -193,9 +196,8 @@ def score_chunk(
     if schema is None:
         matrix, scorable = split_scorable(frame, list(metadata.features), source)
         return scorable, session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1), None
-    feeds, reasons = typed_scorable(frame, schema, source)
-    scorable = reasons == ""
-    rows = scorable.to_numpy()
+    feeds, rows, reasons = typed_scorable(frame, schema, source)
+    scorable = pd.Series(rows, index=frame.index)
     chosen = feeds if rows.all() else {name: values[rows] for name, values in feeds.items()}  # no copy when all are
     outputs = session.run(list(metadata.outputs), chosen)
     return scorable, output_columns(dict(zip(metadata.outputs, outputs, strict=True)), metadata.classes), reasons

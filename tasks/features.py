@@ -71,26 +71,41 @@ def _numbers(column: pd.Series, feature: Feature) -> pd.Series:
     return pd.to_numeric(column, errors="coerce").astype("float64")
 
 
+def _text(column: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """A column holding only strings (and gaps) as an object array with its gaps, else None."""
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return None
+    values = column.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        return None
+    return values, pd.isna(values)
+
+
 def category_strings(column: pd.Series) -> pd.Series:
     """Category values as strings, missing as NA; whole numbers read as floats (a CSV column with gaps) lose
     the ``.0`` so ``3`` and ``3.0`` are one category."""
+    text = _text(column)
+    if text is not None:  # text already: no per-value call
+        values, missing = text
+        strings = values.copy()
+        strings[missing] = None
+        return pd.Series(strings, index=column.index, dtype=object)
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
         numbers = pd.to_numeric(column, errors="coerce").astype("float64")
         whole = numbers.notna() & (numbers == np.round(numbers))
-        text = numbers.astype(object).where(~whole, numbers.round().astype("Int64").astype(object))
-        return text.where(numbers.notna(), None).map(lambda value: None if value is None else str(value))
-    values = column.to_numpy(dtype=object)
-    missing = pd.isna(values)
-    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):  # text already: no per-value call
-        return pd.Series(np.where(missing, None, values), index=column.index, dtype=object)
-    return column.astype(object).where(~missing, None).map(lambda value: None if value is None else str(value))
+        words = numbers.astype(object).where(~whole, numbers.round().astype("Int64").astype(object))
+        return words.where(numbers.notna(), None).map(lambda value: None if value is None else str(value))
+    return column.astype(object).where(column.notna(), None).map(lambda value: None if value is None else str(value))
 
 
 def filled_categories(column: pd.Series, fill: str) -> tuple[np.ndarray, np.ndarray]:
     """Category strings with every gap as ``fill`` (an object array), and where the gaps were — one pass over a
     text column to find its gaps instead of one per step."""
-    strings = category_strings(column).to_numpy(dtype=object)
-    gaps = strings == None  # noqa: E711  (elementwise: category_strings marks every gap as None)
+    text = _text(column)
+    if text is None:
+        strings = category_strings(column).to_numpy(dtype=object)
+        text = strings, strings == None  # noqa: E711  (elementwise: category_strings marks every gap as None)
+    strings, gaps = text
     return np.where(gaps, fill, strings), gaps
 
 

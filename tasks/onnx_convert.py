@@ -47,6 +47,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.tree import BaseDecisionTree
 
+from tasks.linear_fold import fold_scalers
+
 MATRIX_INPUT = "input"
 OUTPUT_NAME = "variable"
 LABEL = "label"
@@ -194,6 +196,9 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
     if duplicated:
         raise ExportError(f"columns map to the same ONNX input names {duplicated}: rename one of them")
     steps = _flatten(model)
+    folded = fold_scalers(steps)
+    if folded is not steps:  # the graph scores the same model without its scaling nodes
+        steps, model = folded, Pipeline(folded) if len(folded) > 1 else folded[0][1]
     estimator = steps[-1][1]
     classifier = estimator if _is_classifier(estimator) else None
     label = type(estimator).__name__
