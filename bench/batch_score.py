@@ -1,14 +1,15 @@
-"""Batch scoring speed: scikit-learn vs onnxruntime by chunk size and threads, per model family and task.
+"""Batch scoring speed: scikit-learn vs onnxruntime by chunk size and threading, per model family and task.
 
     uv run python bench/batch_score.py [--task {regression,classifier,both}] [--rows 200000] [--repeat 5]
         [--chunks 1000 10000 50000 200000] [--train-rows 20000]
 
 Every family is fitted with the middle of its default grid (``tasks.features.DEFAULT_GRIDS``) on
 ``--train-rows`` rows and exported with the project's converter, then scores ``--rows`` rows:
-scikit-learn in one call (its defaults), onnxruntime in chunks of each size with 1 and 2
-intra-op threads. Prints rows/s (best of ``--repeat`` rounds in which scikit-learn and every
-setting take turns) and the ratio to scikit-learn; the
-batch flow's defaults (``flows/batch_score.py``) come from these tables.
+scikit-learn in one call (its defaults), onnxruntime in chunks of each size on one thread (t1), on
+two intra-op threads (t2) and as the batch flow runs it, each chunk's rows in two halves at once
+(r2). Prints rows/s (best of ``--repeat`` rounds in which scikit-learn and every setting take
+turns) and the ratio to scikit-learn; the batch flow's defaults (``flows/batch_score.py``) come
+from these tables.
 
 - regression: each family's pipeline on a synthetic numeric matrix (10 features, like the
   diabetes data), scikit-learn ``predict`` vs ``session.run`` on matrix slices.
@@ -48,7 +49,7 @@ from mlops.spec import CLASSIFICATION_FAMILIES, REGRESSION_FAMILIES, Kind, Model
 from serving.bundle import ModelMetadata, read_bundle, write_bundle
 from serving.model import is_matrix_regression, open_session
 from serving.typed import TypedSchema
-from tasks.batch import chunks, score_chunk
+from tasks.batch import RowParallelSession, chunks, score_chunk
 from tasks.export import ExportConfig, input_schema
 from tasks.features import DEFAULT_GRIDS, build_estimator, default_grid, family_estimator, target_values, typed_features
 from tasks.onnx_convert import LABEL, MATRIX_INPUT, numeric_columns, to_onnx
@@ -57,10 +58,12 @@ from tasks.train import TrainingSet
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES = [f"f{i}" for i in range(10)]
-THREADS = (1, 2)
+# How onnxruntime runs each chunk: t1 one thread; t2 one run on two intra-op threads; r2 the batch flow's way,
+# the chunk's rows in two halves run at once on one single-threaded session (tasks.batch.RowParallelSession).
+SETTINGS = ("t1", "t2", "r2")
 CLASSIFIER = "tumours"  # the example classifier on a mixed-type table
 PARITY_ROWS = 2_000
-Timings = dict[tuple[int, int], float]  # (chunk rows, threads) -> seconds
+Timings = dict[tuple[int, str], float]  # (chunk rows, setting) -> seconds
 
 
 def middle(grid: dict[str, list[Any]]) -> dict[str, Any]:
@@ -87,12 +90,26 @@ def best_seconds(calls: dict[Any, Callable[[], object]], repeat: int) -> dict[An
     return best
 
 
+def runners(model: str | bytes) -> dict[str, Any]:
+    """Each setting's session (see ``SETTINGS``)."""
+    return {
+        "t1": open_session(model, 1),
+        "t2": open_session(model, 2),
+        "r2": RowParallelSession(open_session(model, 1), 2),
+    }
+
+
 def chunk_label(rows: int) -> str:
     return f"{rows // 1000}k" if rows % 1000 == 0 else str(rows)
 
 
 def header(chunk_sizes: list[int], extra: tuple[str, ...] = ()) -> str:
-    names = ["family", "scikit-learn", *(f"ort {chunk_label(c)} t{t}" for c in chunk_sizes for t in THREADS), *extra]
+    names = [
+        "family",
+        "scikit-learn",
+        *(f"ort {chunk_label(c)} {setting}" for c in chunk_sizes for setting in SETTINGS),
+        *extra,
+    ]
     return "| " + " | ".join(names) + " |\n" + "|---" * len(names) + "|"
 
 
@@ -118,14 +135,14 @@ def regression_table(rows: int, repeat: int, chunk_sizes: list[int], train_rows:
     for family in REGRESSION_FAMILIES:
         model = pipeline(family).set_params(**middle(DEFAULT_GRIDS[family])).fit(train, target)
         onnx_bytes = to_onnx(model, numeric_columns(FEATURES)).model.SerializeToString()
-        sessions = {threads: open_session(onnx_bytes, threads) for threads in THREADS}
+        sessions = runners(onnx_bytes)
 
         calls: dict[Any, Callable[[], object]] = {"sklearn": partial(model.predict, data)}
         calls.update(
             {
-                (chunk, threads): partial(score_matrix, sessions[threads], matrix, chunk)
+                (chunk, setting): partial(score_matrix, sessions[setting], matrix, chunk)
                 for chunk in chunk_sizes
-                for threads in THREADS
+                for setting in SETTINGS
             }
         )
         timings = best_seconds(calls, repeat)
@@ -223,16 +240,16 @@ def classifier_table(rows: int, repeat: int, chunk_sizes: list[int], train_rows:
             model.fit(data.typed, target)
             model_file, metadata = export_bundle(model, data, family, Path(scratch))
             schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)  # as the flow chooses
-            sessions = {threads: open_session(str(model_file), threads) for threads in THREADS}
+            sessions = runners(str(model_file))
             calls: dict[Any, Callable[[], object]] = {"sklearn": partial(sklearn_scores, model, raw, spec)}
             for chunk in chunk_sizes:
                 frames = list(chunks(path, chunk))
-                for threads, session in sessions.items():
-                    calls[chunk, threads] = partial(batch_scores, session, metadata, schema, frames, path.name)
+                for setting, session in sessions.items():
+                    calls[chunk, setting] = partial(batch_scores, session, metadata, schema, frames, path.name)
             timings = best_seconds(calls, repeat)
             sklearn = timings.pop("sklearn")
-            (chunk, threads), fastest = min(timings.items(), key=lambda item: item[1])
-            best = f"{sklearn / fastest:.2f}x ({chunk_label(chunk)} t{threads})"
+            (chunk, setting), fastest = min(timings.items(), key=lambda item: item[1])
+            best = f"{sklearn / fastest:.2f}x ({chunk_label(chunk)} {setting})"
             print(f"| {family} | " + " | ".join([*cells(rows, sklearn, timings), best]) + " |")
             checks.append(parity(model, spec, model_file, metadata, path))
     print("\nparity of the batch path with scikit-learn:\n" + "\n".join(f"- {line}" for line in checks))

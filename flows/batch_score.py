@@ -30,6 +30,7 @@ from serving.typed import TypedSchema
 from tasks.batch import (
     REJECTED,
     Manifest,
+    RowParallelSession,
     chunks,
     count_rows,
     fingerprint,
@@ -59,7 +60,9 @@ class BatchScoreParameters(BaseModel):
     version: str = Field("champion", description="Version number or alias.")
     model_name: str | None = Field(None, description="Registered model name (default: MLOPS_MODEL_NAME).")
     chunk_rows: int = Field(DEFAULT_CHUNK_ROWS, ge=1, description="Rows per chunk (and per output part).")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: one per core).")
+    threads: int = Field(
+        0, ge=0, description="Slices of each chunk scored at once, one onnxruntime thread each (0: one per core)."
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,6 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     bundle = settings.resolved_home / "bundles" / f"{model_name}-{version}"
     model_file, metadata = fetch_bundle(tracking, f"models:/{model_name}/{version}", bundle)
     schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)
-    session = open_session(str(model_file), params.threads or os.cpu_count() or 1)
 
     source = Path(params.input) if params.input else settings.resolved_home / "batch" / "input"
     files = input_files(source)
@@ -107,23 +109,26 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
         ),
     )
     done = scored = rejected = written = resumed = 0
-    for path in files:
-        first_row = 0
-        for index, frame in enumerate(chunks(path, params.chunk_rows)):
-            part = part_path(output, path, index)
-            if part.exists():
-                resumed += 1
-            else:
-                scorable, predictions, reasons = score_chunk(session, metadata, schema, frame, path.name)
-                rejected_part = output / REJECTED / f"{path.stem}-{part.name}"
-                good, bad = write_part(
-                    frame, scorable, predictions, first_row, path, version, part, rejected_part, reasons
+    with RowParallelSession(open_session(str(model_file), 1), params.threads or os.cpu_count() or 1) as session:
+        for path in files:
+            first_row = 0
+            for index, frame in enumerate(chunks(path, params.chunk_rows)):
+                part = part_path(output, path, index)
+                if part.exists():
+                    resumed += 1
+                else:
+                    scorable, predictions, reasons = score_chunk(session, metadata, schema, frame, path.name)
+                    rejected_part = output / REJECTED / f"{path.stem}-{part.name}"
+                    good, bad = write_part(
+                        frame, scorable, predictions, first_row, path, version, part, rejected_part, reasons
+                    )
+                    scored, rejected, written = scored + good, rejected + bad, written + 1
+                first_row += len(frame)
+                done += len(frame)
+                update_progress_artifact(progress, 100.0 * done / max(total, 1))
+                logger.info(
+                    "%s part %d: %d/%d rows (%.0f%%)", path.name, index, done, total, 100.0 * done / max(total, 1)
                 )
-                scored, rejected, written = scored + good, rejected + bad, written + 1
-            first_row += len(frame)
-            done += len(frame)
-            update_progress_artifact(progress, 100.0 * done / max(total, 1))
-            logger.info("%s part %d: %d/%d rows (%.0f%%)", path.name, index, done, total, 100.0 * done / max(total, 1))
     seconds = time.perf_counter() - started
     outcome = BatchOutcome(
         model_name, version, str(output), len(files), done, scored, rejected, written, resumed, seconds, done / seconds
