@@ -28,7 +28,6 @@ from these tables.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tempfile
 import time
@@ -50,9 +49,9 @@ from serving.bundle import ModelMetadata, read_bundle, write_bundle
 from serving.model import is_matrix_regression, open_session
 from serving.typed import TypedSchema
 from tasks.batch import RowParallelSession, chunks, score_chunk
-from tasks.export import ExportConfig, input_schema
+from tasks.export import ExportConfig, bundle_metadata
 from tasks.features import DEFAULT_GRIDS, build_estimator, default_grid, family_estimator, target_values, typed_features
-from tasks.onnx_convert import LABEL, MATRIX_INPUT, numeric_columns, to_onnx
+from tasks.onnx_convert import MATRIX_INPUT, numeric_columns, to_onnx
 from tasks.sample_data import example_frame
 from tasks.train import TrainingSet
 
@@ -165,22 +164,9 @@ def mixed_table(spec: ModelSpec, rows: int, seed: int) -> pd.DataFrame:
 def export_bundle(model: Any, data: TrainingSet, family: str, directory: Path) -> tuple[Path, ModelMetadata]:
     """The fitted classifier as a bundle like ``tasks.export.export_onnx`` writes (without MLflow), read back as the
     batch flow reads it."""
-    spec = data.spec
     converted = to_onnx(model, data.input_columns)
     onnx_bytes = converted.model.SerializeToString()
-    metadata = ModelMetadata(
-        name=spec.name,
-        version="bench",
-        features=tuple(spec.feature_names),
-        input_name=MATRIX_INPUT if converted.matrix else "",
-        output_name=LABEL,
-        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-        family=family,
-        task=spec.task.value,
-        inputs=tuple(input_schema(spec, converted, data.typed)),
-        outputs=converted.outputs,
-        classes=tuple(model.classes_.tolist()),
-    )
+    metadata = bundle_metadata(data, converted, onnx_bytes, family, tuple(model.classes_.tolist()), version="bench")
     return read_bundle(write_bundle(directory / family, onnx_bytes, metadata))
 
 

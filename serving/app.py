@@ -38,7 +38,7 @@ from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
 from serving.model import OnnxModel, is_matrix_regression
-from serving.protocols import mlflow_matrix
+from serving.protocols import first_not_finite, mlflow_matrix, not_finite_answer, too_deep
 from serving.typed import TypedSchema, mlflow_columns
 from serving.v2 import infer_reply, parse_infer, parse_typed_infer
 
@@ -147,6 +147,8 @@ class ServingApp:
             reply = await endpoint.handler(Request(scope, receive, params, request_id, self.config.max_body_bytes))
         except RequestError as error:
             reply = error_reply(style, error.status, error.message)
+        except RecursionError:  # a structure deeper than the parsers' bounds caught: the client's, not ours
+            reply = error_reply(style, 400, too_deep().message)
         except Exception:
             logger.exception("request %s to %s failed", request_id, scope["path"])
             reply = error_reply(style, 500, f"internal error on request {request_id}; see the server log")
@@ -206,6 +208,8 @@ class ServingApp:
         if len(matrix) > self.config.inline_rows:
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(self._executor, self.model.predict, matrix)
+            if (row := first_not_finite(predictions)) is not None:
+                raise not_finite_answer(row)
             if self.collector is not None:
                 self.collector.submit(request_id, matrix, predictions)
         else:
@@ -219,6 +223,8 @@ class ServingApp:
         if rows > self.config.inline_rows:
             outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.run, feeds)
             self._typed_calls += 1
+            if (row := first_not_finite(outputs)) is not None:
+                raise not_finite_answer(row)
             self._collect_typed([request_id], [rows], feeds, outputs)
         else:
             outputs = await self.typed_batcher.predict(feeds, request_id)

@@ -85,7 +85,13 @@ def dumps(content: Any) -> bytes:
 def error_reply(style: Style, status: int, message: str) -> Reply:
     """KServe/OIP clients read ``error``; MLflow clients read ``error_code`` and ``message``."""
     if style == "mlflow":
-        code = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST", 413: "BAD_REQUEST"}
+        code = {
+            400: "BAD_REQUEST",
+            401: "UNAUTHENTICATED",
+            404: "RESOURCE_DOES_NOT_EXIST",
+            413: "BAD_REQUEST",
+            422: "INVALID_PARAMETER_VALUE",
+        }
         return Reply(status, dumps({"error_code": code.get(status, "INTERNAL_ERROR"), "message": message}))
     return Reply(status, dumps({"error": message}))
 

@@ -16,6 +16,8 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from serving.protocols import first_not_finite, not_finite_answer
+
 Inputs = TypeVar("Inputs")
 Outputs = TypeVar("Outputs")
 Feeds = dict[str, np.ndarray]
@@ -106,11 +108,32 @@ class MicroBatcher(Generic[Inputs, Outputs]):
                 if not future.done():
                     future.set_exception(error)
             return
-        offset = 0
         counts = [self._count(matrix) for matrix, _, _ in chunk]
+        if first_not_finite(outputs) is not None:
+            self._answer_each(chunk, counts, inputs, outputs)
+            return
+        offset = 0
         for (_, future, _), count in zip(chunk, counts, strict=True):
             if not future.done():
                 future.set_result(self._take(outputs, offset, offset + count))
             offset += count
         if self.on_call is not None:
             self.on_call([request_id for _, _, request_id in chunk], counts, inputs, outputs)
+
+    def _answer_each(
+        self, chunk: list[tuple[Inputs, asyncio.Future[Outputs], str]], counts: list[int], inputs: Any, outputs: Any
+    ) -> None:
+        """A call with a non-finite answer in it: each request on its own, those with one refused and not collected."""
+        offset = 0
+        for (matrix, future, request_id), count in zip(chunk, counts, strict=True):
+            answer = self._take(outputs, offset, offset + count)
+            row = first_not_finite(answer)
+            if row is not None:
+                if not future.done():
+                    future.set_exception(not_finite_answer(row))
+            else:
+                if not future.done():
+                    future.set_result(answer)
+                if self.on_call is not None:
+                    self.on_call([request_id], [count], matrix, answer)
+            offset += count

@@ -21,10 +21,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from serving.metrics import LATENCY_BUCKETS
+from serving.protocols import NOT_FINITE_STATUS
 
 WINDOW_REQUESTS = 200_000
 Prediction = float | str  # a value, or a classifier's label
 PREDICTIONS_PER_REQUEST = 64
+
+
+def is_fault(status: int) -> bool:
+    """An answer counted against the deployment: a server error, or a model answer that was not finite."""
+    return status >= 500 or status == NOT_FINITE_STATUS
+
+
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
@@ -244,8 +252,8 @@ class DeploymentStats:
             self.agreements.append((time.time(), len(mine), sum(a == b for a, b in zip(mine, answered, strict=True))))
 
     def totals(self) -> dict[str, int]:
-        """Cumulative requests and 5xx answers: O(1), for polling."""
-        return {"requests": self.requests, "errors": sum(n for code, n in self.codes.items() if code >= 500)}
+        """Cumulative requests and faults (:func:`is_fault`): O(1), for polling."""
+        return {"requests": self.requests, "errors": sum(n for code, n in self.codes.items() if is_fault(code))}
 
     def since(self, start: float, max_predictions: int = 20_000) -> dict[str, Any]:
         """Requests, errors, latency percentiles and predictions observed at or after ``start`` (epoch)."""
@@ -268,7 +276,7 @@ class DeploymentStats:
         return {
             "requests": len(recent),
             "codes": codes,
-            "errors": sum(count for code, count in codes.items() if int(code) >= 500),
+            "errors": sum(count for code, count in codes.items() if is_fault(int(code))),
             "p50_ms": _percentile(latencies, 0.50) * 1000,
             "p99_ms": _percentile(latencies, 0.99) * 1000,
             "predictions": predictions[-max_predictions:],
@@ -296,7 +304,9 @@ class EndpointMetrics(Collector):
         requests = CounterMetricFamily(
             "mlops_endpoint_requests", "Requests by deployment and code", labels=[*labels, "code"]
         )
-        errors = CounterMetricFamily("mlops_endpoint_errors", "5xx answers by deployment", labels=labels)
+        errors = CounterMetricFamily(
+            "mlops_endpoint_errors", "5xx and not-finite (422) answers by deployment", labels=labels
+        )
         latency = HistogramMetricFamily("mlops_endpoint_latency_seconds", "Router-observed latency", labels=labels)
         predicted = CounterMetricFamily("mlops_endpoint_predictions", "Predictions returned", labels=labels)
         prediction_sum = CounterMetricFamily("mlops_endpoint_prediction_sum", "Sum of predictions", labels=labels)
@@ -310,7 +320,7 @@ class EndpointMetrics(Collector):
                 continue
             for code, count in sorted(stats.codes.items()):
                 requests.add_metric([*values, str(code)], count)
-            errors.add_metric(values, sum(c for code, c in stats.codes.items() if code >= 500))
+            errors.add_metric(values, sum(c for code, c in stats.codes.items() if is_fault(code)))
             running, buckets = 0, []
             for bound, count in zip([*map(str, LATENCY_BUCKETS), "+Inf"], stats.latency_buckets, strict=True):
                 running += count

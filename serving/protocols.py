@@ -21,6 +21,9 @@ import orjson
 
 SMALL_ROWS = 4
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# Arrays and objects a request may nest (orjson itself stops at 1024). A request needs 4 at most: body,
+# rows, row, and a v2 tensor's [rows, columns] data; deeper is an attack or a mistake, never a model input.
+MAX_DEPTH = 32
 
 
 class RequestError(Exception):
@@ -32,18 +35,81 @@ class RequestError(Exception):
         self.message = message
 
 
+# The answer to a request the model cannot answer with finite numbers (inputs that overflow it, such as 1e308):
+# never a null in a 200, never collected. Rollout analysis counts it with the 5xx, against the canary only beyond
+# the rate stable answers with (such inputs fail on every deployment).
+NOT_FINITE_STATUS = 422
+
+
+def not_finite_answer(row: int) -> RequestError:
+    return RequestError(
+        NOT_FINITE_STATUS,
+        f"the model's answer for row {row} is not a finite number (an input far outside the range it was trained "
+        "on?); nothing of this request was collected",
+    )
+
+
+def first_not_finite(outputs: Any) -> int | None:
+    """The first row of a model's outputs (an array, or output name → array) with a non-finite number, or None."""
+    for values in outputs.values() if isinstance(outputs, dict) else (outputs,):
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return int(np.argwhere(~np.isfinite(values))[0][0])
+    return None
+
+
+def too_deep(where: str = "request body") -> RequestError:
+    return RequestError(400, f"{where} nests arrays or objects deeper than {MAX_DEPTH} levels; send rows of values")
+
+
 def parse_json(body: bytes) -> Any:
-    """Decode JSON; literals NaN/Infinity (as Python's json writes them) parse so the finiteness check can name them."""
+    """Decode JSON; literals NaN/Infinity (as Python's json writes them) parse so the finiteness check can name them.
+
+    Raises:
+        RequestError: Not JSON, or nested deeper than ``MAX_DEPTH`` (checked before any parser recurses).
+    """
     if not body.strip():
         raise RequestError(400, "empty request body: send a JSON object")
+    if _nesting_may_exceed(body):
+        check_depth(body)
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as error:
+        if "depth limit" in str(error):  # orjson's own bound (1024): the scan's first pass was fooled by text
+            raise too_deep() from None
     try:
         return json.loads(body)
+    except RecursionError:
+        raise too_deep() from None
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(400, f"request body is not valid JSON: {error}") from error
+
+
+def _nesting_may_exceed(body: bytes) -> bool:
+    """False when the body has too few brackets to nest ``MAX_DEPTH`` deep (every one-row request): no scan needed."""
+    return body.count(b"[") + body.count(b"{") > MAX_DEPTH
+
+
+def check_depth(body: bytes) -> None:
+    """Raise when the JSON text nests arrays or objects deeper than ``MAX_DEPTH``, before any parser recurses.
+
+    The depth is the running sum of opening minus closing brackets. Counted over every byte first
+    (one cheap pass); only when that exceeds the limit are brackets inside strings left out (a quote
+    toggles "inside a string" unless an odd run of backslashes escapes it), so a text value with
+    brackets in it is never refused for them.
+    """
+    data = np.frombuffer(body, dtype=np.uint8)
+    step = (data == 91).view(np.int8) + (data == 123).view(np.int8)  # [ {
+    step -= (data == 93).view(np.int8) + (data == 125).view(np.int8)  # ] }
+    if int(np.cumsum(step, dtype=np.int64).max(initial=0)) <= MAX_DEPTH:
+        return
+    backslash = data == 92
+    counted = np.cumsum(backslash, dtype=np.int64)
+    run = counted - np.maximum.accumulate(np.where(backslash, 0, counted))  # backslashes ending at each byte
+    quotes = data == 34
+    quotes[1:] &= run[:-1] % 2 == 0
+    inside = np.cumsum(quotes, dtype=np.int64) % 2 == 1
+    if int(np.cumsum(np.where(inside, 0, step), dtype=np.int64).max(initial=0)) > MAX_DEPTH:
+        raise too_deep()
 
 
 def may_hold_booleans(body: bytes) -> bool:
@@ -182,9 +248,7 @@ def finite(matrix: np.ndarray, names: Sequence[str], where: str) -> np.ndarray:
 def describe_bad_rows(rows: list[Any], names: Sequence[str], where: str) -> RequestError:
     for number, row in enumerate(rows):
         if not isinstance(row, list):
-            return RequestError(
-                400, f"{where} row {number} is {json.dumps(row)}, expected a list of {len(names)} numbers"
-            )
+            return RequestError(400, f"{where} row {number} is {brief(row)}, expected a list of {len(names)} numbers")
         if len(row) != len(names):
             return RequestError(
                 400, f"{where} row {number}: expected {len(names)} values ({', '.join(names)}), got {len(row)}"
@@ -192,7 +256,7 @@ def describe_bad_rows(rows: list[Any], names: Sequence[str], where: str) -> Requ
         for column, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return RequestError(
-                    400, f"{where} row {number}, feature {names[column]!r}: expected a number, got {json.dumps(value)}"
+                    400, f"{where} row {number}, feature {names[column]!r}: expected a number, got {brief(value)}"
                 )
     return RequestError(400, f"{where}: values could not be read as a matrix of numbers")
 
@@ -247,4 +311,24 @@ def check_rows(count: int, max_rows: int) -> None:
 
 
 def _has_bool(values: list[Any]) -> bool:
-    return any(value is True or value is False or (isinstance(value, list) and _has_bool(value)) for value in values)
+    """Whether any value at any depth is a JSON boolean (no recursion: the depth is bounded by ``MAX_DEPTH``)."""
+    pending: list[tuple[list[Any], int]] = [(values, 1)]
+    while pending:
+        items, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise too_deep()
+        for value in items:
+            if value is True or value is False:
+                return True
+            if isinstance(value, list):
+                pending.append((value, depth + 1))
+    return False
+
+
+def brief(value: Any) -> str:
+    """A value as short JSON for an error message (never recursing into a deep one)."""
+    try:
+        text = orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):  # orjson refuses more than 254 levels
+        return f"a {type(value).__name__} nested too deeply"
+    return text if len(text) <= 80 else text[:77] + "..."

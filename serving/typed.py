@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from serving.bundle import BundleError, ModelMetadata
-from serving.protocols import RequestError, check_names, check_rows, csv_reader, mlflow_payload
+from serving.protocols import RequestError, brief, check_names, check_rows, csv_reader, mlflow_payload
 
 # How a boolean column's text reads (training types its data with the same words: tasks.features).
 TRUE_WORDS = frozenset({"true", "1", "1.0", "yes", "y", "t"})
@@ -116,7 +116,7 @@ class TypedSchema:
                 out[row] = str(int(value)) if value.is_integer() else str(value)
             else:
                 raise RequestError(
-                    400, f"{where} row {row}, column {column.name!r}: expected a category (text), got {value!r}"[:300]
+                    400, f"{where} row {row}, column {column.name!r}: expected a category (text), got {brief(value)}"
                 )
             if known is not None and out[row] not in known:
                 unknown += 1
@@ -141,7 +141,7 @@ def _doubles(raw: list[Any], column: Column, where: str, text: bool) -> np.ndarr
         else:
             expected = "true/false or a number" if boolean else "a number"
             raise RequestError(
-                400, f"{where} row {row}, column {column.name!r}: expected {expected}, got {value!r}"[:300]
+                400, f"{where} row {row}, column {column.name!r}: expected {expected}, got {brief(value)}"
             )
         if math.isnan(number):
             if not column.nullable:

@@ -10,7 +10,7 @@ request asks (``parameters.binary_data_output``, or ``binary_data`` on a listed 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 from serving.asgi import Reply, dumps
 from serving.binary import HEADER, BinaryInputs, encode_output, split_body
 from serving.protocols import (
+    MAX_DEPTH,
     RequestError,
     check_names,
     check_rows,
@@ -26,6 +27,7 @@ from serving.protocols import (
     finite,
     may_hold_booleans,
     parse_json,
+    too_deep,
     try_array,
 )
 
@@ -278,9 +280,20 @@ def _shape(tensor: dict[str, Any]) -> list[int]:
 
 
 def _flatten(data: list[Any]) -> list[Any]:
+    """Nested ``data`` in row-major order (no recursion: the depth is bounded by ``MAX_DEPTH``)."""
     if not any(isinstance(item, list) for item in data):
         return data
     flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list) else [item])
+    pending: list[tuple[Iterator[Any], int]] = [(iter(data), 1)]
+    while pending:
+        items, depth = pending[-1]
+        for item in items:
+            if isinstance(item, list):
+                if depth >= MAX_DEPTH:
+                    raise too_deep("a tensor's data")
+                pending.append((iter(item), depth + 1))
+                break
+            flat.append(item)
+        else:
+            pending.pop()
     return flat

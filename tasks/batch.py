@@ -38,6 +38,8 @@ from tasks.onnx_convert import MATRIX_INPUT
 SUFFIXES = (".csv", ".parquet", ".pq")
 MANIFEST = "_manifest.json"
 REJECTED = "_rejected"
+NUMBERS_REASON = "a feature is missing or not a finite number"
+NOT_FINITE_REASON = "the model's answer is not a finite number (an input far outside its training range?)"
 MIN_SPLIT_ROWS = 2_000  # below this a chunk runs whole: handing halves to threads costs more than it saves
 
 
@@ -234,15 +236,37 @@ def score_chunk(
     source: str,
 ) -> tuple[pd.Series, np.ndarray | dict[str, np.ndarray], pd.Series | None]:
     """Score the rows of ``frame`` that can be: which rows, their predictions (or output columns), and why the
-    others cannot be (None: the numeric model's one reason). ``schema`` is None for a regression on one matrix."""
+    others cannot be (None: the numeric model's one reason). ``schema`` is None for a regression on one matrix.
+    A row the model answers with a non-finite number (an input far outside its training range) is not scored
+    but quarantined with that reason, as the servers refuse it."""
     if schema is None:
         matrix, scorable = split_scorable(frame, list(metadata.features), source)
-        return scorable, session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1), None
+        predictions = session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1)
+        finite = np.isfinite(predictions)
+        if finite.all():
+            return scorable, predictions, None
+        reasons = pd.Series(np.where(scorable, "", NUMBERS_REASON), index=frame.index, dtype=object)
+        _refuse_answers(scorable, reasons, finite)
+        return scorable, predictions[finite], reasons
     feeds, rows, reasons = typed_scorable(frame, schema, source)
     scorable = pd.Series(rows, index=frame.index)
     chosen = feeds if rows.all() else {name: values[rows] for name, values in feeds.items()}  # no copy when all are
-    outputs = session.run(list(metadata.outputs), chosen)
-    return scorable, output_columns(dict(zip(metadata.outputs, outputs, strict=True)), metadata.classes), reasons
+    outputs = dict(zip(metadata.outputs, session.run(list(metadata.outputs), chosen), strict=True))
+    finite = np.ones(int(rows.sum()), dtype=bool)
+    for values in outputs.values():
+        if values.dtype.kind == "f":
+            finite &= np.isfinite(values.reshape(len(finite), -1)).all(axis=1)
+    if not finite.all():
+        _refuse_answers(scorable, reasons, finite)
+        outputs = {name: values[finite] for name, values in outputs.items()}
+    return scorable, output_columns(outputs, metadata.classes), reasons
+
+
+def _refuse_answers(scorable: pd.Series, reasons: pd.Series, finite: np.ndarray) -> None:
+    """Move the scored rows whose answer is not finite to the refused ones, in place."""
+    refused = np.flatnonzero(scorable.to_numpy())[~finite]
+    scorable.iloc[refused] = False
+    reasons.iloc[refused] = NOT_FINITE_REASON
 
 
 def write_part(
@@ -265,7 +289,7 @@ def write_part(
     ids = pd.Series([f"{source.stem}:{first_row + i}" for i in range(len(frame))], index=frame.index)
     bad = ~scorable
     if bad.any():
-        why = reasons[bad] if reasons is not None else "a feature is missing or not a finite number"
+        why = reasons[bad] if reasons is not None else NUMBERS_REASON
         quarantined = frame[bad].assign(request_id=ids[bad], reason=why)
         rejected.parent.mkdir(parents=True, exist_ok=True)
         _write_atomically(rejected, _parquet_bytes(quarantined))

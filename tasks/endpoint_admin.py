@@ -139,5 +139,5 @@ class EndpointClient:
         return dict(self._call("GET", f"stats?since={since}")["deployments"])
 
     def totals(self) -> dict[str, dict[str, int]]:
-        """Per deployment, cumulative requests and 5xx answers (cheap: for polling)."""
+        """Per deployment, cumulative requests and faults (5xx, not-finite 422; cheap: for polling)."""
         return dict(self._call("GET", "stats?window=0")["deployments"])

@@ -256,24 +256,15 @@ def export_onnx(
     classifier = spec.task.is_classification
     with tempfile.TemporaryDirectory() as scratch:
         bundle = Path(scratch) / ONNX_ARTIFACT_DIR
-        metadata = ModelMetadata(
-            name=spec.name,
-            version=UNREGISTERED,
-            features=tuple(spec.feature_names),
-            input_name=MATRIX_INPUT if converted.matrix else "",
-            output_name=LABEL if classifier else OUTPUT_NAME,
-            sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        metadata = bundle_metadata(
+            data,
+            converted,
+            onnx_bytes,
+            candidate.family,
+            tuple(candidate.classes),
             run_id=candidate.run_id,
-            family=candidate.family,
             example=known_answer(model, x_holdout, parity.tolerance, classifier=classifier),
-            task=spec.task.value,
-            inputs=tuple(input_schema(spec, converted, data.typed)),
-            outputs=converted.outputs,
-            classes=tuple(candidate.classes),
-            extra={
-                "parity": {**asdict(parity), "summary": parity.summary},
-                "latency_us": latency,
-            },
+            extra={"parity": {**asdict(parity), "summary": parity.summary}, "latency_us": latency},
         )
         write_bundle(bundle, onnx_bytes, metadata)
         tracker.log_artifacts(candidate.run_id, str(bundle), ONNX_ARTIFACT_DIR)
@@ -283,6 +274,33 @@ def export_onnx(
     for key, value in {**export.tags(), "onnx_parity_summary": parity.summary}.items():
         tracker.set_tag(candidate.run_id, key, value)
     return export
+
+
+def bundle_metadata(
+    data: TrainingSet,
+    converted: Converted,
+    onnx_bytes: bytes,
+    family: str,
+    classes: tuple[Any, ...] = (),
+    version: str = UNREGISTERED,
+    **more: Any,
+) -> ModelMetadata:
+    """What a bundle says of a converted model trained on ``data`` (``more``: run id, example, extra)."""
+    spec = data.spec
+    return ModelMetadata(
+        name=spec.name,
+        version=version,
+        features=tuple(spec.feature_names),
+        input_name=MATRIX_INPUT if converted.matrix else "",
+        output_name=LABEL if spec.task.is_classification else OUTPUT_NAME,
+        sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        family=family,
+        task=spec.task.value,
+        inputs=tuple(input_schema(spec, converted, data.typed)),
+        outputs=converted.outputs,
+        classes=classes,
+        **more,
+    )
 
 
 def input_schema(spec: ModelSpec, converted: Converted, typed: pd.DataFrame) -> list[dict[str, Any]]:

@@ -184,8 +184,12 @@ def analyse(
     traffic also fails when it agrees with the answers clients got less often than ``min_label_agreement``;
     with ``agreement_needed`` (a classifier's shadow phase) too few compared rows are no verdict, never a pass."""
     reasons = []
-    if canary.error_rate > config.max_error_rate:
-        reasons.append(f"canary error rate {canary.error_rate:.1%} > {config.max_error_rate:.1%}")
+    allowed_errors = stable.error_rate + config.max_error_rate  # faults beyond stable's on the same window
+    if canary.error_rate > allowed_errors:
+        reasons.append(
+            f"canary error rate {canary.error_rate:.1%} > {allowed_errors:.1%} "
+            f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})"
+        )
     if stable.requests:
         allowed = max(stable.p99_ms * config.max_p99_ratio, stable.p99_ms + config.p99_slack_ms)
         if canary.p99_ms > allowed:
@@ -327,18 +331,33 @@ def wait_for_evidence(
     ``seconds``); with ``fail_fast``, stop as soon as its errors exceed what the whole step could tolerate.
     Returns when the wait started (the window to judge)."""
     started = time.time()
-    before = endpoint.totals().get(name, {"requests": 0, "errors": 0})
+    before = _split_totals(endpoint.totals(), name)
     deadline = started + seconds * config.max_wait_factor
     while True:
         time.sleep(0.5)
-        now = endpoint.totals().get(name, before)
-        requests, errors = now["requests"] - before["requests"], now.get("errors", 0) - before.get("errors", 0)
+        now = _split_totals(endpoint.totals(), name)
+        (requests, errors), (others, others_errors) = (
+            (now[side][0] - before[side][0], now[side][1] - before[side][1]) for side in (0, 1)
+        )
+        # faults beyond the rate the other deployments answered with meanwhile: a burst of requests that fail
+        # everywhere is not the canary's fault
+        excess = errors - requests * (others_errors / others if others else 0.0)
         tolerated = config.max_error_rate * max(requests, config.min_requests)
-        if (fail_fast and errors >= 5 and errors > tolerated) or time.time() > deadline:
+        if (fail_fast and excess >= 5 and excess > tolerated) or time.time() > deadline:
             return started
         enough = time.time() - started >= seconds and requests >= config.min_requests
         if enough and (not agreement or _compared(endpoint, name, started) >= config.min_agreement_rows):
             return started
+
+
+def _split_totals(totals: dict[str, dict[str, int]], name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(requests, faults) of deployment ``name`` and of all the others together."""
+    mine = totals.get(name, {})
+    others = [stats for other, stats in totals.items() if other != name]
+    return (
+        (int(mine.get("requests", 0)), int(mine.get("errors", 0))),
+        (sum(int(s.get("requests", 0)) for s in others), sum(int(s.get("errors", 0)) for s in others)),
+    )
 
 
 def _compared(endpoint: EndpointClient, name: str, since: float) -> int:

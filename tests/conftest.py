@@ -131,6 +131,29 @@ def write_tiny_bundle(directory: Path, model: Any, version: str = "7", name: str
     return write_bundle(directory, onnx_bytes, metadata)
 
 
+def write_tumours_bundle(directory: Path, family: str = "logistic_regression") -> tuple[Path, Any]:
+    """The example classifier (strings, gaps, a flag) trained on its example table as a serving bundle with its
+    known answer, and the fitted model."""
+    from mlops.spec import load_spec
+    from serving.bundle import write_bundle
+    from tasks.export import bundle_metadata, known_answer
+    from tasks.features import build_estimator
+    from tasks.onnx_convert import to_onnx
+    from tasks.sample_data import tumours_frame
+    from tasks.train import TrainingSet
+
+    data = TrainingSet(tumours_frame(), load_spec("tumours", SHIPPED_SPECS))
+    x_train, y_train, x_holdout, _ = data.split()
+    model = build_estimator(data.spec, family).fit(x_train, y_train)
+    converted = to_onnx(model, data.input_columns)
+    onnx_bytes = converted.model.SerializeToString()
+    example = known_answer(model, x_holdout, tolerance=1e-6, classifier=True)
+    metadata = bundle_metadata(
+        data, converted, onnx_bytes, family, tuple(model.classes_.tolist()), version="3", example=example
+    )
+    return write_bundle(directory, onnx_bytes, metadata), model
+
+
 @pytest.fixture
 def tiny_bundle(tiny_model: Any, tmp_path: Path) -> Path:
     """A serving bundle of ``tiny_model`` named ``tiny`` version 7, with a known answer for three rows."""

@@ -43,3 +43,26 @@ def test_one_worker_is_the_session_itself() -> None:
     assert parallel.workers == 1
     labels, _ = parallel.run(None, converted.feeds(pd.DataFrame(x_holdout)))
     assert list(labels) == list(model.predict(x_holdout))
+
+
+def test_rows_the_model_answers_with_a_non_finite_number_are_quarantined_not_scored(
+    tiny_bundle: Path,
+) -> None:
+    from serving.bundle import read_bundle
+    from serving.typed import TypedSchema
+    from tasks.batch import NOT_FINITE_REASON, score_chunk
+    from tests.conftest import TINY_FEATURES
+
+    model_file, metadata = read_bundle(tiny_bundle)
+    frame = pd.DataFrame([[1.0, 2.0, 3.0], [1e308, 1e308, 1e308], [0.0, 1.0, "x"]], columns=list(TINY_FEATURES))
+    scorable, predictions, reasons = score_chunk(open_session(str(model_file)), metadata, None, frame, "f")
+    assert scorable.tolist() == [True, False, False] and isinstance(predictions, np.ndarray) and len(predictions) == 1
+    assert reasons is not None and reasons.tolist()[1:] == [
+        NOT_FINITE_REASON,
+        "a feature is missing or not a finite number",
+    ]
+
+    # the typed path (as a model with strings or gaps is scored), on the same graph
+    scorable, columns, reasons = score_chunk(open_session(str(model_file)), metadata, TypedSchema(metadata), frame, "f")
+    assert scorable.tolist() == [True, False, False] and reasons is not None and reasons[1] == NOT_FINITE_REASON
+    assert isinstance(columns, dict) and np.allclose(columns["prediction"], predictions)

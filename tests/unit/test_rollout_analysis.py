@@ -24,7 +24,7 @@ def test_a_canary_like_the_stable_passes() -> None:
 @pytest.mark.parametrize(
     ("canary", "why"),
     [
-        (window(errors=5), "canary error rate 2.5% > 1.0%"),
+        (window(errors=5), "canary error rate 2.5% > 1.0% (stable's 0.0% + 1.0%)"),
         (window(p99=30.0), "canary p99 30.0 ms > 14.0 ms"),
         (window(shift=150), "canary predictions differ from stable"),
         (window(requests=10, n=10), "only 10 canary requests"),
@@ -33,6 +33,15 @@ def test_a_canary_like_the_stable_passes() -> None:
 def test_each_threshold_fails_the_canary_with_its_figures(canary: Window, why: str) -> None:
     reasons, _ = analyse(canary, window(), CONFIG)
     assert len(reasons) == 1 and why in reasons[0]
+
+
+def test_errors_that_stable_answers_as_often_are_not_the_canarys_fault() -> None:
+    """A burst of requests that fail on every deployment (5 % here) does not roll a healthy canary back; the same
+    rate on the canary alone does."""
+    assert analyse(window(errors=10), window(errors=10), CONFIG)[0] == []
+    assert analyse(window(errors=11), window(errors=10), CONFIG)[0] == []  # within 1 % of stable's
+    reasons, _ = analyse(window(errors=20), window(errors=10), CONFIG)
+    assert reasons == ["canary error rate 10.0% > 6.0% (stable's 5.0% + 1.0%)"]
 
 
 def test_a_large_distance_on_a_tiny_sample_is_not_significant_enough_to_fail() -> None:

@@ -28,9 +28,9 @@ def expected(tiny_model: Any, rows: list[list[float]] = ROWS) -> np.ndarray:
     return np.asarray(tiny_model.predict(pd.DataFrame(rows, columns=list(TINY_FEATURES))))
 
 
-def client_for(bundle: Path, **config: Any) -> TestClient:
+def client_for(bundle: Path, collector: RequestCollector | None = None, **config: Any) -> TestClient:
     model = OnnxModel(bundle).load()
-    return TestClient(create_app(model, ServerConfig(**config)), raise_server_exceptions=False)
+    return TestClient(create_app(model, ServerConfig(**config), collector), raise_server_exceptions=False)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from serving.batching import MicroBatcher, feed_rows, slice_outputs, stack_feeds
+from serving.protocols import RequestError
 
 
 def row_sums(matrix: np.ndarray) -> np.ndarray:
@@ -74,3 +75,23 @@ def test_typed_feeds_are_batched_and_each_request_gets_its_own_outputs() -> None
         assert outputs["label"].tolist() == [f"k{n}:{n}"] * (1 + n % 2)
         assert outputs["probabilities"].tolist() == [[n, -n]] * (1 + n % 2)
     assert batcher.calls < len(requests)
+
+
+def test_a_request_whose_answer_is_not_finite_is_refused_alone_and_not_collected() -> None:
+    collected: list[str] = []
+    batcher = MicroBatcher(
+        lambda matrix: matrix[:, 0] * 1e300, max_rows=100, on_call=lambda ids, rows, i, o: collected.extend(ids)
+    )
+
+    async def run() -> list[object]:
+        requests = [np.array([[1.0]]), np.array([[2.0], [1e10]]), np.array([[3.0]])]
+        return await asyncio.gather(
+            *(batcher.predict(m, f"r{n}") for n, m in enumerate(requests)), return_exceptions=True
+        )
+
+    first, second, third = asyncio.run(run())
+    assert batcher.calls == 1
+    assert isinstance(first, np.ndarray) and first.tolist() == [1e300]
+    assert isinstance(third, np.ndarray) and third.tolist() == [3e300]
+    assert isinstance(second, RequestError) and second.status == 422 and "row 1" in second.message
+    assert collected == ["r0", "r2"]
