@@ -27,7 +27,9 @@ class RolloutConfig(BaseModel):
         30, ge=0, description="Canary requests needed for a verdict (0: a step without traffic passes on its checks)."
     )
     max_wait_factor: float = Field(4.0, ge=1, description="A step waits at most bake_seconds x this for traffic.")
-    max_error_rate: float = Field(0.01, ge=0, le=1, description="Largest canary 5xx share.")
+    max_error_rate: float = Field(
+        0.01, ge=0, le=1, description="Largest share of canary faults (5xx, 422) beyond stable's on the same window."
+    )
     max_p99_ratio: float = Field(2.0, ge=1, description="Canary p99 may be this many times the stable p99 ...")
     p99_slack_ms: float = Field(10.0, ge=0, description="... or the stable p99 plus this, whichever is larger.")
     max_ks: float = Field(

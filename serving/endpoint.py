@@ -256,14 +256,17 @@ class DeploymentStats:
         return {"requests": self.requests, "errors": sum(n for code, n in self.codes.items() if is_fault(code))}
 
     def since(self, start: float, max_predictions: int = 20_000) -> dict[str, Any]:
-        """Requests, errors, latency percentiles and predictions observed at or after ``start`` (epoch)."""
+        """Requests, faults, latency percentiles (of answers other than client errors) and predictions observed at or
+        after ``start`` (epoch)."""
         recent = []
         for entry in reversed(self.window):  # newest first: stop at the window's start
             if entry[0] < start:
                 break
             recent.append(entry)
         recent.reverse()
-        latencies = sorted(entry[1] for entry in recent)
+        # latency of what the deployment answered: a client's bad request (a 4xx other than a model fault) says
+        # how long the client took to send it, not how fast the deployment is
+        latencies = sorted(entry[1] for entry in recent if not 400 <= entry[2] < 500 or is_fault(entry[2]))
         codes: dict[str, int] = {}
         for entry in recent:
             codes[str(entry[2])] = codes.get(str(entry[2]), 0) + 1

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 from prefect import task
-from scipy.stats import chi2_contingency, ks_2samp
+from scipy.stats import chi2_contingency, fisher_exact, ks_2samp
 
 from mlops.policies import RolloutConfig
 from serving.endpoint import Deployment
@@ -175,6 +175,25 @@ def deployment_name(model_name: str, version: str) -> str:
     return f"{model_name}-v{version}"
 
 
+def _fault_excess(canary: Window, stable: Window, config: RolloutConfig) -> str | None:
+    """Why the canary's faults (5xx, 422) are its own, or None: its share exceeds stable's on the same window by
+    more than ``max_error_rate`` and — when stable has faults too (requests that fail everywhere, such as a
+    client's poison burst split between the two by chance) — the difference is significant (one-sided Fisher
+    exact test at ``ks_alpha``)."""
+    allowed = stable.error_rate + config.max_error_rate
+    if canary.error_rate <= allowed:
+        return None
+    figures = (
+        f"canary error rate {canary.error_rate:.1%} > {allowed:.1%} "
+        f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})"
+    )
+    if not stable.errors:
+        return figures
+    table = [[canary.errors, canary.requests - canary.errors], [stable.errors, stable.requests - stable.errors]]
+    pvalue = float(fisher_exact(table, alternative="greater").pvalue)
+    return f"{figures}, p={pvalue:.1e}" if pvalue < config.ks_alpha else None
+
+
 def analyse(
     canary: Window, stable: Window, config: RolloutConfig, agreement_needed: bool = False
 ) -> tuple[list[str], float | None]:
@@ -184,12 +203,8 @@ def analyse(
     traffic also fails when it agrees with the answers clients got less often than ``min_label_agreement``;
     with ``agreement_needed`` (a classifier's shadow phase) too few compared rows are no verdict, never a pass."""
     reasons = []
-    allowed_errors = stable.error_rate + config.max_error_rate  # faults beyond stable's on the same window
-    if canary.error_rate > allowed_errors:
-        reasons.append(
-            f"canary error rate {canary.error_rate:.1%} > {allowed_errors:.1%} "
-            f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})"
-        )
+    if reason := _fault_excess(canary, stable, config):
+        reasons.append(reason)
     if stable.requests:
         allowed = max(stable.p99_ms * config.max_p99_ratio, stable.p99_ms + config.p99_slack_ms)
         if canary.p99_ms > allowed:

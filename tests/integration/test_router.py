@@ -261,3 +261,35 @@ def test_mirrored_classifier_answers_are_compared_with_the_answers_clients_got(t
         assert agreement() == {"same": {"compared": 40, "equal": 40}, "flipped": {"compared": 40, "equal": 0}}
         labels = http.get(f"{url}/admin/stats?since=0").json()["deployments"]["stable"]["predictions"]
         assert labels == answers  # the router records a classifier's labels for the rollout's chi-square
+
+
+def test_a_poison_burst_from_a_client_does_not_fail_a_healthy_canary(endpoint: Endpoint) -> None:
+    """Deeply nested bodies and inputs that overflow the model, sent through the router to a stable and a canary
+    of the same model: 400s never count, the 422s count on both alike, and the rollout's verdict passes."""
+    from tasks.rollout import RolloutConfig, Window, analyse
+
+    added = endpoint.admin(
+        "POST", "deployments", {"name": "v7b", "url": endpoint.servers["v7"], "version": "7", "weight": 50}
+    )
+    assert added.status_code == 201, added.text
+    assert endpoint.admin("PUT", "weights", {"weights": {"v7": 50, "v7b": 50}}).status_code == 200
+    since = time.time()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    overflow = {"instances": [[1e308, 1e308, 1e308]]}
+    statuses: dict[int, int] = {}
+    for number in range(400):
+        if number % 4 == 0:
+            reply = endpoint.http.post(f"{endpoint.url}/invocations", content=deep)
+        elif number % 4 == 1:
+            reply = endpoint.http.post(f"{endpoint.url}/invocations", json=overflow)
+        else:
+            reply = endpoint.predict()
+        statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+        if reply.status_code == 400:
+            assert "deeper than 32 levels" in reply.text
+    assert statuses == {400: 100, 422: 100, 200: 200}, statuses
+    stats = endpoint.admin("GET", f"stats?since={since}").json()["deployments"]
+    canary, stable = Window.from_stats(stats["v7b"]), Window.from_stats(stats["v7"])
+    assert canary.requests + stable.requests == 400 and canary.errors + stable.errors == 100  # the 422s only
+    reasons, _ = analyse(canary, stable, RolloutConfig(min_requests=30, compare_predictions=False))
+    assert reasons == [], reasons

@@ -36,12 +36,14 @@ def test_each_threshold_fails_the_canary_with_its_figures(canary: Window, why: s
 
 
 def test_errors_that_stable_answers_as_often_are_not_the_canarys_fault() -> None:
-    """A burst of requests that fail on every deployment (5 % here) does not roll a healthy canary back; the same
-    rate on the canary alone does."""
-    assert analyse(window(errors=10), window(errors=10), CONFIG)[0] == []
-    assert analyse(window(errors=11), window(errors=10), CONFIG)[0] == []  # within 1 % of stable's
-    reasons, _ = analyse(window(errors=20), window(errors=10), CONFIG)
-    assert reasons == ["canary error rate 10.0% > 6.0% (stable's 5.0% + 1.0%)"]
+    """A burst of requests that fail on every deployment does not roll a healthy canary back, even when chance sends
+    the canary more of them; faults of the canary's own on top of it do."""
+    assert analyse(window(errors=40), window(errors=40), CONFIG)[0] == []
+    assert analyse(window(errors=58), window(errors=40), CONFIG)[0] == []  # 29 % against 20 %: p = 0.02
+    reasons, _ = analyse(window(errors=100), window(errors=40), CONFIG)
+    assert len(reasons) == 1 and reasons[0].startswith("canary error rate 50.0% > 21.0% (stable's 20.0% + 1.0%), p=")
+    reasons, _ = analyse(window(errors=4), window(errors=0), CONFIG)  # stable clean: 2 % is the canary's own
+    assert reasons == ["canary error rate 2.0% > 1.0% (stable's 0.0% + 1.0%)"]
 
 
 def test_a_large_distance_on_a_tiny_sample_is_not_significant_enough_to_fail() -> None:
