@@ -21,6 +21,7 @@ import uvicorn
 from serving.app import create_app
 from serving.bundle import BundleError
 from serving.config import ConfigError, ServerConfig
+from serving.http_limits import BoundedHttpProtocol
 from serving.model import OnnxModel
 from serving.worker import BUNDLE_ENV, configure_logging
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_graceful_shutdown": config.graceful_timeout,
         "server_header": False,
         "proxy_headers": False,
+        "http": BoundedHttpProtocol,
     }
     if config.workers == 1:
         uvicorn.Server(uvicorn.Config(create_app(model, config), **options)).run()

@@ -44,6 +44,7 @@ from serving.asgi import Receive, Reply, Request, RequestError, Scope, Send, aut
 from serving.binary import HEADER
 from serving.config import ConfigError, EnvConfig
 from serving.endpoint import Deployment, DeploymentStats, EndpointError, EndpointMetrics, Prediction, RoutingTable
+from serving.http_limits import BoundedHttpProtocol
 from serving.upstream import Response, Upstream, UpstreamError
 
 logger = logging.getLogger("serving.router")
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(config.drain_timeout),
+        http=BoundedHttpProtocol,
     )
     return 0
 
