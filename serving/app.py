@@ -241,7 +241,13 @@ class ServingApp:
             answer, extra = outputs[self.meta.output_name].reshape(-1).tolist(), None
         self.collector.submit_call(request_ids, rows, self.schema.rows_of(feeds), answer, extra)
 
-    def check_model(self, params: dict[str, str]) -> None:
+    def check_model(self, params: dict[str, str], reveal: bool = True) -> None:
+        """404 unless the path names this server's model (and version); ``reveal``: the answer names what is
+        served (never to an unauthenticated caller of an open endpoint when a token is set)."""
+        if not reveal and (
+            params["name"] != self.meta.name or params.get("version", self.meta.version) != self.meta.version
+        ):
+            raise RequestError(404, f"no model {params['name']!r} (version {params.get('version', 'any')}) here")
         if params["name"] != self.meta.name:
             raise RequestError(404, f"unknown model {params['name']!r}; this server serves {self.meta.name!r}")
         version = params.get("version")
@@ -257,7 +263,7 @@ class ServingApp:
 
     async def ready(self, request: Request) -> Reply:
         if "name" in request.params:
-            self.check_model(request.params)
+            self.check_model(request.params, reveal=self._auth is None)
         ready = self.model.ready
         return Reply(200 if ready else 503, dumps({"ready": ready}))
 
@@ -316,7 +322,7 @@ class ServingApp:
         if self._faulty:
             await self.inject_faults()
         body = await request.body()
-        content_type = request.header(b"content-type") or "application/json"
+        content_type = (request.header(b"content-type") or "application/json").lower()
         if self.schema is None:
             matrix = mlflow_matrix(body, content_type, self.features, self.config.max_rows)
             return Reply(200, dumps({"predictions": await self.score(matrix, request.request_id)}))

@@ -48,6 +48,9 @@ class Request:
         return None
 
     async def body(self) -> bytes:
+        encoding = self.header(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            raise RequestError(415, f"content-encoding {encoding!r} is not supported: send the body uncompressed")
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise RequestError(413, f"request body of {declared} bytes exceeds the limit of {self.max_body_bytes}")
@@ -102,13 +105,15 @@ def bearer(token: str | None) -> bytes | None:
 
 
 def authorize(scope: Scope, expected: bytes | None) -> None:
-    """Raise 401 unless the request carries the expected bearer token (no-op when ``expected`` is None)."""
+    """Raise 401 unless the request carries the expected bearer token (no-op when ``expected`` is None). The scheme
+    name is case-insensitive (RFC 7235: ``bearer``, ``BEARER``); the token is compared in constant time."""
     if expected is None:
         return
     given = next((value for key, value in scope["headers"] if key == b"authorization"), None)
     if given is None:
         raise RequestError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-    if not hmac.compare_digest(given, expected):
+    scheme, _, token = given.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), expected[len(b"Bearer ") :]):
         raise RequestError(401, "invalid bearer token")
 
 

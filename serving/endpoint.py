@@ -40,6 +40,10 @@ class EndpointError(ValueError):
     """An admin change that would leave the endpoint inconsistent (unknown name, no traffic, ...)."""
 
 
+class InvalidField(EndpointError):
+    """A field of an admin request that is malformed (the message names it): the client's error, not a conflict."""
+
+
 @dataclass(frozen=True)
 class Deployment:
     """A running copy of one model version behind the endpoint.
@@ -60,13 +64,14 @@ class Deployment:
 
     def __post_init__(self) -> None:
         if not self.name or not set(self.name) <= NAME_CHARS:
-            raise EndpointError(f"deployment name {self.name!r} must be non-empty [a-z0-9-_.]")
-        if not self.url.startswith("http://") or ":" not in self.url.removeprefix("http://"):
-            raise EndpointError(f"deployment {self.name}: url {self.url!r} must be http://host:port")
+            raise InvalidField(f"deployment name {self.name!r} must be non-empty [a-z0-9-_.]")
+        host, _, port = self.url.removeprefix("http://").rstrip("/").rpartition(":")
+        if not self.url.startswith("http://") or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidField(f"deployment {self.name}: url {self.url!r} must be http://host:port (port 1-65535)")
         if self.weight < 0:
-            raise EndpointError(f"deployment {self.name}: weight {self.weight} must be >= 0")
+            raise InvalidField(f"deployment {self.name}: weight {self.weight} must be >= 0")
         if self.shadow and self.weight:
-            raise EndpointError(f"deployment {self.name}: a shadow takes mirrored traffic only (weight must be 0)")
+            raise InvalidField(f"deployment {self.name}: a shadow takes mirrored traffic only (weight must be 0)")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -76,10 +81,15 @@ class Deployment:
     @classmethod
     def from_dict(cls, raw: Any) -> Deployment:
         if not isinstance(raw, dict):
-            raise EndpointError("a deployment is a JSON object with name and url")
+            raise InvalidField("a deployment is a JSON object with name and url")
         unknown = set(raw) - {"name", "url", "version", "weight", "shadow"}
         if unknown:
-            raise EndpointError(f"unknown deployment field(s): {', '.join(sorted(unknown))}")
+            raise InvalidField(f"unknown deployment field(s): {', '.join(sorted(unknown))}")
+        for text in ("name", "url", "version"):
+            if (text in raw and not isinstance(raw[text], str | int)) or isinstance(raw.get(text), bool):
+                raise InvalidField(f"deployment field {text!r} must be a string, got {raw[text]!r}"[:200])
+        if not isinstance(raw.get("shadow", False), bool):
+            raise InvalidField(f"deployment field 'shadow' must be true or false, got {raw['shadow']!r}"[:200])
         try:
             return cls(
                 name=str(raw["name"]),
@@ -89,13 +99,19 @@ class Deployment:
                 shadow=bool(raw.get("shadow", False)),
             )
         except KeyError as error:
-            raise EndpointError(f"a deployment needs {error.args[0]!r}") from error
+            raise InvalidField(f"a deployment needs {error.args[0]!r}") from error
 
 
 def _weight(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise EndpointError(f"weight of {name} must be an integer, got {value!r}")
+        raise InvalidField(f"weight of {name} must be an integer, got {value!r}"[:200])
     return value
+
+
+def _mirror(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidField(f"mirror must be a number within [0, 1], got {value!r}"[:200])
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -183,7 +199,7 @@ class RoutingTable:
             raise EndpointError(f"removing {name} would leave no deployment taking traffic: move the weight first")
         return table
 
-    def with_weights(self, weights: dict[str, Any], mirror: float | None = None) -> RoutingTable:
+    def with_weights(self, weights: dict[str, Any], mirror: Any = None) -> RoutingTable:
         """New weights for the named deployments (the others keep theirs), all at once."""
         unknown = sorted(set(weights) - {d.name for d in self.deployments})
         if unknown:
@@ -194,7 +210,7 @@ class RoutingTable:
         table = replace(
             self,
             deployments=deployments,
-            mirror=self.mirror if mirror is None else float(mirror),
+            mirror=self.mirror if mirror is None else _mirror(mirror),
             generation=self.generation + 1,
         )
         if self.deployments and not table.total_weight:

@@ -43,7 +43,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from serving.asgi import Receive, Reply, Request, RequestError, Scope, Send, authorize, bearer, dumps, send_reply
 from serving.binary import HEADER
 from serving.config import ConfigError, EnvConfig
-from serving.endpoint import Deployment, DeploymentStats, EndpointError, EndpointMetrics, Prediction, RoutingTable
+from serving.endpoint import (
+    Deployment,
+    DeploymentStats,
+    EndpointError,
+    EndpointMetrics,
+    InvalidField,
+    Prediction,
+    RoutingTable,
+)
 from serving.http_limits import BoundedHttpProtocol
 from serving.upstream import Response, Upstream, UpstreamError
 
@@ -189,8 +197,13 @@ class Router:
                 return
         except RequestError as error:
             reply = Reply(error.status, dumps({"error": error.message}))
+        except InvalidField as error:
+            reply = Reply(400, dumps({"error": str(error)}))
         except EndpointError as error:
             reply = Reply(409, dumps({"error": str(error)}))
+        except Exception:  # never uvicorn's plain-text 500
+            logger.exception("%s %s failed", scope["method"], path)
+            reply = Reply(500, dumps({"error": f"internal error on {scope['method']} {path}; see the router log"}))
         await send_reply(send, reply)
 
     async def _own(self, path: str) -> Reply:
@@ -246,11 +259,15 @@ class Router:
         return chosen
 
     async def _forward(self, request: Request, scope: Scope, send: Send) -> None:
-        deployment = self._pick(scope)
         body = await request.body()
+        # Chosen only once the body is in, and counted in flight from that moment on (no await until the upstream
+        # counts it): a deployment removed while a body uploads is never picked, nor drained with the request open.
+        deployment = self._pick(scope)
         headers = b"".join(key + b": " + value + b"\r\n" for key, value in scope["headers"] if key in FORWARDED)
         target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
-        method = scope["method"].encode()
+        # HEAD goes upstream as GET (a response to HEAD has no body to wait for); uvicorn sends the client the
+        # headers only
+        method = b"GET" if scope["method"] == "HEAD" else scope["method"].encode()
         sent = await self._send(deployment, method, target, headers, body)
         if sent is None:  # refused: once more on another live deployment, if there is one
             fallback = self.table.choose_other(deployment.name, random.random())
@@ -335,6 +352,9 @@ class Router:
             weights = content.get("weights", {})
             if not isinstance(weights, dict):
                 raise RequestError(400, "weights must be an object of deployment name -> integer")
+            unknown = sorted(set(content) - {"weights", "mirror"})
+            if unknown:
+                raise RequestError(400, f"unknown field(s) {', '.join(unknown)}: send weights and/or mirror")
             async with self._lock:
                 self._install(self.table.with_weights(weights, content.get("mirror")))
             return Reply(200, dumps(self.table.to_dict()))

@@ -21,6 +21,7 @@ from serving.binary import HEADER, BinaryInputs, encode_output, split_body
 from serving.protocols import (
     MAX_DEPTH,
     RequestError,
+    brief,
     check_names,
     check_rows,
     describe_bad_rows,
@@ -58,6 +59,8 @@ def _request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], li
     tensors = payload["inputs"]
     if not all(isinstance(tensor, dict) for tensor in tensors):
         raise RequestError(400, "each entry of 'inputs' must be an object with name, shape, datatype and data")
+    if "id" in payload and not isinstance(payload["id"], str):
+        raise RequestError(400, f"'id' must be a string, got {brief(payload['id'])}")
     return payload, tensors, BinaryInputs(binary)
 
 

@@ -108,10 +108,20 @@ def test_the_admin_api_needs_its_token_and_refuses_inconsistent_changes(endpoint
     cases = [
         ("PUT", "weights", {"weights": {"nope": 1}}, 409, "no deployment named nope"),
         ("PUT", "weights", {"weights": {"v7": 0}}, 409, "traffic nowhere"),
-        ("PUT", "weights", {"weights": {"v7": True}}, 409, "integer"),
+        ("PUT", "weights", {"weights": {"v7": True}}, 400, "weight of v7 must be an integer"),
+        ("PUT", "weights", {"mirror": "x"}, 400, "mirror must be a number within [0, 1], got 'x'"),
+        ("PUT", "weights", {"mirror": 2}, 400, "mirror must be a number within [0, 1]"),
+        ("PUT", "weights", {"wieghts": {"v7": 1}}, 400, "unknown field(s) wieghts"),
+        ("PUT", "weights", [1], 400, "body must be a JSON object"),
+        ("POST", "deployments", [1], 400, "body must be a JSON object"),
         ("POST", "deployments", {"name": "v7", "url": endpoint.servers["v8"]}, 409, "already exists"),
         ("POST", "deployments", {"name": "x", "url": "http://127.0.0.1:1"}, 400, "unreachable"),
-        ("POST", "deployments", {"name": "x"}, 409, "needs 'url'"),
+        ("POST", "deployments", {"name": "x", "url": "http://127.0.0.1:99999"}, 400, "port 1-65535"),
+        ("POST", "deployments", {"name": "x", "url": "http://127.0.0.1:abc"}, 400, "must be http://host:port"),
+        ("POST", "deployments", {"name": "x", "url": ["http://a:1"]}, 400, "'url' must be a string"),
+        ("POST", "deployments", {"name": "x", "url": "http://a:1", "shadow": "yes"}, 400, "'shadow' must be"),
+        ("PUT", "deployments/v7", {"url": "http://127.0.0.1:0"}, 400, "port 1-65535"),
+        ("POST", "deployments", {"name": "x"}, 400, "needs 'url'"),
         ("DELETE", "deployments/v7", None, 409, "move the weight first"),
         ("DELETE", "deployments/zz", None, 409, "no deployment named zz"),
         ("GET", "nothing", None, 404, "no admin endpoint"),
@@ -124,6 +134,10 @@ def test_the_admin_api_needs_its_token_and_refuses_inconsistent_changes(endpoint
     )
     assert bad_json.status_code == 400
     assert endpoint.predict().status_code == 200  # nothing above changed the routing
+    head = endpoint.http.head(f"{endpoint.url}/v2/models/tiny", timeout=3)
+    assert (head.status_code, head.content, head.headers["x-mlops-deployment"]) == (200, b"", "v7")
+    assert int(head.headers["content-length"]) > 0  # a GET's headers, without its body
+    assert endpoint.admin("GET", "stats?since=0").json()["deployments"]["v7"]["errors"] == 0
 
 
 def test_mirrored_traffic_is_recorded_but_never_changes_the_answer(endpoint: Endpoint) -> None:
@@ -293,3 +307,27 @@ def test_a_poison_burst_from_a_client_does_not_fail_a_healthy_canary(endpoint: E
     assert canary.requests + stable.requests == 400 and canary.errors + stable.errors == 100  # the 422s only
     reasons, _ = analyse(canary, stable, RolloutConfig(min_requests=30, compare_predictions=False))
     assert reasons == [], reasons
+
+
+def test_a_deployment_removed_while_a_body_uploads_is_not_the_one_that_answers_it(endpoint: Endpoint) -> None:
+    import socket
+    from urllib.parse import urlsplit
+
+    body = json.dumps({"instances": [ROW]}).encode()
+    added = endpoint.admin("POST", "deployments", {"name": "v8", "url": endpoint.servers["v8"], "version": "8"})
+    assert added.status_code == 201, added.text
+    parts = urlsplit(endpoint.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body[:5]
+        )
+        time.sleep(0.3)  # the router has the headers and waits for the rest of the body
+        assert endpoint.admin("PUT", "weights", {"weights": {"v7": 0, "v8": 100}}).status_code == 200
+        removed = endpoint.admin("DELETE", "deployments/v7")
+        assert removed.status_code == 200 and removed.json()["drained"] is True
+        sock.sendall(body[5:])
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    assert b"x-mlops-deployment: v8" in reply
+    assert str(endpoint.expected["v8"])[:8].encode() in reply

@@ -148,3 +148,35 @@ def test_an_answer_that_overflows_is_a_422_and_is_never_collected(
     assert v2.status_code == 422 and "not a finite number" in v2.json()["error"]
     assert fine.status_code == 200 and None not in fine.json()["predictions"]
     assert [row["row"] for row in iter_collected(tmp_path / "c")] == [0, 1]  # only the good request's rows
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not(tiny_bundle: Path) -> None:
+    with client_for(tiny_bundle, token="s3cret") as client:
+        body = {"instances": [[1.0, 2.0, 3.0]]}
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert (
+                client.post("/invocations", json=body, headers={"Authorization": f"{scheme} s3cret"}).status_code == 200
+            )
+        for value in ("Bearer S3CRET", "Basic s3cret", "Bearer", "s3cret"):
+            assert client.post("/invocations", json=body, headers={"Authorization": value}).status_code == 401
+        unknown = client.get("/v2/models/other/ready")  # open to anyone: names nothing that is served
+        assert unknown.status_code == 404 and "tiny" not in unknown.text and "7" not in unknown.text
+        assert client.get("/v2/models/tiny/versions/8/ready").status_code == 404
+        assert client.get("/v2/models/tiny/ready").status_code == 200
+
+
+def test_small_protocol_details_clients_get_wrong(clients: dict[str, TestClient]) -> None:
+    client = clients["tiny"]
+    csv = "\ufeffx1,x2,x3\r\n1,2,3\r\n".encode()
+    for content_type in ("text/csv", "Text/CSV; charset=UTF-8"):
+        reply = client.post("/invocations", content=csv, headers={"content-type": content_type})
+        assert reply.status_code == 200 and len(reply.json()["predictions"]) == 1, reply.text
+    gzipped = client.post(
+        "/invocations", content=b"\x1f\x8b...", headers={"content-type": "application/json", "content-encoding": "gzip"}
+    )
+    assert gzipped.status_code == 415 and "send the body uncompressed" in gzipped.text
+    tensor = {"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}
+    for bad_id in (7, ["a"], {"b": 1}):
+        reply = client.post("/v2/models/tiny/infer", json={"id": bad_id, "inputs": [tensor]})
+        assert reply.status_code == 400 and "'id' must be a string" in reply.text
+    assert client.post("/v2/models/tiny/infer", json={"id": "mine", "inputs": [tensor]}).json()["id"] == "mine"
