@@ -126,6 +126,14 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     outputs = reference.output_columns
     served = load_requests(requests_dir(settings.resolved_home, model_name), since, until, features, outputs[1:])
     window = served[served["model_version"] == version].reset_index(drop=True)
+    skipped = served.attrs.get("skipped", {})
+    if any(skipped.values()):
+        logger.warning(
+            "left out of %s: %d damaged collection line(s) and %d row(s) without a usable answer (null or not finite)",
+            label,
+            skipped.get("lines", 0),
+            skipped.get("rows", 0),
+        )
     if len(window) < policy.min_rows:
         message = (
             f"{len(window)} rows served by {model_name} version {version} in {label} "
@@ -165,6 +173,8 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
         "drifted": float(verdict.drifted),
         "quality_failures": float(len(quality.failures)),
         "labelled_rows": float(performance.labelled),
+        "skipped_lines": float(skipped.get("lines", 0)),
+        "skipped_rows": float(skipped.get("rows", 0)),
         **{f"drift_score.{column}": score for column, score in verdict.decision.scores.items()},
         **{key: value for key, value in performance.metrics.items() if value == value},  # NaN: not logged
         **({key: value for key, value in estimated.estimate.payload().items()} if estimated else {}),

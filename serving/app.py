@@ -198,8 +198,14 @@ class ServingApp:
             self._executor.shutdown(wait=True)
         if self.collector is not None:
             self.collector.close()
-            written, dropped = self.collector.written_rows, self.collector.dropped_rows
-            logger.info("collection closed: %d rows written, %d dropped", written, dropped)
+            collector = self.collector
+            logger.info(
+                "collection closed: %d rows written, %d dropped, %d write errors%s",
+                collector.written_rows,
+                collector.dropped_rows,
+                collector.write_errors,
+                f" (last: {collector.last_error})" if collector.last_error else "",
+            )
         self.metrics.stop_publishing()
 
     # --- scoring ----------------------------------------------------------------------------

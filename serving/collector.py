@@ -18,10 +18,18 @@ never holds the GIL the event loop needs.
 A file is written as ``requests-<start>-<pid>-<n>.jsonl.part`` and renamed to ``.jsonl`` when it
 rolls (by rows or age) or the server shuts down, so readers only ever see whole files. When the
 queue is full the request is still answered and its rows are counted as dropped.
+
+The writer survives write errors (a full disk, a folder made read-only): the rows it could not
+write are counted as dropped, the error is counted and kept (``write_errors``, ``last_error``, both
+in ``/metrics``), a warning is logged at most once a minute, and writing resumes once the folder
+takes files again — the file it was writing is finished then (cut at its last whole line). Files
+and folders are created private to the serving user (0600 / 0700).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import time
@@ -39,6 +47,8 @@ SUFFIX = ".jsonl"
 FORMAT = 2
 ENCODING = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 PARTIAL = ".part"
+WARN_EVERY_SECONDS = 60.0
+logger = logging.getLogger("serving.collector")
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,10 @@ class RequestCollector:
         self.classes = list(classes)  # a classifier's, in the order of its collected probabilities
         self.written_rows = 0
         self.dropped_rows = 0
+        self.write_errors = 0
+        self.last_error = ""
+        self._warned = -WARN_EVERY_SECONDS
+        self._unfinished: list[Path] = []  # files left open by a write error, finished once writing works again
         self._queue: deque[tuple[bytes, int]] = deque()  # encoded line, rows
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,7 +99,7 @@ class RequestCollector:
         return len(self._queue)
 
     def start(self) -> RequestCollector:
-        self.config.directory.mkdir(parents=True, exist_ok=True)
+        self.config.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="request-collector", daemon=True)
         self._thread.start()
@@ -132,9 +146,9 @@ class RequestCollector:
     def _run(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
             self._drain()
-            self._roll_if_old()
+            self._guarded(self._roll_if_old)
         self._drain()
-        self._finish_file()
+        self._guarded(self._finish_file)
 
     def _drain(self) -> None:
         lines: list[bytes] = []
@@ -144,10 +158,37 @@ class RequestCollector:
             lines.append(line)
             rows += count
             if rows >= self.config.file_rows - self._file_rows:
-                self._append(b"".join(lines), rows)
+                self._write(b"".join(lines), rows)
                 lines, rows = [], 0
         if rows:
-            self._append(b"".join(lines), rows)
+            self._write(b"".join(lines), rows)
+
+    def _write(self, lines: bytes, rows: int) -> None:
+        """Append, or count the rows as dropped when the file system refuses; then roll a full file."""
+        if not self._guarded(self._append, lines, rows):
+            self.dropped_rows += rows
+        elif self._file_rows >= self.config.file_rows:
+            self._guarded(self._finish_file)  # written already: a failed rename leaves it to finish later
+
+    def _guarded(self, step: Any, *args: Any) -> bool:
+        """Run one file step; on an error count it, keep it, warn (rate-limited) and drop the open file."""
+        try:
+            step(*args)
+        except OSError as error:
+            self.write_errors += 1
+            self.last_error = f"{type(error).__name__}: {error}"[:300]
+            if time.monotonic() - self._warned >= WARN_EVERY_SECONDS:
+                self._warned = time.monotonic()
+                logger.warning(
+                    "collection into %s failed (%d errors, %d rows dropped so far): %s",
+                    self.config.directory,
+                    self.write_errors,
+                    self.dropped_rows,
+                    self.last_error,
+                )
+            self._abandon_file()
+            return False
+        return True
 
     def _append(self, lines: bytes, rows: int) -> None:
         handle = self._open()
@@ -155,22 +196,45 @@ class RequestCollector:
         handle.flush()
         self._file_rows += rows
         self.written_rows += rows
-        if self._file_rows >= self.config.file_rows:
-            self._finish_file()
+
+    def _abandon_file(self) -> None:
+        """Stop writing the open file (finished later by :meth:`_finish_unfinished`)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):  # its buffered rows are counted as dropped by the caller
+                self._file.close()
+        if self._path is not None:
+            self._unfinished.append(self._path)
+        self._file, self._path = None, None
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
+            self.config.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._finish_unfinished()
             self._sequence += 1
             started = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             name = f"requests-{started}-{os.getpid()}-{self._sequence:04d}{SUFFIX}{PARTIAL}"
-            self._path = self.config.directory / name
-            self._file = self._path.open("ab")
+            path = self.config.directory / name
+            self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+            self._path = path
             self._file_rows, self._file_started = 0, time.monotonic()
             header = {"model": self.model, "model_version": self.version, "features": self.features, "format": FORMAT}
             if self.classes:
                 header["classes"] = self.classes
             self._file.write(orjson.dumps({"header": header}, option=orjson.OPT_APPEND_NEWLINE))
         return self._file
+
+    def _finish_unfinished(self) -> None:
+        """Cut each file a write error left open at its last whole line and finish it (now that writing works)."""
+        while self._unfinished:
+            path = self._unfinished[0]
+            if path.exists():
+                content = path.read_bytes()
+                whole = content[: content.rfind(b"\n") + 1]
+                if whole != content:
+                    with path.open("r+b") as handle:
+                        handle.truncate(len(whole))
+                path.rename(path.with_name(path.name.removesuffix(PARTIAL)))
+            self._unfinished.pop(0)
 
     def _roll_if_old(self) -> None:
         if self._file is not None and time.monotonic() - self._file_started >= self.config.file_seconds:

@@ -80,6 +80,8 @@ class ServerMetrics(Collector):
             "collected": collector.written_rows if collector else 0,
             "dropped": collector.dropped_rows if collector else 0,
             "pending": collector.pending if collector else 0,
+            "write_errors": collector.write_errors if collector else 0,
+            "last_error": collector.last_error if collector else "",
             "unknown_categories": dict(self.unknown_categories),
         }
 
@@ -127,8 +129,9 @@ class ServerMetrics(Collector):
             for endpoint, values in other["latency"].items():
                 mine = merged["latency"].setdefault(endpoint, [0.0] * len(values))
                 merged["latency"][endpoint] = [a + b for a, b in zip(mine, values, strict=True)]
-            for key in ("rows", "model_calls", "collected", "dropped", "pending"):
-                merged[key] += other[key]
+            for key in ("rows", "model_calls", "collected", "dropped", "pending", "write_errors"):
+                merged[key] += other.get(key, 0)
+            merged["last_error"] = merged["last_error"] or other.get("last_error", "")
             for column, count in other.get("unknown_categories", {}).items():
                 merged["unknown_categories"][column] = merged["unknown_categories"].get(column, 0) + count
         merged["requests"] = [[endpoint, code, count] for (endpoint, code), count in requests.items()]
@@ -197,11 +200,25 @@ class ServerMetrics(Collector):
         )
         written.add_metric(identity, figures["collected"])
         dropped = CounterMetricFamily(
-            "mlops_serving_collection_dropped_rows", "Rows not collected because the queue was full.", labels=labels
+            "mlops_serving_collection_dropped_rows",
+            "Rows not collected: the queue was full, or the file system refused them.",
+            labels=labels,
         )
         dropped.add_metric(identity, figures["dropped"])
         pending = GaugeMetricFamily(
             "mlops_serving_collection_pending_requests", "Requests waiting to be written.", labels=labels
         )
         pending.add_metric(identity, figures["pending"])
-        yield from (written, dropped, pending)
+        errors = CounterMetricFamily(
+            "mlops_serving_collection_write_errors", "Writes of collection files that failed.", labels=labels
+        )
+        errors.add_metric(identity, figures["write_errors"])
+        yield from (written, dropped, pending, errors)
+        if figures["last_error"]:
+            last = GaugeMetricFamily(
+                "mlops_serving_collection_last_error",
+                "The last collection write error (its text in the label; 1 while any occurred).",
+                labels=[*labels, "error"],
+            )
+            last.add_metric([*identity, figures["last_error"]], 1)
+            yield last

@@ -41,7 +41,8 @@ def load_requests(
     """Every collected row with ``since <= time < until``: request_id, row, time (epoch s), model_version,
     one column per feature, prediction (a classifier's label) and, for a classifier's collection, one column
     per class probability (named by ``probability_columns``, default ``probability.<i>``). Files last written
-    before ``since`` are not opened.
+    before ``since`` are not opened. Damaged lines and rows without a usable answer (null, NaN, infinite) are
+    left out and counted in ``frame.attrs["skipped"]`` (``lines``, ``rows``) for the monitor to report.
 
     Raises:
         ValueError: A file's features differ from ``features`` (or from the first file's).
@@ -56,6 +57,7 @@ def load_requests(
     inputs: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
+    skipped = {"lines": 0, "rows": 0}
     for path in paths:
         try:
             if path.stat().st_mtime < since:
@@ -71,20 +73,35 @@ def load_requests(
         elif list(header["features"]) != columns:
             raise ValueError(f"{path.name} holds features {header['features']}, expected {columns}")
         for line in lines[1:]:
-            call = orjson.loads(line)
-            if not since <= call["time"] < until:
+            try:
+                call = orjson.loads(line)
+                if not since <= call["time"] < until:
+                    continue
+                counts = call["rows"]
+                total = sum(counts)
+                call_ids = [
+                    request_id
+                    for request_id, count in zip(call["request_ids"], counts, strict=True)
+                    for _ in range(count)
+                ]
+                call_inputs = _values(call["inputs"]).reshape(total, len(columns))
+                call_predictions = _values(call["predictions"]).reshape(total)
+                call_probabilities = (
+                    np.asarray(call["probabilities"], dtype=float).reshape(total, -1)
+                    if "probabilities" in call
+                    else None
+                )
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                skipped["lines"] += 1  # a damaged line: the rest of the window is still judged
                 continue
-            counts = call["rows"]
-            total = sum(counts)
-            for request_id, count in zip(call["request_ids"], counts, strict=True):
-                ids.extend([request_id] * count)
+            ids.extend(call_ids)
             rows.append(np.concatenate([np.arange(count) for count in counts]))
             times.append(np.full(total, call["time"]))
             versions.append(np.full(total, header["model_version"], dtype=object))
-            inputs.append(_values(call["inputs"]).reshape(total, -1))
-            predictions.append(_values(call["predictions"]).reshape(total))
-            if "probabilities" in call:
-                probabilities.append(np.asarray(call["probabilities"], dtype=float).reshape(total, -1))
+            inputs.append(call_inputs)
+            predictions.append(call_predictions)
+            if call_probabilities is not None:
+                probabilities.append(call_probabilities)
     columns = columns or []
     if probabilities and len(probabilities) != len(predictions):
         raise ValueError(f"{directory} mixes calls with and without probabilities: one model's files only")
@@ -92,7 +109,9 @@ def load_requests(
     if probabilities and not named:
         named = [f"probability.{i}" for i in range(probabilities[0].shape[1])]
     if not ids:
-        return pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction", *named])
+        empty = pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction", *named])
+        empty.attrs["skipped"] = skipped
+        return empty
     frame = pd.DataFrame(np.concatenate(inputs), columns=columns).infer_objects()
     frame.insert(0, "request_id", ids)
     frame.insert(1, "row", np.concatenate(rows))
@@ -105,7 +124,27 @@ def load_requests(
             raise ValueError(f"collected probabilities have {stacked.shape[1]} classes, expected {len(named)}")
         for index, name in enumerate(named):
             frame[name] = stacked[:, index]
+    answered = _answered(frame["prediction"], frame[named] if named and probabilities else None)
+    if not answered.all():  # a null or non-finite answer (collected before servers refused them): left out
+        skipped["rows"] = int((~answered).sum())
+        frame = frame[answered].reset_index(drop=True)
+    frame.attrs["skipped"] = skipped
     return frame
+
+
+def _answered(predictions: pd.Series, probabilities: pd.DataFrame | None) -> np.ndarray:
+    """Rows whose collected answer is usable: a label, or a finite number (and finite probabilities)."""
+    values = predictions.to_numpy()
+    if values.dtype.kind == "f":
+        usable = np.isfinite(values)
+    else:
+        usable = np.array(
+            [value is not None and not (isinstance(value, float) and not np.isfinite(value)) for value in values],
+            dtype=bool,
+        )
+    if probabilities is not None:
+        usable &= np.isfinite(probabilities.to_numpy(dtype=float)).all(axis=1)
+    return usable
 
 
 def _values(values: list[Any]) -> np.ndarray:

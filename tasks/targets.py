@@ -8,6 +8,7 @@ them, like any deployment); containers are labelled and found again by name.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 from mlops.process import ManagedServer, free_port, start, stop
 from serving.collector import requests_dir
 from tasks.serving_bundle import fetch_bundle, resolve_version
+
+IMAGE_UID = 65532  # the serving image's user (deployments/docker/serving.Dockerfile)
 
 
 class DeploymentTarget(Protocol):
@@ -128,14 +131,18 @@ class DockerTarget:
         if self.home is not None:
             labels["mlops.home"] = str(self.home)
             collected = requests_dir(self.home, model_name)
-            collected.mkdir(parents=True, exist_ok=True)
-            collected.chmod(0o777)  # the image runs as uid 65532, not as the host's user
+            collected.mkdir(mode=0o700, parents=True, exist_ok=True)
+            collected.chmod(0o700)  # private to whoever runs the deployments (an older home may have 0777)
+            if os.getuid() == 0:  # the image's own non-root user writes it
+                os.chown(collected, IMAGE_UID, IMAGE_UID)
             volumes[str(collected)] = {"bind": "/requests", "mode": "rw"}
             environment["MLOPS_SERVING_COLLECT_DIR"] = "/requests"
         container = engine.containers.run(
             image,
             detach=True,
             name=f"mlops-{name}",
+            # never root: the image's user when we are root, else the host user (so a 0700 folder of theirs works)
+            user=f"{IMAGE_UID}:{IMAGE_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}",
             network_mode="host",
             environment={**environment, **self.env.get(name, {})},
             volumes=volumes,

@@ -61,6 +61,22 @@ def test_a_half_written_last_line_is_left_for_later(tmp_path: Path) -> None:
     assert load_requests(tmp_path, since=0)["request_id"].tolist() == ["r1"]
 
 
+def test_damaged_lines_and_unusable_answers_are_left_out_and_counted(tmp_path: Path) -> None:
+    """What an older server collected (a null prediction for an input that overflowed the model) or a damaged
+    line: the window is still read, without them, and the monitor is told how many."""
+    collect(tmp_path, [(["r1"], [1]), (["r2"], [1])])
+    (path,) = tmp_path.iterdir()
+    with path.open("ab") as handle:
+        handle.write(b'{"request_ids": ["r3", "r4"], "rows": [1, 1], "time": %f, ' % time.time())
+        handle.write(b'"inputs": [[1.0, 2.0], [3.0, 4.0]], "predictions": [null, 5.0]}\n')
+        handle.write(b'{"request_ids": ["r5"], "rows": [1], "time": "soon", "inputs": [], "predictions": [1]}\n')
+        handle.write(b"not json at all\n")
+        handle.write(b'{"request_ids": ["r6"], "rows": [2], "time": 1e12, "inputs": [[1, 2]], "predictions": [1]}\n')
+    frame = load_requests(tmp_path, since=0)
+    assert frame["request_id"].tolist() == ["r1", "r2", "r4"]
+    assert frame.attrs["skipped"] == {"lines": 3, "rows": 1}
+
+
 def test_files_of_other_features_are_refused(tmp_path: Path) -> None:
     collect(tmp_path, [(["r1"], [1])])
     with pytest.raises(ValueError, match=r"holds features \['a', 'b'\], expected \['x'\]"):
