@@ -162,10 +162,14 @@ class RoutingTable:
         index = bisect_right(self._cumulative, int(point * self.total_weight))
         return self._live[min(index, len(self._live) - 1)]
 
-    def choose_other(self, excluded: str, draw: float) -> Deployment | None:
-        """A live deployment other than ``excluded``, by weight (where to retry a refused request)."""
-        others = [d for d in self._live if d.name != excluded]
-        point = draw * sum(d.weight for d in others)
+    def choose_other(
+        self, excluded: str | frozenset[str], draw: float, sticky: bytes | None = None
+    ) -> Deployment | None:
+        """A live deployment not in ``excluded`` (a name or names), by weight — where to retry a refused request, or
+        where to send one while a deployment is out of rotation (``sticky`` keys keep to one of the others)."""
+        names = frozenset({excluded}) if isinstance(excluded, str) else excluded
+        others = [d for d in self._live if d.name not in names]
+        point = ((zlib.crc32(sticky) / 2**32) if sticky is not None else draw) * sum(d.weight for d in others)
         for deployment in others:
             point -= deployment.weight
             if point < 0:
@@ -244,6 +248,8 @@ class DeploymentStats:
     predictions: int = 0
     prediction_sum: float = 0.0
     mirrored: int = 0
+    ejected: bool = False  # out of rotation after consecutive connection failures, until it answers ready again
+    ejections: int = 0
     # (epoch seconds, latency seconds, status, predictions) of recent requests, oldest first.
     window: deque[tuple[float, float, int, tuple[Prediction, ...]]] = field(
         default_factory=lambda: deque(maxlen=WINDOW_REQUESTS)
@@ -331,6 +337,10 @@ class EndpointMetrics(Collector):
         prediction_sum = CounterMetricFamily("mlops_endpoint_prediction_sum", "Sum of predictions", labels=labels)
         mirrored = CounterMetricFamily("mlops_endpoint_mirrored", "Mirrored requests sent", labels=labels)
         weight = GaugeMetricFamily("mlops_endpoint_weight", "Traffic weight (shadows: 0)", labels=[*labels, "shadow"])
+        ejected = GaugeMetricFamily(
+            "mlops_endpoint_ejected", "1 while out of rotation after consecutive connection failures", labels=labels
+        )
+        ejections = CounterMetricFamily("mlops_endpoint_ejections", "Times taken out of rotation", labels=labels)
         for deployment in table.deployments:
             values = [self.model, deployment.name, deployment.version]
             weight.add_metric([*values, str(deployment.shadow).lower()], deployment.weight)
@@ -348,4 +358,6 @@ class EndpointMetrics(Collector):
             predicted.add_metric(values, stats.predictions)
             prediction_sum.add_metric(values, stats.prediction_sum)
             mirrored.add_metric(values, stats.mirrored)
-        yield from (requests, errors, latency, predicted, prediction_sum, mirrored, weight)
+            ejected.add_metric(values, 1 if stats.ejected else 0)
+            ejections.add_metric(values, stats.ejections)
+        yield from (requests, errors, latency, predicted, prediction_sum, mirrored, weight, ejected, ejections)

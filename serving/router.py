@@ -59,6 +59,9 @@ logger = logging.getLogger("serving.router")
 FORWARDED = (b"content-type", b"authorization", b"x-request-id", b"accept", HEADER)
 READY_PROBE_SECONDS = 1.0  # readiness answers are reused this long
 READY_PROBE_TIMEOUT = 2.0  # a deployment that has not answered ready by then is not counted
+EJECT_AFTER = 3  # consecutive connection failures that take a deployment out of rotation
+HEALTH_PROBE_SECONDS = 1.0  # how often a deployment out of rotation is asked whether it is ready again
+LOG_EVERY_SECONDS = 10.0  # at most one connection-failure warning per deployment this often
 OWN_PATHS = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready", "/livez", "/readyz"})
 
 
@@ -141,6 +144,10 @@ class Router:
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._readiness: tuple[RoutingTable, float, int] | None = None
+        self._failures: dict[str, int] = {}  # consecutive connection failures per deployment
+        self._ejected: set[str] = set()  # out of rotation until they answer ready again
+        self._prober: asyncio.Task[None] | None = None
+        self._warned: dict[str, tuple[float, int]] = {}  # last warning time, failures not logged since
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EndpointMetrics(config.model, lambda: self.table, self.stats))
 
@@ -236,7 +243,8 @@ class Router:
                 return False
             return response.status == 200
 
-        reachable = sum(await asyncio.gather(*(answers(d) for d in table.live)))
+        in_rotation = [d for d in table.live if d.name not in self._ejected]
+        reachable = sum(await asyncio.gather(*(answers(d) for d in in_rotation)))
         self._readiness = (table, now, reachable)
         return reachable
 
@@ -253,9 +261,18 @@ class Router:
                     raise RequestError(404, f"no live deployment serves version {parts[5]!r} of {self.config.model}")
                 return pinned
         sticky = next((value for key, value in scope["headers"] if key == self._sticky), None)
-        chosen = table.choose(sticky, random.random())
+        draw = random.random()
+        chosen = table.choose(sticky, draw)
         if chosen is None:
             raise RequestError(503, f"endpoint {self.config.model} has no deployment taking traffic")
+        if chosen.name in self._ejected:
+            chosen = table.choose_other(frozenset(self._ejected), draw, sticky)
+            if chosen is None:
+                raise RequestError(
+                    503,
+                    f"no deployment of {self.config.model} is answering (all out of rotation after connection "
+                    "failures; they return when they answer ready): retry shortly",
+                )
         return chosen
 
     async def _forward(self, request: Request, scope: Scope, send: Send) -> None:
@@ -269,8 +286,8 @@ class Router:
         # headers only
         method = b"GET" if scope["method"] == "HEAD" else scope["method"].encode()
         sent = await self._send(deployment, method, target, headers, body)
-        if sent is None:  # refused: once more on another live deployment, if there is one
-            fallback = self.table.choose_other(deployment.name, random.random())
+        if sent is None:  # refused: once more on another live deployment in rotation, if there is one
+            fallback = self.table.choose_other(frozenset({deployment.name, *self._ejected}), random.random())
             if fallback is not None:
                 deployment = fallback
                 sent = await self._send(deployment, method, target, headers, body)
@@ -307,11 +324,62 @@ class Router:
             response = Response(504, [], dumps({"error": f"deployment {deployment.name} did not answer in time"}))
         except UpstreamError as error:
             stats.observe(502, time.perf_counter() - start, ())
-            logger.warning("deployment %s: %s", deployment.name, error)
+            self._connection_failed(deployment, error)
             return None
+        self._failures[deployment.name] = 0
         predictions = predictions_of(response.body, response.header(HEADER)) if response.status == 200 else ()
         stats.observe(response.status, time.perf_counter() - start, predictions)
         return response, predictions
+
+    # --- passive health ------------------------------------------------------------------------
+
+    def _connection_failed(self, deployment: Deployment, error: UpstreamError) -> None:
+        """Count a connection failure; the ``EJECT_AFTER``-th in a row takes a live deployment out of rotation
+        until the prober sees it ready again. Warnings are rate-limited per deployment."""
+        name = deployment.name
+        failures = self._failures[name] = self._failures.get(name, 0) + 1
+        now = time.monotonic()
+        last, unlogged = self._warned.get(name, (-LOG_EVERY_SECONDS, 0))
+        if now - last >= LOG_EVERY_SECONDS:
+            more = f" ({unlogged} more since the last warning)" if unlogged else ""
+            logger.warning("deployment %s: %s%s", name, error, more)
+            self._warned[name] = (now, 0)
+        else:
+            self._warned[name] = (last, unlogged + 1)
+        if failures >= EJECT_AFTER and name not in self._ejected and deployment.weight > 0:
+            self._ejected.add(name)
+            self._readiness = None
+            stats = self.stats.get(name)
+            if stats is not None:
+                stats.ejected, stats.ejections = True, stats.ejections + 1
+            logger.warning("deployment %s out of rotation after %d connection failures in a row", name, failures)
+            if self._prober is None or self._prober.done():
+                self._prober = asyncio.create_task(self._probe_ejected())
+
+    async def _probe_ejected(self) -> None:
+        """Ask every deployment out of rotation whether it is ready, each ``HEALTH_PROBE_SECONDS``; put back those
+        that are (and forget those no longer in the table)."""
+        while self._ejected:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            for name in list(self._ejected):
+                upstream = self.upstreams.get(name)
+                if upstream is None or self.table.get(name) is None:
+                    self._ejected.discard(name)
+                    continue
+                try:
+                    ready = (await upstream.request(b"GET", b"/v2/health/ready", b"", b"", READY_PROBE_TIMEOUT)).status
+                except (UpstreamError, TimeoutError):
+                    continue
+                if ready == 200:
+                    self._back_in_rotation(name)
+                    logger.info("deployment %s answers ready again: back in rotation", name)
+
+    def _back_in_rotation(self, name: str) -> None:
+        self._ejected.discard(name)
+        self._failures[name] = 0
+        self._readiness = None
+        if name in self.stats:
+            self.stats[name].ejected = False
 
     async def _mirror(
         self,
@@ -405,6 +473,7 @@ class Router:
             old = self.upstreams[name]
             self.upstreams[name] = Upstream(*moved.address)
             self._install(table)
+            self._back_in_rotation(name)
         old.close()
         logger.info("moved deployment %s to %s", name, url)
         return Reply(200, dumps(self.table.to_dict()))
@@ -435,6 +504,7 @@ class Router:
         drained = upstream.in_flight == 0
         upstream.close()
         del self.upstreams[name]
+        self._back_in_rotation(name)  # forgotten: a deployment added again under this name starts in rotation
         logger.info("removed deployment %s (%s)", name, "drained" if drained else "drain timed out")
         return Reply(200, dumps({"removed": name, "drained": drained, **self.table.to_dict()}))
 

@@ -210,7 +210,9 @@ def test_a_deployment_that_refuses_connections_is_bypassed_and_counted(
     assert (ready.status_code, ready.json()) == (200, {"ready": True, "deployments": 2, "reachable": 1})
     # Every deployment taking traffic is dead: the endpoint says so instead of answering ready.
     assert endpoint.admin("PUT", "weights", {"weights": {"v7": 0, "v9": 1}}).is_success
-    assert endpoint.predict().status_code == 502
+    refused = endpoint.predict()  # v9 left rotation after its first connection failures: no 502 per request
+    assert refused.status_code == 503 and "out of rotation" in refused.json()["error"]
+    assert stats["v9"]["codes"]["502"] <= 3
     ready = endpoint.http.get(f"{endpoint.url}/readyz")
     assert (ready.status_code, ready.json()["ready"], ready.json()["reachable"]) == (503, False, 0)
 
@@ -331,3 +333,70 @@ def test_a_deployment_removed_while_a_body_uploads_is_not_the_one_that_answers_i
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     assert b"x-mlops-deployment: v8" in reply
     assert str(endpoint.expected["v8"])[:8].encode() in reply
+
+
+def test_a_dead_deployment_leaves_rotation_readiness_says_so_and_it_returns_when_ready(
+    tiny_model: Any, tmp_path: Path
+) -> None:
+    """Its only deployment killed, the router stops sending to it after a few connection failures (503 at once,
+    not a 502 per request), says not ready, logs a few lines rather than one per request, and takes the
+    deployment back by itself once a server answers ready at the same address."""
+    import subprocess
+    import sys
+
+    from mlops.process import free_port
+    from tests.conftest import wait_ready
+
+    bundle = write_tiny_bundle(tmp_path / "v7", tiny_model, "7")
+    port, router_port = free_port(), free_port()
+    server_args = [sys.executable, "-m", "serving", str(bundle), "--port", str(port)]
+
+    def start_server() -> subprocess.Popen[str]:
+        process = subprocess.Popen(server_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_ready(process, f"http://127.0.0.1:{port}/v2/health/ready")
+        return process
+
+    server = start_server()
+    env = {**os.environ, "MLOPS_ROUTER_ADMIN_TOKEN": TOKEN, "MLOPS_ROUTER_STATE_FILE": str(tmp_path / "t.json")}
+    router = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.router",
+            "--model",
+            "tiny",
+            "--port",
+            str(router_port),
+            "--deployment",
+            f"v7=http://127.0.0.1:{port}@100:7",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{router_port}"
+    try:
+        wait_ready(router, f"{url}/v2/health/ready")
+        with httpx.Client(timeout=10) as http:
+            assert http.post(f"{url}/invocations", json={"instances": [ROW]}).status_code == 200
+            server.kill()
+            server.communicate()
+            codes = [http.post(f"{url}/invocations", json={"instances": [ROW]}).status_code for _ in range(500)]
+            assert codes[:3] == [502, 502, 502] and set(codes[3:]) == {503}, codes[:10]
+            assert http.get(f"{url}/v2/health/ready").status_code == 503
+            metrics = http.get(f"{url}/metrics").text
+            assert 'mlops_endpoint_ejected{deployment="v7",model="tiny",version="7"} 1.0' in metrics
+            server = start_server()
+            deadline = time.monotonic() + 10
+            while http.get(f"{url}/v2/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, "the deployment never came back into rotation"
+                time.sleep(0.2)
+            assert http.post(f"{url}/invocations", json={"instances": [ROW]}).status_code == 200
+    finally:
+        for process in (router, server):
+            process.terminate()
+        log = router.communicate(timeout=30)[1]
+        server.communicate(timeout=30)
+    assert log.count("deployment v7: cannot connect") <= 2, log[-2000:]
+    assert "out of rotation after 3 connection failures" in log and "back in rotation" in log
