@@ -35,6 +35,7 @@ from tasks.lineage import git_commit, training_key
 from tasks.registry import keep_champion, register_candidate
 from tasks.tracking import check_tracking_server, run_url, version_url
 from tasks.train import Lineage, TrainingSet, find_previous_training, train_candidate
+from tasks.training_lock import training_lock
 from tasks.validate import unreadable_report, validate_batch
 
 
@@ -106,6 +107,22 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     check_tracking_server(tracking)
     factory = load_factory(spec.training.pipeline) if spec.training.pipeline else None
 
+    holder = f"flow run {flow_run.name or flow_run.id or 'outside Prefect'}"
+    with training_lock(data_uri, model_name, holder):  # a second run fails here, before claiming any batch
+        return _train(params, spec, landing, data_uri, tracking, factory, logger)
+
+
+def _train(
+    params: TrainParameters,
+    spec: ModelSpec,
+    landing: str,
+    data_uri: str,
+    tracking: str,
+    factory: Any,
+    logger: Any,
+) -> TrainOutcome:
+    """The run, under the model's training lock."""
+    model_name = spec.name
     accepted: list[str] = []
     rejected: list[str] = []
     for batch in list_new_batches(landing):

@@ -134,6 +134,21 @@ def test_rejected_batch_is_quarantined_and_nothing_is_trained(stack: Settings) -
     assert versions(stack) == ["1"] and aliases(stack) == {"champion": "1"}
 
 
+def test_a_second_training_of_the_model_at_once_is_refused_before_it_claims_a_batch(stack: Settings) -> None:
+    from tasks.training_lock import TrainingBusyError, training_lock
+
+    land_batches(stack.landing_for(), [0])
+    landed = sorted(path.name for path in Path(stack.landing_for()).iterdir())
+    busy = r"another training run of diabetes holds its batches \(flow run first-run, pid \d+"
+    with (
+        training_lock(stack.data_for(), stack.model_name, "flow run first-run"),  # as a run in progress holds it
+        pytest.raises(TrainingBusyError, match=busy),
+    ):
+        train_flow(DEFAULT)
+    assert sorted(path.name for path in Path(stack.landing_for()).iterdir()) == landed  # nothing claimed
+    assert train_flow(DEFAULT).status == "registered"  # free again once the first run ended
+
+
 def test_promote_moves_champion_and_records_why(stack: Settings) -> None:
     land_batches(stack.landing_for(), [0, 1, 2, 3])
     train_flow(WEAK)
