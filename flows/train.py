@@ -34,7 +34,14 @@ from tasks.ingest import (
 from tasks.lineage import git_commit, training_key
 from tasks.registry import keep_champion, register_candidate
 from tasks.tracking import check_tracking_server, run_url, version_url
-from tasks.train import Lineage, TrainingSet, find_previous_training, train_candidate
+from tasks.train import (
+    ABANDONED,
+    Lineage,
+    TrainingSet,
+    end_abandoned_runs,
+    find_previous_training,
+    train_candidate,
+)
 from tasks.training_lock import training_lock
 from tasks.validate import unreadable_report, validate_batch
 
@@ -108,7 +115,9 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     factory = load_factory(spec.training.pipeline) if spec.training.pipeline else None
 
     holder = f"flow run {flow_run.name or flow_run.id or 'outside Prefect'}"
-    with training_lock(data_uri, model_name, holder):  # a second run fails here, before claiming any batch
+    with training_lock(data_uri, model_name, holder) as exclusive:  # a second run fails here, before any batch
+        if exclusive and (abandoned := end_abandoned_runs(tracking, spec.experiment)):
+            logger.warning("marked FAILED the training run(s) %s: %s", ", ".join(abandoned), ABANDONED)
         return _train(params, spec, landing, data_uri, tracking, factory, logger)
 
 

@@ -16,8 +16,12 @@ from prefect import task
 from tasks.evaluate import CHALLENGER, CHAMPION, Comparison
 from tasks.events import emit
 from tasks.export import OnnxExport
-from tasks.tracking import alias_version, client
+from tasks.tracking import alias_version, client, describe_failure
 from tasks.train import Candidate, Lineage, record_outcome
+
+
+class PromotionIncomplete(RuntimeError):
+    """The champion alias moved, but the tags recording the promotion could not all be written."""
 
 
 class PromotionError(ValueError):
@@ -132,32 +136,49 @@ def record_promotion(tracking_uri: str, model_name: str, version: str, reason: s
     """Move ``champion`` to the version and record who, why and when.
 
     Raises:
-        PromotionError: The version does not exist or did not pass validation.
+        PromotionError: Nothing changed: the version does not exist, did not pass validation, or MLflow failed (the
+            message says how: "tracking server unreachable" when it was).
+        PromotionIncomplete: The alias moved (the version is the champion) but the tags recording it failed.
     """
     tracker = client(tracking_uri)
     try:
         model_version = tracker.get_model_version(model_name, version)
     except MlflowException as error:
-        raise PromotionError(f"model {model_name!r} has no version {version!r}") from error
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise PromotionError(f"model {model_name!r} has no version {version!r}") from error
+        raise PromotionError(
+            f"{model_name} version {version} not promoted: {describe_failure(tracking_uri, error)}"
+        ) from error
     status = model_version.tags.get("validation_status")
     if status != "passed":
         raise PromotionError(
             f"{model_name} version {version} cannot be promoted: its validation status is {status or 'missing'}"
         )
-    previous = alias_version(tracking_uri, model_name, CHAMPION)
     now = datetime.now(UTC).isoformat()
-    tracker.set_registered_model_alias(model_name, CHAMPION, version)
-    for key, value in {
-        "promoted_by": actor,
-        "promoted_at": now,
-        "promotion_reason": reason,
-        "previous_champion": previous or "none",
-    }.items():
-        tracker.set_model_version_tag(model_name, version, key, value)
-    if previous is not None and previous != version:
-        tracker.set_model_version_tag(model_name, previous, "superseded_by", version)
-    if alias_version(tracking_uri, model_name, CHALLENGER) == version:
-        tracker.delete_registered_model_alias(model_name, CHALLENGER)
+    try:
+        previous = alias_version(tracking_uri, model_name, CHAMPION)
+        tracker.set_registered_model_alias(model_name, CHAMPION, version)  # the promotion itself
+    except MlflowException as error:
+        raise PromotionError(
+            f"{model_name} version {version} not promoted: {describe_failure(tracking_uri, error)}"
+        ) from error
+    try:
+        for key, value in {
+            "promoted_by": actor,
+            "promoted_at": now,
+            "promotion_reason": reason,
+            "previous_champion": previous or "none",
+        }.items():
+            tracker.set_model_version_tag(model_name, version, key, value)
+        if previous is not None and previous != version:
+            tracker.set_model_version_tag(model_name, previous, "superseded_by", version)
+        if alias_version(tracking_uri, model_name, CHALLENGER) == version:
+            tracker.delete_registered_model_alias(model_name, CHALLENGER)
+    except MlflowException as error:
+        raise PromotionIncomplete(
+            f"{model_name} version {version} is the champion, but recording who and why failed: "
+            f"{describe_failure(tracking_uri, error)}"
+        ) from error
     return Promotion(model_name, version, previous, actor, reason, now)
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import httpx
 import numpy as np
+from mlflow.exceptions import MlflowException
 from prefect import task
 from scipy.stats import chi2_contingency, fisher_exact, ks_2samp
 
@@ -38,7 +39,7 @@ from mlops.policies import RolloutConfig
 from serving.endpoint import Deployment
 from tasks.endpoint_admin import EndpointClient
 from tasks.events import emit, run_logger
-from tasks.registry import CHALLENGER, CHAMPION, record_promotion
+from tasks.registry import CHALLENGER, CHAMPION, PromotionError, PromotionIncomplete, record_promotion
 from tasks.serving_bundle import fetch_bundle
 from tasks.smoke import SmokeTestError, check_answers
 from tasks.targets import DeploymentTarget
@@ -432,17 +433,39 @@ def shadow_phase(endpoint: EndpointClient, canary: Canary, config: RolloutConfig
 def promote_canary(
     endpoint: EndpointClient, target: DeploymentTarget, tracking_uri: str, canary: Canary, steps: list[StepReport]
 ) -> str:
-    """Champion alias to the canary's version (it takes 100 % already), then retire the old deployment."""
+    """Champion alias to the canary's version (it takes 100 % already), then retire the old deployment.
+
+    The champion alias and the deployment taking all traffic agree whatever fails: when MLflow cannot move the
+    alias, traffic goes back to the stable deployment (still the champion) and the canary is stopped; when the
+    alias moved but its tags could not be written, the canary stays the one taking traffic.
+
+    Raises:
+        PromotionError: Nothing was promoted (the message says why, e.g. the tracking server unreachable); traffic
+            is back on the champion.
+    """
+    log = run_logger(__name__)
     figures = json.dumps([s.row() for s in steps])
-    record_promotion(
-        tracking_uri,
-        canary.model_name,
-        canary.version,
-        reason=f"canary rollout passed {len(steps)} steps: {', '.join(f'{s.weight}%' for s in steps)}",
-        actor="rollout",
-    )
-    client(tracking_uri).set_model_version_tag(canary.model_name, canary.version, "rollout", "promoted")
-    client(tracking_uri).set_model_version_tag(canary.model_name, canary.version, "rollout_steps", figures[:5000])
+    try:
+        record_promotion(
+            tracking_uri,
+            canary.model_name,
+            canary.version,
+            reason=f"canary rollout passed {len(steps)} steps: {', '.join(f'{s.weight}%' for s in steps)}",
+            actor="rollout",
+        )
+        tracker = client(tracking_uri)
+        tracker.set_model_version_tag(canary.model_name, canary.version, "rollout", "promoted")
+        tracker.set_model_version_tag(canary.model_name, canary.version, "rollout_steps", figures[:5000])
+    except PromotionError as error:
+        endpoint.set_weights({canary.name: 0, canary.stable: 100})
+        endpoint.remove(canary.name)
+        target.stop(canary.name)
+        raise PromotionError(
+            f"{error}; the canary passed every step, but version {canary.stable_version} stays the champion and "
+            f"takes all traffic again: release version {canary.version} again once MLflow answers"
+        ) from error
+    except (PromotionIncomplete, MlflowException) as error:
+        log.warning("version %s is the champion; recording the rollout in MLflow failed: %s", canary.version, error)
     endpoint.set_weights({canary.name: 100, canary.stable: 0})
     endpoint.remove(canary.stable)
     target.stop(canary.stable)

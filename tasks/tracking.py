@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+# MLflow's HTTP client retries each call 7 times with a doubling backoff and waits up to 120 s per try: a call
+# to a stopped server hung a training run for over 5 minutes. Bounded (unless set already): about 10 s.
+CLIENT_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
 
 def client(tracking_uri: str) -> MlflowClient:
-    """A client bound to one server; ``mlflow.*`` fluent calls are pointed there too."""
+    """A client bound to one server, its retries bounded (``CLIENT_BOUNDS``); ``mlflow.*`` fluent calls are pointed
+    there too."""
+    for name, value in CLIENT_BOUNDS.items():
+        os.environ.setdefault(name, value)  # read by MLflow on every request
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def describe_failure(tracking_uri: str, error: Exception) -> str:
+    """What an MLflow call's failure really was: the tracking server unreachable, or MLflow's own first line."""
+    try:
+        check_tracking_server(tracking_uri)
+    except TrackingServerUnavailable as unavailable:
+        return f"tracking server unreachable: {unavailable}"
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
 
 
 def alias_version(tracking_uri: str, model_name: str, alias: str) -> str | None:

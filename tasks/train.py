@@ -339,3 +339,25 @@ def find_previous_training(tracking_uri: str, experiment: str, key: str) -> dict
         if "outcome" in run.data.tags:
             return {**run.data.tags, "run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
     return None
+
+
+ABANDONED = (
+    "ended by the next training run of this model: its process stopped without closing the run "
+    "(the tracking server was unreachable when it failed, or the process was killed)"
+)
+
+
+def end_abandoned_runs(tracking_uri: str, experiment: str) -> list[str]:
+    """Mark FAILED the training runs still RUNNING in ``experiment``; call only while holding the model's training
+    lock, when no other training run of the model can be running. Returns their ids."""
+    tracker = client(tracking_uri)
+    found = tracker.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = tracker.search_runs(
+        [found.experiment_id], filter_string="attributes.status = 'RUNNING' and tags.training_key LIKE '%'"
+    )
+    for run in runs:
+        tracker.set_tag(run.info.run_id, "ended_by", ABANDONED)
+        tracker.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in runs]

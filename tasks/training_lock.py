@@ -29,15 +29,16 @@ class TrainingBusyError(RuntimeError):
 
 
 @contextmanager
-def training_lock(data_uri: str, model: str, holder: str) -> Iterator[None]:
-    """Hold the model's training lock for the block (``holder``: who, for the message another run gets).
+def training_lock(data_uri: str, model: str, holder: str) -> Iterator[bool]:
+    """Hold the model's training lock for the block (``holder``: who, for the message another run gets); yields
+    whether the lock is exclusive (False on object storage, where there is none).
 
     Raises:
         TrainingBusyError: Another run holds it.
     """
     fs, root = fsspec.core.url_to_fs(data_uri)
     if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        yield  # object storage: see the module doc
+        yield False  # object storage: see the module doc
         return
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def training_lock(data_uri: str, model: str, holder: str) -> Iterator[None]:
         record = {"holder": holder, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(record).encode(), 0)
-        yield
+        yield True
     finally:
         os.close(descriptor)  # releases the lock
 

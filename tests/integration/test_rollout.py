@@ -223,6 +223,33 @@ def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop:
     assert sorted(names) == sorted(["rollout.started", *["rollout.step"] * 4, "rollout.promoted"])
 
 
+def test_mlflow_down_at_promotion_leaves_the_champion_taking_all_traffic(loop: Loop) -> None:
+    """The canary passed every step and takes all traffic, then the tracking server does not answer: the error
+    says so, and the champion alias and the deployment taking all traffic still agree (the old champion)."""
+    from tasks.registry import PromotionError
+    from tasks.rollout import promote_canary
+    from tasks.tracking import client
+
+    settings = loop.settings
+    champion = alias(loop, CHAMPION)
+    assert champion is not None
+    version = register_copy(loop)
+    target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
+    reconcile_endpoint(loop.endpoint, target, settings.tracking_uri, settings.model_name)
+    canary = start_canary(loop.endpoint, target, settings.tracking_uri, settings.model_name, version, champion)
+    with traffic(loop):
+        report, _ = bake_step(loop.endpoint, canary, 1, 100, Window(0, 0, 0.0, 0.0), FAST)
+    assert report.passed and {d.name: d.weight for d in loop.endpoint.table().deployments}[dep(loop, version)] == 100
+    unreachable = f"http://127.0.0.1:{free_port()}"  # what a stopped tracking server looks like to the client
+    try:
+        with pytest.raises(PromotionError, match=r"not promoted: tracking server unreachable.*stays the champion"):
+            promote_canary(loop.endpoint, target, unreachable, canary, [report])
+    finally:
+        client(settings.tracking_uri)  # the fluent API points at the real server again
+    assert_consistent(loop, champion)
+    assert dep(loop, version) not in target.running()
+
+
 def test_a_rollout_that_crashed_midway_is_finished_by_running_the_flow_again(loop: Loop) -> None:
     settings = loop.settings
     champion = alias(loop, CHAMPION)

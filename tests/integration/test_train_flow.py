@@ -146,7 +146,15 @@ def test_a_second_training_of_the_model_at_once_is_refused_before_it_claims_a_ba
     ):
         train_flow(DEFAULT)
     assert sorted(path.name for path in Path(stack.landing_for()).iterdir()) == landed  # nothing claimed
+    # A run whose process died while the tracking server was down stays RUNNING; the next run ends it.
+    experiment = registry(stack).get_experiment_by_name(stack.spec().experiment)
+    experiment_id = (
+        experiment.experiment_id if experiment else registry(stack).create_experiment(stack.spec().experiment)
+    )
+    abandoned = registry(stack).create_run(experiment_id, tags={"training_key": "k-of-a-dead-run"}).info.run_id
     assert train_flow(DEFAULT).status == "registered"  # free again once the first run ended
+    ended = registry(stack).get_run(abandoned)
+    assert ended.info.status == "FAILED" and "ended by the next training run" in ended.data.tags["ended_by"]
 
 
 def test_promote_moves_champion_and_records_why(stack: Settings) -> None:
