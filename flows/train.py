@@ -141,8 +141,11 @@ def _train(
         else:
             report = validate_batch(read.frame, batch.name, spec, reference_data(data_uri))
         if report.success and read.frame is not None:
-            accept_batch(batch, read.frame, data_uri, model_name, report.to_dict())
-            accepted.append(batch.name)
+            duplicate = accept_batch(batch, read.frame, data_uri, model_name, report.to_dict())
+            if duplicate is None:
+                accepted.append(batch.name)
+            else:
+                logger.warning("%s", duplicate)
         else:
             where = quarantine_batch(batch, data_uri, model_name, report.to_dict())
             rejected.append(f"{batch.name} quarantined at {where}: {report.reason}")

@@ -123,20 +123,31 @@ def quarantine_batch(batch: LandedBatch, data_uri: str, dataset: str, validation
 @task
 def accept_batch(
     batch: LandedBatch, frame: pd.DataFrame, data_uri: str, dataset: str, validation: dict[str, Any]
-) -> Snapshot:
+) -> str | None:
     """Store an accepted batch as a snapshot, archive its file, and append it (with its validation) to the ledger.
 
-    A file byte-identical to one already ingested is archived under ``processed/duplicates``
-    and not added again, so landing the same file twice does not duplicate training rows.
+    A batch whose content was ingested before — the same bytes, or the same rows re-encoded (a
+    byte-order mark, CRLF, blank lines, quoted numbers, Parquet instead of CSV: one dataset digest) —
+    is archived under ``processed/duplicates`` and not added again, so training never sees the
+    same rows twice.
+
+    Returns:
+        None when the batch was added; else why it was not (the batch it repeats), for the run's log.
     """
     snapshot = store_snapshot(frame, data_uri, batch.name)
-    if any(entry["source_sha256"] == batch.sha256 for entry in ledger_entries(data_uri)):
+    entries = ledger_entries(data_uri)
+    same = next((e for e in entries if e["source_sha256"] == batch.sha256 or e.get("digest") == snapshot.digest), None)
+    if same is not None:
         _move_unchanged(batch, join_uri(data_uri, PROCESSED, "duplicates", batch.name))
-        return snapshot
+        how = "the same file" if same["source_sha256"] == batch.sha256 else "the same rows"
+        return (
+            f"{batch.name} holds {how} as {same['name']} (dataset digest {snapshot.digest[:12]}), accepted before: "
+            "archived under processed/duplicates/, not added again"
+        )
     _move_unchanged(batch, join_uri(data_uri, PROCESSED, batch.name))
     append_ledger(data_uri, snapshot, batch.sha256, validation)
     emit("data.accepted", "dataset", dataset, {"batch": batch.name, "digest": snapshot.digest, "rows": snapshot.rows})
-    return snapshot
+    return None
 
 
 def accepted_frame(data_uri: str) -> pd.DataFrame | None:

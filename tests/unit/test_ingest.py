@@ -71,12 +71,49 @@ def test_accepted_batches_build_the_training_set_in_arrival_order(tmp_path: Path
 
 def test_relanding_the_same_file_does_not_duplicate_rows(tmp_path: Path) -> None:
     landing, data = tmp_path / "landing", str(tmp_path / "data")
+    said = None
     for _ in range(2):
         land_batches(str(landing), [0])
         [batch] = list_new_batches.fn(str(landing))
-        accept_batch.fn(batch, read_batch.fn(batch).frame, data, "ds", {"success": True})
+        said = accept_batch.fn(batch, read_batch.fn(batch).frame, data, "ds", {"success": True})
     assert len(ledger_entries(data)) == 1
     assert (tmp_path / "data" / "processed" / "duplicates" / "diabetes_batch_000.csv").exists()
+    assert "holds the same file as diabetes_batch_000.csv" in (said or "")
+
+
+def test_the_same_rows_re_encoded_are_not_ingested_again(tmp_path: Path, batches: list[pd.DataFrame]) -> None:
+    """A byte-order mark, CRLF, blank lines, quoted numbers, Parquet: each a different file, one content."""
+    landing, data = tmp_path / "landing", str(tmp_path / "data")
+    landing.mkdir()
+    rows = batches[0]
+    text = rows.to_csv(index=False)
+    quoted = rows.to_csv(index=False, quoting=1)  # every value in quotes
+    encodings = {
+        "a.csv": text.encode(),
+        "b.csv": b"\xef\xbb\xbf" + text.encode(),
+        "c.csv": text.replace("\n", "\r\n").encode(),
+        "d.csv": (text + "\n\n").encode(),
+        "e.csv": quoted.encode(),
+    }
+    for name, payload in encodings.items():
+        (landing / name).write_bytes(payload)
+    rows.to_parquet(landing / "f.parquet", index=False)
+    said = []
+    for batch in list_new_batches.fn(str(landing)):
+        frame = read_batch.fn(batch).frame
+        assert frame is not None, batch.name
+        said.append(accept_batch.fn(batch, frame, data, "ds", {"success": True}))
+    assert said[0] is None and len(ledger_entries(data)) == 1
+    assert all(message and "holds the same rows as a.csv" in message for message in said[1:]), said
+    assert sorted(p.name for p in (tmp_path / "data" / "processed" / "duplicates").iterdir()) == [
+        "b.csv",
+        "c.csv",
+        "d.csv",
+        "e.csv",
+        "f.parquet",
+    ]
+    frame, _ = assemble_training_set.fn(data)
+    assert len(frame) == len(rows)
 
 
 def test_landing_rejects_unknown_batch_indices(tmp_path: Path) -> None:
