@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlflow.exceptions import MlflowException
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
@@ -33,7 +34,13 @@ from tasks.ingest import (
 )
 from tasks.lineage import git_commit, training_key
 from tasks.registry import keep_champion, register_candidate
-from tasks.tracking import check_tracking_server, run_url, version_url
+from tasks.tracking import (
+    TrackingServerUnavailable,
+    check_tracking_server,
+    describe_failure,
+    run_url,
+    version_url,
+)
 from tasks.train import (
     ABANDONED,
     Lineage,
@@ -118,7 +125,13 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
     with training_lock(data_uri, model_name, holder) as exclusive:  # a second run fails here, before any batch
         if exclusive and (abandoned := end_abandoned_runs(tracking, spec.experiment)):
             logger.warning("marked FAILED the training run(s) %s: %s", ", ".join(abandoned), ABANDONED)
-        return _train(params, spec, landing, data_uri, tracking, factory, logger)
+        try:
+            return _train(params, spec, landing, data_uri, tracking, factory, logger)
+        except MlflowException as error:  # MLflow's own text is a retry trace; say what happened
+            failure = describe_failure(tracking, error)
+            if failure.startswith("tracking server unreachable"):
+                raise TrackingServerUnavailable(f"training of {model_name} stopped: {failure}") from error
+            raise
 
 
 def _train(

@@ -32,7 +32,7 @@ def client(tracking_uri: str) -> MlflowClient:
 def describe_failure(tracking_uri: str, error: Exception) -> str:
     """What an MLflow call's failure really was: the tracking server unreachable, or MLflow's own first line."""
     try:
-        check_tracking_server(tracking_uri)
+        check_tracking_server.fn(tracking_uri)  # the check itself, not a task run of its own
     except TrackingServerUnavailable as unavailable:
         return f"tracking server unreachable: {unavailable}"
     text = str(error).strip().splitlines()
