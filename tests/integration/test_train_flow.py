@@ -139,7 +139,7 @@ def test_a_second_training_of_the_model_at_once_is_refused_before_it_claims_a_ba
 
     land_batches(stack.landing_for(), [0])
     landed = sorted(path.name for path in Path(stack.landing_for()).iterdir())
-    busy = r"another training run of diabetes holds its batches \(flow run first-run, pid \d+"
+    busy = rf"another training run of {stack.model_name} holds its batches \(flow run first-run, pid \d+"
     with (
         training_lock(stack.data_for(), stack.model_name, "flow run first-run"),  # as a run in progress holds it
         pytest.raises(TrainingBusyError, match=busy),
