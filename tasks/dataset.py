@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,15 +99,17 @@ def parse_table(payload: bytes, name: str) -> pd.DataFrame:
     try:
         if lowered.endswith(".csv"):
             text = io.StringIO(payload.decode("utf-8-sig"))  # a byte-order mark is not part of the first name
-            header = next(csv.reader(text), [])
-            _refuse_duplicates(header, name)
+            _check_shape(csv.reader(text), name)
             text.seek(0)
-            return pd.read_csv(text)  # CRLF and blank trailing lines read as a clean file does
+            # CRLF and blank trailing lines read as a clean file does; never a first column taken as the index
+            frame = pd.read_csv(text, index_col=False)
+            _refuse_overflow(frame, name)
+            return frame
         if lowered.endswith((".parquet", ".pq")):
             frame = pd.read_parquet(io.BytesIO(payload))
             _refuse_duplicates([str(column) for column in frame.columns], name)
             return frame
-    except DuplicateColumnsError:
+    except (DuplicateColumnsError, MalformedTableError):
         raise
     except Exception as error:  # any parser failure means the batch is unreadable
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
@@ -116,6 +119,54 @@ def parse_table(payload: bytes, name: str) -> pd.DataFrame:
 
 class DuplicateColumnsError(ValueError):
     """A batch names a column twice: which of the two is meant cannot be known."""
+
+
+class MalformedTableError(ValueError):
+    """A CSV batch whose shape or values cannot be read as the table it means (the message says where)."""
+
+
+def _check_shape(rows: Any, name: str) -> None:
+    """Every column named once, and every line with as many fields as the header names."""
+    header: list[str] = next(rows, [])
+    _refuse_duplicates(header, name)
+    unnamed = [str(index + 1) for index, column in enumerate(header) if not column.strip()]
+    if unnamed:
+        raise MalformedTableError(
+            f"{name}: header column(s) {', '.join(unnamed)} of {len(header)} have no name (a trailing comma in the "
+            "header?): name every column, or remove the empty one, and land the file again"
+        )
+    for line, fields in enumerate(rows, start=2):
+        if fields and len(fields) > len(header):
+            extra = fields[len(header) :]
+            why = "a trailing comma?" if not any(value.strip() for value in extra) else "an unquoted comma in a value?"
+            raise MalformedTableError(
+                f"{name}: line {line} has {len(fields)} fields but the header names {len(header)} columns ({why}): "
+                "fix that line and land the file again"
+            )
+
+
+def _float_or_nan(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
+
+
+def _refuse_overflow(frame: pd.DataFrame, name: str) -> None:
+    """A number too large for a 64-bit float (1e309) would turn its whole column into text: say so instead."""
+    for column in frame.columns:
+        if not pd.api.types.is_object_dtype(frame[column]):
+            continue
+        values = frame[column].dropna()
+        text = values[values.map(lambda value: isinstance(value, str))].astype(str).str.strip()
+        numbers = text.map(_float_or_nan).astype(float)  # Python's float reads 1e309 as inf; pandas gives up
+        overflow = np.isinf(numbers) & ~text.str.lower().str.lstrip("+-").isin(["inf", "infinity"])
+        if overflow.any():
+            row = overflow.idxmax()
+            raise MalformedTableError(
+                f"{name}: column {column!r} line {int(row) + 2}: {text[row]} does not fit a 64-bit float "
+                "(a unit or typing error?): fix the value and land the file again"
+            )
 
 
 def _refuse_duplicates(header: list[str], name: str) -> None:

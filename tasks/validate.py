@@ -10,6 +10,7 @@ drift passes here and is the monitor's job.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -28,6 +29,8 @@ NUMERIC_TYPES = [
 
 BOOLEAN_TYPES = ["bool", "boolean", *NUMERIC_TYPES, "object", "str", "string"]
 
+# Largest magnitude a number may have: its square (in a variance) stays far from float64's 1.8e308.
+MAX_MAGNITUDE = 1e150
 CHECK_NAMES = {
     "expect_column_values_to_be_in_set": "categories",
     "expect_table_columns_to_match_set": "columns",
@@ -106,12 +109,14 @@ def learn_profile(reference: pd.DataFrame, columns: list[str]) -> ReferenceProfi
     for name in columns:
         values = pd.to_numeric(reference[name], errors="coerce").dropna()
         if len(values) > 1:
-            stats[name] = ColumnProfile(
+            profile = ColumnProfile(
                 minimum=float(values.min()),
                 maximum=float(values.max()),
                 mean=float(values.mean()),
                 stdev=float(values.std(ddof=1)),
             )
+            if all(math.isfinite(value) for value in asdict(profile).values()):  # a bound is never infinite
+                stats[name] = profile
     return ReferenceProfile(rows=len(reference), columns=stats)
 
 
@@ -150,6 +155,12 @@ def _distribution(
     ]
 
 
+def _magnitude(gx: Any, name: str) -> Any:
+    """Every batch, the first included: no number so large that squaring it overflows (means, spreads and the
+    bounds learned from them would become infinite and block every later batch)."""
+    return gx.expectations.ExpectColumnValuesToBeBetween(column=name, min_value=-MAX_MAGNITUDE, max_value=MAX_MAGNITUDE)
+
+
 def _build_suite(
     spec: ModelSpec,
     present: list[str],
@@ -176,6 +187,7 @@ def _build_suite(
             expectations.append(gx.expectations.ExpectColumnValuesToBeInTypeList(column=name, type_list=BOOLEAN_TYPES))
         elif not feature.is_categorical:
             expectations.append(gx.expectations.ExpectColumnValuesToBeInTypeList(column=name, type_list=NUMERIC_TYPES))
+            expectations.append(_magnitude(gx, name))
         mostly = 1 - policy.max_missing if feature.nullable else 1.0
         if mostly > 0:
             expectations.append(gx.expectations.ExpectColumnValuesToNotBeNull(column=name, mostly=mostly))
@@ -190,6 +202,7 @@ def _build_suite(
             expectations.append(
                 gx.expectations.ExpectColumnValuesToBeInTypeList(column=target, type_list=NUMERIC_TYPES)
             )
+            expectations.append(_magnitude(gx, target))
             if profile is not None and target in profile.columns:
                 expectations += _distribution(gx, target, profile.columns[target], policy, rows, profile.rows)
         elif spec.target.classes is not None:
@@ -248,7 +261,10 @@ def _describe(result: Any) -> Failure:
     examples = outcome.get("partial_unexpected_list", [])[:5]
     count = outcome.get("unexpected_count")
     detail = f"{count} unexpected value(s), e.g. {examples}"
-    if check == "range":
+    if check == "range" and config.kwargs.get("max_value") == MAX_MAGNITUDE:
+        check = "magnitude"
+        detail += f"; beyond ±{MAX_MAGNITUDE:g}, too large to compute statistics on (a unit or typing error?)"
+    elif check == "range":
         detail += f"; expected within [{config.kwargs.get('min_value'):.4g}, {config.kwargs.get('max_value'):.4g}]"
     return Failure(column=column, check=check, detail=detail)
 

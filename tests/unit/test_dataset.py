@@ -1,4 +1,5 @@
 import io
+import re
 
 import pandas as pd
 
@@ -38,3 +39,30 @@ def test_unreadable_and_unknown_files_are_reported() -> None:
         parse_table(b"x", "batch.xlsx")
     with pytest.raises(ValueError, match="cannot be parsed"):
         parse_table(b"PAR1 not parquet", "batch.parquet")
+
+
+def test_malformed_csv_gets_a_reason_naming_the_real_problem(batches: list[pd.DataFrame]) -> None:
+    import pytest
+
+    from tasks.dataset import MalformedTableError
+
+    lines = batches[0].head(4).to_csv(index=False).splitlines()
+    header, first, rest = lines[0], lines[1], lines[2:]
+    big = first.split(",")
+    big[2] = "1e309"
+    cases = {
+        "a trailing comma?": [header, first + ",", *rest],
+        "an unquoted comma in a value?": [header, first + ",7", *rest],
+        "have no name (a trailing comma in the header?)": [header + ",", *(line + ",1" for line in lines[1:])],
+        "1e309 does not fit a 64-bit float": [header, ",".join(big), *rest],
+    }
+    for reason, text in cases.items():
+        with pytest.raises(MalformedTableError, match=re.escape(reason)):
+            parse_table(("\n".join(text) + "\n").encode(), "b.csv")
+    with pytest.raises(MalformedTableError, match=r"line 2 has 12 fields but the header names 11 columns"):
+        parse_table(("\n".join(cases["a trailing comma?"]) + "\n").encode(), "b.csv")
+    # what must keep working: quoted commas, short rows (gaps), the word inf in a text column
+    quoted = parse_table(b'name,x\n"a, b",1\nc,\n', "q.csv")
+    assert quoted["name"].tolist() == ["a, b", "c"] and quoted["x"].isna().tolist() == [False, True]
+    assert parse_table(b"tag,x\ninf,1\nnone,2\n", "t.csv")["tag"].tolist() == ["inf", "none"]
+    assert list(parse_table(("\n".join(lines) + "\n").encode(), "ok.csv").columns) == header.split(",")

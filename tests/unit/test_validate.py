@@ -30,13 +30,13 @@ def test_good_batch_passes(good: pd.DataFrame, reference: pd.DataFrame) -> None:
     report = check(good, reference)
     assert report.success, report.reason
     assert report.reference_rows == len(reference)
-    assert report.expectations == 2 + 6 * len(COLUMNS)
+    assert report.expectations == 2 + 7 * len(COLUMNS)  # per column: type, magnitude, nulls, 4 learned bounds
 
 
 def test_first_batch_gets_structural_checks_only(good: pd.DataFrame) -> None:
     report = check(good, None)
     assert report.success and report.reference_rows == 0
-    assert report.expectations == 2 + 2 * len(COLUMNS)
+    assert report.expectations == 2 + 3 * len(COLUMNS)  # per column: type, magnitude, nulls
 
 
 def test_missing_column_is_named(good: pd.DataFrame, reference: pd.DataFrame) -> None:
@@ -98,3 +98,23 @@ def test_empty_batch_is_rejected(good: pd.DataFrame, reference: pd.DataFrame) ->
 def test_unreadable_report_names_the_file() -> None:
     report = unreadable_report("x.csv", "x.csv: cannot be parsed: boom")
     assert not report.success and report.reason == "<file>: parse (x.csv: cannot be parsed: boom)"
+
+
+def test_a_value_too_large_for_statistics_is_rejected_even_in_the_first_batch(
+    good: pd.DataFrame, reference: pd.DataFrame
+) -> None:
+    """1e308 in a first batch used to be accepted; its spread became inf and every later batch was quarantined with
+    'stdev expected within [inf, inf]'."""
+    poisoned = good.copy()
+    poisoned.loc[poisoned.index[0], "bmi"] = 1e308
+    for ref in (None, reference):
+        report = check(poisoned, ref)
+        assert not report.success
+        assert report.failures[0].column == "bmi" and report.failures[0].check == "magnitude", report.reason
+        assert "too large to compute statistics on" in report.reason
+    # and were such a value in the reference already, no bound learned from it is infinite: later batches pass
+    tainted = reference.copy()
+    tainted.loc[tainted.index[0], "bmi"] = 1e308
+    later = check(good, tainted)
+    assert later.success, later.reason
+    assert "inf" not in later.reason
