@@ -63,7 +63,9 @@ def test_first_champion_then_better_challenger_with_lineage(stack: Settings) -> 
     assert set(tags) >= LINEAGE_TAGS
     assert tags["validation_status"] == "passed"
     columns = len(stack.spec().feature_names) + 1  # the first batch had no reference: structural checks only
-    expectations = (2 + 2 * columns) + 3 * (2 + 6 * columns)  # per column: type, nulls, 2 ranges, mean, stdev
+    expectations = (2 + 3 * columns) + 3 * (
+        2 + 7 * columns
+    )  # per column: type, magnitude, nulls, 2 ranges, mean, stdev
     assert tags["validation_summary"] == f"passed: 4 batch(es), {expectations} expectations"
     assert len(tags["dataset_digest"]) == 64
     assert tags["prefect_flow_run_id"] not in ("", "none")
