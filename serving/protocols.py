@@ -49,12 +49,20 @@ def not_finite_answer(row: int) -> RequestError:
     )
 
 
+def finite_rows(outputs: Any) -> np.ndarray | None:
+    """Which rows of a model's outputs (an array, or output name → array) hold only finite numbers; None when all
+    do (the common case: one check per output). Labels (text) are not numbers and always pass."""
+    numeric = [v for v in (outputs.values() if isinstance(outputs, dict) else (outputs,)) if v.dtype.kind == "f"]
+    if all(np.isfinite(values).all() for values in numeric):
+        return None
+    rows = len(numeric[0])
+    return np.logical_and.reduce([np.isfinite(values.reshape(rows, -1)).all(axis=1) for values in numeric])
+
+
 def first_not_finite(outputs: Any) -> int | None:
-    """The first row of a model's outputs (an array, or output name → array) with a non-finite number, or None."""
-    for values in outputs.values() if isinstance(outputs, dict) else (outputs,):
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            return int(np.argwhere(~np.isfinite(values))[0][0])
-    return None
+    """The first row of a model's outputs with a non-finite number, or None."""
+    finite = finite_rows(outputs)
+    return None if finite is None else int(np.argmin(finite))
 
 
 def too_deep(where: str = "request body") -> RequestError:

@@ -233,18 +233,8 @@ class Router:
         if cached is not None and cached[0] is table and now - cached[1] < READY_PROBE_SECONDS:
             return cached[2]
 
-        async def answers(deployment: Deployment) -> bool:
-            upstream = self.upstreams.get(deployment.name)
-            if upstream is None:
-                return False
-            try:
-                response = await upstream.request(b"GET", b"/v2/health/ready", b"", b"", READY_PROBE_TIMEOUT)
-            except (UpstreamError, TimeoutError):
-                return False
-            return response.status == 200
-
         in_rotation = [d for d in table.live if d.name not in self._ejected]
-        reachable = sum(await asyncio.gather(*(answers(d) for d in in_rotation)))
+        reachable = sum(await asyncio.gather(*(self._answers_ready(d.name) for d in in_rotation)))
         self._readiness = (table, now, reachable)
         return reachable
 
@@ -362,17 +352,22 @@ class Router:
         while self._ejected:
             await asyncio.sleep(HEALTH_PROBE_SECONDS)
             for name in list(self._ejected):
-                upstream = self.upstreams.get(name)
-                if upstream is None or self.table.get(name) is None:
+                if name not in self.upstreams or self.table.get(name) is None:
                     self._ejected.discard(name)
-                    continue
-                try:
-                    ready = (await upstream.request(b"GET", b"/v2/health/ready", b"", b"", READY_PROBE_TIMEOUT)).status
-                except (UpstreamError, TimeoutError):
-                    continue
-                if ready == 200:
+                elif await self._answers_ready(name):
                     self._back_in_rotation(name)
                     logger.info("deployment %s answers ready again: back in rotation", name)
+
+    async def _answers_ready(self, name: str) -> bool:
+        """Whether deployment ``name`` answers its readiness check within ``READY_PROBE_TIMEOUT``."""
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            return False
+        try:
+            response = await upstream.request(b"GET", b"/v2/health/ready", b"", b"", READY_PROBE_TIMEOUT)
+        except (UpstreamError, TimeoutError):
+            return False
+        return response.status == 200
 
     def _back_in_rotation(self, name: str) -> None:
         self._ejected.discard(name)

@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from serving.bundle import ModelMetadata
+from serving.protocols import finite_rows
 from serving.typed import TypedSchema
 from tasks.features import boolean_numbers, filled_categories
 from tasks.onnx_convert import MATRIX_INPUT
@@ -242,8 +243,8 @@ def score_chunk(
     if schema is None:
         matrix, scorable = split_scorable(frame, list(metadata.features), source)
         predictions = session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1)
-        finite = np.isfinite(predictions)
-        if finite.all():
+        finite = finite_rows(predictions)
+        if finite is None:
             return scorable, predictions, None
         reasons = pd.Series(np.where(scorable, "", NUMBERS_REASON), index=frame.index, dtype=object)
         _refuse_answers(scorable, reasons, finite)
@@ -252,11 +253,8 @@ def score_chunk(
     scorable = pd.Series(rows, index=frame.index)
     chosen = feeds if rows.all() else {name: values[rows] for name, values in feeds.items()}  # no copy when all are
     outputs = dict(zip(metadata.outputs, session.run(list(metadata.outputs), chosen), strict=True))
-    finite = np.ones(int(rows.sum()), dtype=bool)
-    for values in outputs.values():
-        if values.dtype.kind == "f":
-            finite &= np.isfinite(values.reshape(len(finite), -1)).all(axis=1)
-    if not finite.all():
+    finite = finite_rows(outputs)
+    if finite is not None:
         _refuse_answers(scorable, reasons, finite)
         outputs = {name: values[finite] for name, values in outputs.items()}
     return scorable, output_columns(outputs, metadata.classes), reasons

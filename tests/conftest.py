@@ -174,11 +174,9 @@ def wait_ready(process: subprocess.Popen[str], url: str, timeout: float = 60.0) 
         time.sleep(0.1)
 
 
-@contextmanager
-def python_server(args: list[str], health: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``python <args> --port <free port>`` on loopback until ``health`` answers 200; yields its URL, then stops it."""
-    port = free_port()
-    process = subprocess.Popen(
+def spawn_python(args: list[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python <args> --port <port>`` from the project root, its output piped (read it with ``communicate``)."""
+    return subprocess.Popen(
         [sys.executable, *args, "--port", str(port)],
         cwd=Path(__file__).resolve().parents[1],
         env=env,
@@ -186,6 +184,13 @@ def python_server(args: list[str], health: str, env: dict[str, str] | None = Non
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+@contextmanager
+def python_server(args: list[str], health: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python <args> --port <free port>`` on loopback until ``health`` answers 200; yields its URL, then stops it."""
+    port = free_port()
+    process = spawn_python(args, port, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(process, f"{url}{health}")

@@ -342,39 +342,22 @@ def test_a_dead_deployment_leaves_rotation_readiness_says_so_and_it_returns_when
     not a 502 per request), says not ready, logs a few lines rather than one per request, and takes the
     deployment back by itself once a server answers ready at the same address."""
     import subprocess
-    import sys
 
     from mlops.process import free_port
-    from tests.conftest import wait_ready
+    from tests.conftest import spawn_python, wait_ready
 
     bundle = write_tiny_bundle(tmp_path / "v7", tiny_model, "7")
     port, router_port = free_port(), free_port()
-    server_args = [sys.executable, "-m", "serving", str(bundle), "--port", str(port)]
 
     def start_server() -> subprocess.Popen[str]:
-        process = subprocess.Popen(server_args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = spawn_python(["-m", "serving", str(bundle)], port)
         wait_ready(process, f"http://127.0.0.1:{port}/v2/health/ready")
         return process
 
     server = start_server()
     env = {**os.environ, "MLOPS_ROUTER_ADMIN_TOKEN": TOKEN, "MLOPS_ROUTER_STATE_FILE": str(tmp_path / "t.json")}
-    router = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.router",
-            "--model",
-            "tiny",
-            "--port",
-            str(router_port),
-            "--deployment",
-            f"v7=http://127.0.0.1:{port}@100:7",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    deployment = f"v7=http://127.0.0.1:{port}@100:7"
+    router = spawn_python(["-m", "serving.router", "--model", "tiny", "--deployment", deployment], router_port, env)
     url = f"http://127.0.0.1:{router_port}"
     try:
         wait_ready(router, f"{url}/v2/health/ready")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,22 +15,14 @@ from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
 from mlops.process import free_port
 from serving.collector import iter_collected
-from tests.conftest import TINY_FEATURES, wait_ready
+from tests.conftest import TINY_FEATURES, spawn_python, wait_ready
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = 60
 
 
 def test_two_workers_share_the_port_metrics_and_collection(tiny_bundle: Path, tiny_model: Any, tmp_path: Path) -> None:
     port, collected = free_port(), tmp_path / "collected"
-    command = [sys.executable, "-m", "serving", str(tiny_bundle), "--port", str(port), "--workers", "2"]
-    process = subprocess.Popen(
-        [*command, "--collect-dir", str(collected)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = spawn_python(["-m", "serving", str(tiny_bundle), "--workers", "2", "--collect-dir", str(collected)], port)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(process, f"{url}/v2/health/ready")
