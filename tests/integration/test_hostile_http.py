@@ -5,18 +5,17 @@ answering everyone else."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from serving.http_limits import MAX_HEADER_BYTES, MAX_HEADERS
-from tests.conftest import python_server, serving_process, write_tiny_bundle
+from tests.conftest import TINY_FEATURES, python_server, serving_process, write_tiny_bundle
+from tests.integration.hostile import Fuzz, connect, read_all
 
 TIMEOUT_S = 1.0
 INFER = b'{"instances": [[1.0, 2.0, 3.0]]}'
@@ -34,23 +33,6 @@ def urls(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         args = ["-m", "serving.router", "--model", "tiny", "--deployment", f"v7={server}@100:7"]
         router = stack.enter_context(python_server(args, "/v2/health/ready", router_env))
         yield {"server": server, "router": router}
-
-
-def connect(url: str) -> socket.socket:
-    parts = urlsplit(url)
-    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=10)
-
-
-def read_all(sock: socket.socket, seconds: float = 10.0) -> bytes:
-    """Everything the peer sends until it closes (or ``seconds`` pass)."""
-    sock.settimeout(seconds)
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except (TimeoutError, ConnectionResetError):
-        pass
-    return b"".join(chunks)
 
 
 def still_answers(url: str) -> bool:
@@ -127,3 +109,13 @@ def test_the_bounds_do_not_touch_a_normal_keep_alive_client(urls: dict[str, str]
         for _ in range(3):
             assert client.post(f"{urls['router']}/invocations", content=INFER).status_code == 200
             time.sleep(TIMEOUT_S * 0.4)  # idle between requests, under the keep-alive timeout
+
+
+def test_a_fuzz_run_of_nesting_numbers_and_headers_gets_no_5xx_from_server_or_router(urls: dict[str, str]) -> None:
+    with Fuzz(lambda: list(urls.values()), [1.0, 2.0, 3.0], list(TINY_FEATURES), "tiny", seed=1, pause=0) as fuzz:
+        time.sleep(8)
+    result = fuzz.result
+    assert result.unexpected == [], result.unexpected[:10]
+    assert all(result.count(kind) > 20 for kind in ("nesting", "number", "header")), result.outcomes
+    assert {status for _, status in result.outcomes} <= {200, 400, 422, 431}
+    assert all(still_answers(url) for url in urls.values())

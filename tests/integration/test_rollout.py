@@ -33,6 +33,7 @@ from tasks.registry import CHALLENGER, CHAMPION
 from tasks.rollout import RolloutConfig, Window, bake_step, deployment_name, reconcile_endpoint, start_canary
 from tasks.targets import ProcessTarget
 from tests.integration.conftest import model_events, model_home, register_bundle
+from tests.integration.hostile import Fuzz
 
 # p99_slack_ms 50: a scheduling hiccup on a busy 2-core machine must not fail a good canary; the slow
 # canary below adds 120 ms, far beyond it.
@@ -199,15 +200,30 @@ def test_a_wrong_challenger_in_its_shadow_phase_never_answers_a_user(loop: Loop)
     assert tracker(loop).get_model_version(loop.settings.model_name, version).tags["rollout"] == "rolled_back"
 
 
-def test_a_good_challenger_is_promoted_under_load_without_a_failed_request(loop: Loop) -> None:
+def fuzz(loop: Loop) -> Fuzz:
+    """Hostile requests (nesting, numbers, header floods) to the router and to every deployment behind it."""
+    features = list(loop.settings.spec().feature_names)
+    row = loop.frame[features].iloc[0].astype(float).tolist()
+
+    def targets() -> list[str]:
+        return [loop.endpoint.url, *(deployment.url for deployment in loop.endpoint.table().deployments)]
+
+    return Fuzz(targets, row, features, loop.settings.model_name, seed=7, pause=0.02)
+
+
+def test_a_good_challenger_is_promoted_under_load_and_fuzz_without_a_failed_request(loop: Loop) -> None:
+    """Steady users and a fuzz client at once: the canary is promoted, no user sees an error, and no hostile
+    request gets a 5xx from the router or any deployment."""
     previous = alias(loop, CHAMPION)
     tracker(loop).set_registered_model_alias(loop.settings.model_name, CHALLENGER, "2")
     config = FAST.model_copy(update={"shadow_seconds": 2.0})  # a shadow phase first, then the steps
     started = datetime.now(UTC)
-    with traffic(loop) as load:
+    with traffic(loop) as load, fuzz(loop) as hostile:
         outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=config))
     result = load.result
     assert outcome.rollout == "promoted", outcome.message
+    assert hostile.result.unexpected == [], hostile.result.unexpected[:10]
+    assert all(hostile.result.count(kind) > 20 for kind in ("nesting", "number", "header")), hostile.result.outcomes
     assert [(step["canary weight %"], step["verdict"]) for step in outcome.steps] == [
         (0, "pass"), (10, "pass"), (50, "pass"), (100, "pass")
     ]  # fmt: skip
