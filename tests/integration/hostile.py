@@ -8,6 +8,7 @@ floods (too long, too many). Each case carries the answers it may get.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import socket
@@ -75,8 +76,8 @@ def _body(form: str, values: list[str], columns: list[str], model: str) -> tuple
             json.dumps(columns).encode(),
             row.encode(),
         )
-    v2 = '{"inputs": [{"name": "input", "shape": [1, %d], "datatype": "FP64", "data": %s}]}' % (len(values), row)
-    return f"/v2/models/{model}/infer", v2.encode()
+    tensor = f'{{"name": "input", "shape": [1, {len(values)}], "datatype": "FP64", "data": {row}}}'
+    return f"/v2/models/{model}/infer", f'{{"inputs": [{tensor}]}}'.encode()
 
 
 def hostile_case(rng: random.Random, row: list[float], columns: list[str], model: str) -> Case:
@@ -115,10 +116,8 @@ def hostile_case(rng: random.Random, row: list[float], columns: list[str], model
 def send(url: str, case: Case) -> int:
     """The status of ``case`` sent to ``url`` on a connection of its own; 0 if no status line came back."""
     with connect(url) as sock:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a flood answered 431 before it was sent
             sock.sendall(case.request())
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # a flood answered (431) and closed before it was all sent: read the answer
         reply = read_all(sock)
     if not reply.startswith(b"HTTP/1.1 "):
         return 0
