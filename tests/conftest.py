@@ -73,14 +73,24 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session")
-def mlflow_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServerConfig]:
-    """A real `mlflow server` on SQLite in a temp dir, artifacts proxied, for the whole session."""
+def _scratch_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServerConfig]:
     root: Path = tmp_path_factory.mktemp("mlflow")
     config = MlflowServerConfig.scratch(root, free_port())
     assert start_mlflow(config) is True
     yield config
     stop_mlflow(config)
+
+
+@pytest.fixture(scope="session")
+def mlflow_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServerConfig]:
+    """A real `mlflow server` on SQLite in a temp dir, artifacts proxied, for the whole session."""
+    yield from _scratch_mlflow(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServerConfig]:
+    """A server like ``mlflow_config`` for one module alone: its tests may stop it and start it again."""
+    yield from _scratch_mlflow(tmp_path_factory)
 
 
 TINY_FEATURES = ("x1", "x2", "x3")

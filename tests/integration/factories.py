@@ -23,6 +23,13 @@ def extra_trees(numeric: list[str], categorical: list[str]) -> Any:
     return Pipeline([("prep", prep), ("trees", ExtraTreesClassifier(n_estimators=50, random_state=0))])
 
 
+def many_trees(numeric: list[str], categorical: list[str]) -> Any:
+    """A forest big enough that its training run stays open for seconds (importance, logging the model)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(n_estimators=150, random_state=0, n_jobs=1)
+
+
 def support_vectors(numeric: list[str], categorical: list[str]) -> Any:
     """An estimator skl2onnx converts but onnxruntime cannot run (no SVMRegressor kernel)."""
     return SVR()

@@ -45,23 +45,25 @@ class Loop:
     settings: Settings
     frame: pd.DataFrame
     endpoint: EndpointClient
+    mlflow: MlflowServerConfig
 
 
 @pytest.fixture(scope="module")
 def loop(
-    tmp_path_factory: pytest.TempPathFactory, mlflow_config: MlflowServerConfig, prefect_harness: None
+    tmp_path_factory: pytest.TempPathFactory, own_mlflow: MlflowServerConfig, prefect_harness: None
 ) -> Iterator[Loop]:
-    """Champion v1 (first batch) and challenger v2 (all batches), trained by the real flow; the endpoint up."""
+    """Champion v1 (first batch) and challenger v2 (all batches), trained by the real flow; the endpoint up.
+    The module's MLflow server is its own: a test stops it and starts it again."""
     trainings = (([0], CHAMPION), ([1, 2, 3], CHALLENGER))
     port = str(free_port())
-    with model_home(tmp_path_factory, mlflow_config.url, "rolled", trainings, MLOPS_ENDPOINT_PORT=port) as settings:
+    with model_home(tmp_path_factory, own_mlflow.url, "rolled", trainings, MLOPS_ENDPOINT_PORT=port) as settings:
         frame = accepted_frame(settings.data_for())
         assert frame is not None
         endpoint = start_endpoint(settings)
         try:
             outcome = release_flow(ReleaseParameters(version=CHAMPION, image="never", rollout=FAST))
             assert outcome.rollout == "nothing_to_do"  # but the champion now serves behind the endpoint
-            yield Loop(settings, frame, endpoint)
+            yield Loop(settings, frame, endpoint, own_mlflow)
         finally:
             target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
             for deployment in endpoint.table().deployments:
@@ -240,11 +242,12 @@ def test_a_good_challenger_is_promoted_under_load_and_fuzz_without_a_failed_requ
 
 
 def test_mlflow_down_at_promotion_leaves_the_champion_taking_all_traffic(loop: Loop) -> None:
-    """The canary passed every step and takes all traffic, then the tracking server does not answer: the error
-    says so, and the champion alias and the deployment taking all traffic still agree (the old champion)."""
+    """The canary passed every step and takes all traffic, then the tracking server stops: the error says so,
+    and the champion alias and the deployment taking all traffic still agree (the old champion) while it is
+    down, when it is back, and after the release is run again."""
+    from mlflow_server import start_mlflow, stop_mlflow
     from tasks.registry import PromotionError
     from tasks.rollout import promote_canary
-    from tasks.tracking import client
 
     settings = loop.settings
     champion = alias(loop, CHAMPION)
@@ -256,14 +259,24 @@ def test_mlflow_down_at_promotion_leaves_the_champion_taking_all_traffic(loop: L
     with traffic(loop):
         report, _ = bake_step(loop.endpoint, canary, 1, 100, Window(0, 0, 0.0, 0.0), FAST)
     assert report.passed and {d.name: d.weight for d in loop.endpoint.table().deployments}[dep(loop, version)] == 100
-    unreachable = f"http://127.0.0.1:{free_port()}"  # what a stopped tracking server looks like to the client
+    assert stop_mlflow(loop.mlflow)
     try:
-        with pytest.raises(PromotionError, match=r"not promoted: tracking server unreachable.*stays the champion"):
-            promote_canary(loop.endpoint, target, unreachable, canary, [report])
+        with traffic(loop) as load:
+            with pytest.raises(PromotionError, match=r"not promoted: tracking server unreachable.*stays the champion"):
+                promote_canary(loop.endpoint, target, settings.tracking_uri, canary, [report])
+            table = loop.endpoint.table()  # while MLflow is still down
     finally:
-        client(settings.tracking_uri)  # the fluent API points at the real server again
-    assert_consistent(loop, champion)
+        start_mlflow(loop.mlflow)
+    assert [(d.name, d.weight) for d in table.deployments] == [(dep(loop, champion), 100)]
+    assert load.result.server_errors == 0 and load.result.connection_errors == 0, load.result.errors[:3]
+    assert_consistent(loop, champion)  # at once when MLflow is back: nothing to repair
     assert dep(loop, version) not in target.running()
+
+    with traffic(loop) as load:
+        outcome = release_flow(ReleaseParameters(version=CHALLENGER, image="never", rollout=FAST))
+    assert outcome.rollout == "promoted", outcome.message
+    assert load.result.server_errors == 0 and load.result.connection_errors == 0
+    assert_consistent(loop, version)
 
 
 def test_a_rollout_that_crashed_midway_is_finished_by_running_the_flow_again(loop: Loop) -> None:
