@@ -90,6 +90,19 @@ class ProcessTarget:
         return sorted(path.stem.removeprefix("deployment-") for path in (self.home / "deployments").glob("*.pid"))
 
 
+def container_user(security_options: list[str], uid: int, gid: int) -> str:
+    """Who a deployment's container runs as, so that it can write the 0700 requests folder of the host user:
+
+    - rootless engine (``name=rootless``): ``0:0``, which *is* the host user there (any other uid maps to a
+      subordinate uid that cannot write the folder); it is not root on the host;
+    - otherwise never root: the image's own user when we are root (the folder is chowned to it), else the
+      host user's uid and gid.
+    """
+    if any("name=rootless" in option for option in security_options):
+        return "0:0"
+    return f"{IMAGE_UID}:{IMAGE_UID}" if uid == 0 else f"{uid}:{gid}"
+
+
 @dataclass
 class DockerTarget:
     """A container of the version's release image (``image_ref`` tag) per deployment, host network.
@@ -133,7 +146,7 @@ class DockerTarget:
             collected = requests_dir(self.home, model_name)
             collected.mkdir(mode=0o700, parents=True, exist_ok=True)
             collected.chmod(0o700)  # private to whoever runs the deployments (an older home may have 0777)
-            if os.getuid() == 0:  # the image's own non-root user writes it
+            if os.getuid() == 0:  # the image's own non-root user writes it (see container_user)
                 os.chown(collected, IMAGE_UID, IMAGE_UID)
             volumes[str(collected)] = {"bind": "/requests", "mode": "rw"}
             environment["MLOPS_SERVING_COLLECT_DIR"] = "/requests"
@@ -141,8 +154,7 @@ class DockerTarget:
             image,
             detach=True,
             name=f"mlops-{name}",
-            # never root: the image's user when we are root, else the host user (so a 0700 folder of theirs works)
-            user=f"{IMAGE_UID}:{IMAGE_UID}" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}",
+            user=container_user(engine.info().get("SecurityOptions") or [], os.getuid(), os.getgid()),
             network_mode="host",
             environment={**environment, **self.env.get(name, {})},
             volumes=volumes,

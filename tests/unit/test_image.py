@@ -115,3 +115,12 @@ def test_healthcheck_targets_loopback_and_fails_when_nothing_listens(monkeypatch
     assert healthcheck_main(timeout=1) == 1
     monkeypatch.setenv("MLOPS_SERVING_PORT", "not-a-port")
     assert healthcheck_main(timeout=1) == 1
+
+
+def test_deployment_containers_run_as_the_user_that_can_write_the_requests_folder() -> None:
+    from tasks.targets import IMAGE_UID, container_user
+
+    assert container_user(["name=seccomp,profile=builtin"], 0, 0) == f"{IMAGE_UID}:{IMAGE_UID}"  # never root
+    assert container_user(["name=seccomp,profile=builtin", "name=cgroupns"], 1000, 1001) == "1000:1001"
+    # rootless: uid 0 in the container is the host user; 1000 would be a subordinate uid of theirs
+    assert container_user(["name=seccomp,profile=builtin", "name=rootless", "name=cgroupns"], 1000, 1000) == "0:0"
