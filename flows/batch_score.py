@@ -1,12 +1,16 @@
 """Batch scoring: a CSV/Parquet file or folder scored by a registered version with onnxruntime.
 
-    python -m flows.batch_score INPUT OUTPUT [--version champion] [--chunk-rows 50000]
+    python -m flows.batch_score INPUT OUTPUT [--version champion] [--chunk-rows 50000] [--dask tcp://host:8786]
 
 The version's ONNX bundle (sha256-checked, the same file the servers run) scores the input in
 chunks; every chunk becomes one Parquet part with the input's columns, ``prediction`` (a
 classifier's label), for a classifier ``probability_<class>`` per class, ``model_version`` and
 ``request_id`` (see :mod:`tasks.batch` for the layout, resumption and
 quarantined rows). Progress shows as a Prefect progress artifact and a log line per chunk.
+
+With a Dask scheduler (``--dask`` / ``MLOPS_DASK_ADDRESS``) each file of the input (a partition of a
+partitioned Parquet data set) is scored as its own task on a Dask worker (:mod:`tasks.batch_dask`), with
+the same output; progress then advances per file.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import cast
 from uuid import UUID
@@ -29,17 +35,16 @@ from serving.model import is_matrix_regression, open_session
 from serving.typed import TypedSchema
 from tasks.batch import (
     REJECTED,
+    FileScores,
     Manifest,
     RowParallelSession,
-    chunks,
     count_rows,
     fingerprint,
     input_files,
     open_output,
-    part_path,
-    score_chunk,
-    write_part,
+    score_file,
 )
+from tasks.batch_dask import DASK_ADDRESS_ENV, score_on_dask
 from tasks.events import artifact_key
 from tasks.serving_bundle import fetch_bundle, model_uri, resolve_version
 from tasks.tracking import check_tracking_server
@@ -63,6 +68,11 @@ class BatchScoreParameters(BaseModel):
     threads: int = Field(
         0, ge=0, description="Slices of each chunk scored at once, one onnxruntime thread each (0: one per core)."
     )
+    dask_address: str | None = Field(
+        None,
+        description="Dask scheduler (tcp://host:8786) to score each file on as a task (default: MLOPS_DASK_ADDRESS; "
+        "unset: this process).",
+    )
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class BatchOutcome:
     parts_resumed: int
     seconds: float
     rows_per_second: float
+    workers: dict[str, int] = field(default_factory=dict)  # Dask worker (host:pid) -> files it scored
+    peak_rss_mb: float = 0.0  # the largest peak memory of a Dask worker process
 
 
 @flow(name="batch-score", log_prints=True)
@@ -108,30 +120,53 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
             0.0, key=artifact_key("batch-score", model_name), description=f"{model_name} v{version}: {total} rows"
         ),
     )
-    done = scored = rejected = written = resumed = 0
-    with RowParallelSession(open_session(str(model_file), 1), params.threads or os.cpu_count() or 1) as session:
-        for path in files:
-            first_row = 0
-            for index, frame in enumerate(chunks(path, params.chunk_rows)):
-                part = part_path(output, path, index)
-                if part.exists():
-                    resumed += 1
-                else:
-                    scorable, predictions, reasons = score_chunk(session, metadata, schema, frame, path.name)
-                    rejected_part = output / REJECTED / f"{path.stem}-{part.name}"
-                    good, bad = write_part(
-                        frame, scorable, predictions, first_row, path, version, part, rejected_part, reasons
-                    )
-                    scored, rejected, written = scored + good, rejected + bad, written + 1
-                first_row += len(frame)
-                done += len(frame)
-                update_progress_artifact(progress, 100.0 * done / max(total, 1))
-                logger.info(
-                    "%s part %d: %d/%d rows (%.0f%%)", path.name, index, done, total, 100.0 * done / max(total, 1)
-                )
+    done = 0
+
+    def advance(path: Path, index: int, rows: int) -> None:
+        nonlocal done
+        done += rows
+        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+        logger.info("%s part %d: %d/%d rows (%.0f%%)", path.name, index, done, total, 100.0 * done / max(total, 1))
+
+    def partition_done(path: Path, scores: FileScores) -> None:
+        nonlocal done
+        done += scores.rows
+        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+        logger.info(
+            "%s: %d rows on %s; %d/%d rows (%.0f%%)",
+            path.name,
+            scores.rows,
+            scores.worker,
+            done,
+            total,
+            100.0 * done / max(total, 1),
+        )
+
+    address = params.dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        logger.info("scoring %d file(s) as tasks on the Dask scheduler at %s", len(files), address)
+        results = score_on_dask(address, tracking, metadata, version, files, output, params.chunk_rows, partition_done)
+    else:
+        with RowParallelSession(open_session(str(model_file), 1), params.threads or os.cpu_count() or 1) as session:
+            results = [
+                score_file(session, metadata, schema, path, output, params.chunk_rows, version, partial(advance, path))
+                for path in files
+            ]
     seconds = time.perf_counter() - started
     outcome = BatchOutcome(
-        model_name, version, str(output), len(files), done, scored, rejected, written, resumed, seconds, done / seconds
+        model_name,
+        version,
+        str(output),
+        len(files),
+        done,
+        sum(result.scored for result in results),
+        sum(result.rejected for result in results),
+        sum(result.written for result in results),
+        sum(result.resumed for result in results),
+        seconds,
+        done / seconds,
+        workers=dict(Counter(result.worker for result in results if result.worker)),
+        peak_rss_mb=max((result.peak_rss_mb for result in results), default=0.0),
     )
     logger.info(
         "%s v%s: %d rows in %.1f s (%d scored, %d quarantined in %s/, %d part(s) resumed)",
@@ -139,10 +174,10 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
         version,
         done,
         seconds,
-        scored,
-        rejected,
+        outcome.scored,
+        outcome.rejected,
         REJECTED,
-        resumed,
+        outcome.parts_resumed,
     )
     return outcome
 
@@ -154,9 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="champion")
     parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--dask", default=None, help=f"Dask scheduler address (default: {DASK_ADDRESS_ENV})")
     args = parser.parse_args(argv)
     params = BatchScoreParameters(
-        input=args.input, output=args.output, version=args.version, chunk_rows=args.chunk_rows, threads=args.threads
+        input=args.input,
+        output=args.output,
+        version=args.version,
+        chunk_rows=args.chunk_rows,
+        threads=args.threads,
+        dask_address=args.dask,
     )
     return print_outcome(lambda: batch_score_flow(params), "batch scoring")
 

@@ -19,7 +19,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,6 +154,47 @@ def chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
 
 def part_path(output: Path, source: Path, index: int) -> Path:
     return output / source.stem / f"part-{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class FileScores:
+    """What scoring one input file did (on one machine or one Dask worker)."""
+
+    rows: int = 0
+    scored: int = 0
+    rejected: int = 0
+    written: int = 0  # parts written
+    resumed: int = 0  # parts found whole from an earlier run
+    worker: str = ""  # host:pid that scored it
+    peak_rss_mb: float = 0.0  # the scoring process's peak memory so far
+
+
+def score_file(
+    session: Any,
+    metadata: ModelMetadata,
+    schema: TypedSchema | None,
+    path: Path,
+    output: Path,
+    chunk_rows: int,
+    version: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> FileScores:
+    """Score ``path`` chunk by chunk into ``output`` (a part per chunk, refused rows quarantined), skipping the parts
+    an earlier run wrote whole. ``progress(index, rows)`` is called after each chunk."""
+    rows = scored = rejected = written = resumed = 0
+    for index, frame in enumerate(chunks(path, chunk_rows)):
+        part = part_path(output, path, index)
+        if part.exists():
+            resumed += 1
+        else:
+            scorable, predictions, reasons = score_chunk(session, metadata, schema, frame, path.name)
+            refused = output / REJECTED / f"{path.stem}-{part.name}"
+            good, bad = write_part(frame, scorable, predictions, rows, path, version, part, refused, reasons)
+            scored, rejected, written = scored + good, rejected + bad, written + 1
+        rows += len(frame)
+        if progress is not None:
+            progress(index, len(frame))
+    return FileScores(rows, scored, rejected, written, resumed)
 
 
 def split_scorable(frame: pd.DataFrame, features: list[str], source: str) -> tuple[np.ndarray, pd.Series]:

@@ -45,6 +45,22 @@ def read_all(sock: socket.socket, seconds: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+def read_response(sock: socket.socket, seconds: float = 10.0) -> bytes:
+    """One HTTP/1.1 response on a keep-alive connection: its head, then ``content-length`` bytes of body (a
+    response may arrive in several segments)."""
+    sock.settimeout(seconds)
+    reply = b""
+    while b"\r\n\r\n" not in reply and (chunk := sock.recv(65536)):
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")), 0
+    )
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 @dataclass(frozen=True)
 class Case:
     kind: str  # nesting | number | header

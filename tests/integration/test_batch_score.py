@@ -18,6 +18,7 @@ import pytest
 
 from flows.batch_score import BatchScoreParameters, batch_score_flow
 from mlflow_server import MlflowServerConfig
+from mlops.dask_cluster import dask_processes
 from mlops.settings import Settings
 from tasks.batch import REJECTED, BatchScoreError, read_scores
 from tasks.ingest import accepted_frame
@@ -35,6 +36,16 @@ def scored(
         frame = accepted_frame(settings.data_for())
         assert frame is not None
         yield settings, frame
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(prefect_harness: None) -> Iterator[str]:
+    """``dask scheduler`` and ``dask worker`` (two single-threaded processes) on loopback, started as a user
+    would, the workers pointed at the Prefect API; yields the scheduler's address."""
+    from prefect.settings import PREFECT_API_URL
+
+    with dask_processes(2, {"PREFECT_API_URL": str(PREFECT_API_URL.value())}) as address:
+        yield address
 
 
 def rows(frame: pd.DataFrame, count: int, seed: int = 0) -> pd.DataFrame:
@@ -115,3 +126,45 @@ def test_a_run_killed_midway_resumes_without_duplicating_rows(
     assert len(result) == 200_000 and result["request_id"].is_unique
     assert sorted(result["request_id"], key=lambda rid: int(rid.split(":")[1]))[-1] == "big:199999"
     assert not list(output.rglob(".*.tmp"))  # the killed run's half-written part was written again
+
+
+def test_a_partitioned_data_set_scored_on_a_dask_cluster_matches_the_single_process_run_and_resumes(
+    scored: tuple[Settings, pd.DataFrame], dask_cluster: str, tmp_path: Path
+) -> None:
+    settings, frame = scored
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for index in range(4):  # as dask.dataframe.to_parquet writes one: part.<n>.parquet
+        part = rows(frame, 300, seed=10 + index).drop(columns=[settings.spec().target.column])
+        if index == 2:
+            part.loc[[3, 200], "bmi"] = np.nan
+        part.to_parquet(dataset / f"part.{index}.parquet", index=False)
+    local, spread = tmp_path / "local", tmp_path / "dask"
+
+    alone = batch_score_flow(BatchScoreParameters(input=str(dataset), output=str(local), chunk_rows=100))
+    shared = batch_score_flow(
+        BatchScoreParameters(input=str(dataset), output=str(spread), chunk_rows=100, dask_address=dask_cluster)
+    )
+
+    figures = ("rows", "scored", "rejected", "parts_written", "parts_resumed")
+    assert [getattr(shared, name) for name in figures] == [getattr(alone, name) for name in figures]
+    assert (shared.rows, shared.rejected, shared.parts_written) == (1200, 2, 12)
+    assert len(shared.workers) == 2 and sum(shared.workers.values()) == 4, shared.workers  # both workers scored
+    assert shared.peak_rss_mb > 0 and alone.workers == {}
+
+    def same_output() -> None:
+        for folder in ("", REJECTED):
+            ours, theirs = (
+                sorted(p.relative_to(root) for p in (root / folder).rglob("*.parquet")) for root in (spread, local)
+            )
+            assert ours == theirs
+        by_id = [read_scores(root).sort_values("request_id").reset_index(drop=True) for root in (spread, local)]
+        pd.testing.assert_frame_equal(*by_id)
+
+    same_output()
+    (spread / "part.1" / "part-00001.parquet").unlink()  # as a worker killed before it wrote this part
+    again = batch_score_flow(
+        BatchScoreParameters(input=str(dataset), output=str(spread), chunk_rows=100, dask_address=dask_cluster)
+    )
+    assert (again.parts_written, again.parts_resumed) == (1, 11)
+    same_output()

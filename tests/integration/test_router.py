@@ -20,6 +20,7 @@ import pytest
 
 from cli.traffic import send_traffic
 from tests.conftest import TINY_FEATURES, python_server, serving_process, write_tiny_bundle
+from tests.integration.hostile import read_response
 
 TOKEN = "admin-token"
 ROW = [1.0, 2.0, 3.0]
@@ -329,7 +330,7 @@ def test_a_deployment_removed_while_a_body_uploads_is_not_the_one_that_answers_i
         removed = endpoint.admin("DELETE", "deployments/v7")
         assert removed.status_code == 200 and removed.json()["drained"] is True
         sock.sendall(body[5:])
-        reply = sock.recv(65536)
+        reply = read_response(sock)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     assert b"x-mlops-deployment: v8" in reply
     assert str(endpoint.expected["v8"])[:8].encode() in reply
