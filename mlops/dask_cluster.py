@@ -17,9 +17,13 @@ from mlops.process import free_port
 
 
 @contextmanager
-def dask_processes(workers: int, env: dict[str, str] | None = None, timeout: float = 120.0) -> Iterator[str]:
+def dask_processes(
+    workers: int, env: dict[str, str] | None = None, preload: tuple[str, ...] = (), timeout: float = 120.0
+) -> Iterator[str]:
     """``dask scheduler`` and ``dask worker --nworkers <workers> --nthreads 1`` on 127.0.0.1, with ``env`` added
-    to this process's environment; yields the scheduler's address once every worker joined, then stops them."""
+    to this process's environment and the ``preload`` modules imported by each worker as it starts (e.g.
+    ``tasks.batch_dask``: a first task then finds Prefect, MLflow and onnxruntime imported); yields the
+    scheduler's address once every worker joined, then stops them."""
     from distributed import Client
 
     dask = str(Path(sys.executable).with_name("dask"))
@@ -36,7 +40,8 @@ def dask_processes(workers: int, env: dict[str, str] | None = None, timeout: flo
         )
 
     processes = [spawn("scheduler", "--port", str(port))]
-    processes.append(spawn("worker", address, "--nworkers", str(workers), "--nthreads", "1"))
+    preloads = [argument for module in preload for argument in ("--preload", module)]
+    processes.append(spawn("worker", address, "--nworkers", str(workers), "--nthreads", "1", *preloads))
     try:
         with Client(address, timeout=f"{timeout:.0f}s") as client:
             client.wait_for_workers(workers, timeout=timeout)

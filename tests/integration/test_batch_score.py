@@ -44,7 +44,7 @@ def dask_cluster(prefect_harness: None) -> Iterator[str]:
     would, the workers pointed at the Prefect API; yields the scheduler's address."""
     from prefect.settings import PREFECT_API_URL
 
-    with dask_processes(2, {"PREFECT_API_URL": str(PREFECT_API_URL.value())}) as address:
+    with dask_processes(2, {"PREFECT_API_URL": str(PREFECT_API_URL.value())}, preload=("tasks.batch_dask",)) as address:
         yield address
 
 
