@@ -23,11 +23,20 @@ def _configure_clients(settings: Settings) -> None:
     get_settings.cache_clear()
 
 
-def score(model: str | None, source: str, output: str | None, version: str, chunk_rows: int | None) -> Any:
+def score(
+    model: str | None,
+    source: str,
+    output: str | None,
+    version: str,
+    chunk_rows: int | None,
+    dask_address: str | None = None,
+) -> Any:
     from flows.batch_score import BatchScoreParameters, batch_score_flow
 
     options = {"chunk_rows": chunk_rows} if chunk_rows else {}
-    params = BatchScoreParameters(input=source, output=output, version=version, model_name=model, **options)
+    params = BatchScoreParameters(
+        input=source, output=output, version=version, model_name=model, dask_address=dask_address, **options
+    )
     return batch_score_flow(params)
 
 
@@ -158,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     score_parser.add_argument("output", nargs="?", default=None, help="default: <home>/batch/output/...")
     score_parser.add_argument("--version", default="champion", help="number or alias (champion)")
     score_parser.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk and part (50000)")
+    score_parser.add_argument(
+        "--dask", default=None, help="score each file as a task on this Dask scheduler (default: MLOPS_DASK_ADDRESS)"
+    )
     monitor_parser = commands.add_parser("monitor", help="judge the last window of served requests once")
     monitor_parser.add_argument("--minutes", type=float, default=60.0, help="window length (default 60)")
     land_parser = commands.add_parser("land", help="land batches of the model's example data in its landing folder")
@@ -238,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             deploy(settings, args.release_params)
         elif args.command == "score":
             print(
-                json.dumps(asdict(score(args.model, args.input, args.output, args.version, args.chunk_rows)), indent=2)
+                json.dumps(
+                    asdict(score(args.model, args.input, args.output, args.version, args.chunk_rows, args.dask)),
+                    indent=2,
+                )
             )
         elif args.command == "monitor":
             print(json.dumps(asdict(monitor(args.model, args.minutes)), indent=2))
