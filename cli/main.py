@@ -56,6 +56,29 @@ def land(settings: Settings, model: str | None, batches: list[int]) -> list[str]
     return written
 
 
+def ship_requests(settings: Settings, model: str | None, folder: Path | None, every: float | None) -> None:
+    """Ship the model's finished collection files to ``MLOPS_REQUESTS_URI``: once, or every ``every`` seconds."""
+    import time
+
+    from serving.collector import requests_dir
+    from tasks.ship_requests import ship_finished
+
+    if not settings.requests_uri:
+        raise ValueError("MLOPS_REQUESTS_URI is not set: name the object storage to ship to (s3://bucket/requests)")
+    name = model or settings.model_name
+    local = folder or requests_dir(settings.resolved_home, name)
+    target = settings.requests_for(name)
+    while True:
+        shipped = ship_finished(local, target)
+        if shipped.files or shipped.failed:
+            print(f"shipped {shipped.files} file(s), {shipped.bytes} bytes, from {local} to {target}", flush=True)
+        for file, why in shipped.failed.items():
+            print(f"kept {file} for the next round: {why}", file=sys.stderr, flush=True)
+        if every is None:
+            return
+        time.sleep(every)
+
+
 def train(model: str | None, family: str | None, seed: int | None) -> Any:
     from flows.train import parameters, train_flow
 
@@ -174,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     monitor_parser.add_argument("--minutes", type=float, default=60.0, help="window length (default 60)")
     land_parser = commands.add_parser("land", help="land batches of the model's example data in its landing folder")
     land_parser.add_argument("batches", nargs="*", type=int, default=[0, 1, 2, 3], help="batch indices (0-3)")
+    ship_parser = commands.add_parser(
+        "ship-requests", help="upload the finished collection files of this host to MLOPS_REQUESTS_URI"
+    )
+    ship_parser.add_argument("--from", dest="folder", type=Path, default=None, help="default: <home>/requests/<model>")
+    ship_parser.add_argument("--every", type=float, default=None, help="seconds between rounds (default: once)")
     train_parser = commands.add_parser("train", help="run the training flow once")
     train_parser.add_argument("--family", default=None, help="train this family only (default: the spec's)")
     train_parser.add_argument("--seed", type=int, default=None, help="default: the spec's")
@@ -202,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for command in (
         score_parser,
         monitor_parser,
+        ship_parser,
         land_parser,
         train_parser,
         serve_parser,
@@ -257,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "monitor":
             print(json.dumps(asdict(monitor(args.model, args.minutes)), indent=2))
+        elif args.command == "ship-requests":
+            ship_requests(settings, args.model, args.folder, args.every)
         elif args.command == "land":
             land(settings, args.model, args.batches)
         elif args.command == "train":

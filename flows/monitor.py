@@ -38,7 +38,6 @@ from pydantic import BaseModel, Field
 from flows.run_once import print_outcome
 from mlops.policies import MonitorPolicy
 from mlops.settings import get_settings
-from serving.collector import requests_dir
 from tasks.collected import load_requests
 from tasks.drift import DriftDecision
 from tasks.evaluate import champion_version
@@ -124,7 +123,7 @@ def monitor_flow(params: MonitorParameters | None = None) -> MonitorOutcome:
     label = window_label(since, until)
     reference = load_reference(tracking, model_name, version)
     outputs = reference.output_columns
-    served = load_requests(requests_dir(settings.resolved_home, model_name), since, until, features, outputs[1:])
+    served = load_requests(settings.requests_for(model_name), since, until, features, outputs[1:])
     window = served[served["model_version"] == version].reset_index(drop=True)
     skipped = served.attrs.get("skipped", {})
     if any(skipped.values()):

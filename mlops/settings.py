@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         default=None,
         description="Folder or fsspec URI for snapshots, processed and quarantined batches (default: <home>/data).",
     )
+    requests_uri: str | None = Field(
+        default=None,
+        description="fsspec URI (s3://bucket/requests) the serving hosts ship finished collection files to "
+        "(`mlops ship-requests`), <uri>/<model>, and the monitor reads them from (default: <home>/requests).",
+    )
     models_dir: Path | None = Field(
         default=None, description="Folder of the model specs, <name>.yaml each (default: models/ of this project)."
     )
@@ -150,6 +155,14 @@ class Settings(BaseSettings):
     def data_for(self, model: str | None = None) -> str:
         """Where ``model``'s snapshots, ledger, processed and quarantined batches live."""
         return self.spec(model).data_uri(self.data)
+
+    def requests_for(self, model: str | None = None) -> str:
+        """Where the monitor reads ``model``'s collected requests: ``<requests_uri>/<model>``, else the folder its
+        deployments here collect into (``<home>/requests/<model>``)."""
+        name = model or self.model_name
+        if self.requests_uri:
+            return f"{self.requests_uri.rstrip('/')}/{name}"
+        return str(self.resolved_home / "requests" / name)
 
     @property
     def logs_dir(self) -> Path:

@@ -2,7 +2,9 @@
 
 Collection files are written by ``serving.collector`` (one header line, then one line per model
 call). :func:`load_requests` reads a time window of them column-wise, including the files still
-being written (only their complete lines), so a monitor sees requests up to the moment it runs.
+being written (only their complete lines), so a monitor sees requests up to the moment it runs —
+from the local folder the servers write, or from the object storage (any fsspec URI) that the
+serving hosts ship their finished files to (:mod:`tasks.ship_requests`).
 Labels (delayed ground truth) land as CSV or Parquet files with a ``request_id`` column, the
 target column and optionally ``row`` (the row of a multi-row request, default 0).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -25,14 +28,26 @@ class LabelsError(ValueError):
     """A labels file lacks a column it needs or cannot be read."""
 
 
-def _complete_lines(path: Path) -> list[bytes]:
-    data = path.read_bytes()
+def _complete_lines(fs: Any, path: str) -> list[bytes]:
+    data = fs.cat_file(path)
     end = data.rfind(b"\n")  # a file being written may end in a half-written line
     return data[: end + 1].splitlines() if end >= 0 else []
 
 
+def _collection_files(fs: Any, root: str) -> list[tuple[str, float]]:
+    """The collection files under ``root`` (finished and being written) with their modification times, by name."""
+    found: list[tuple[str, float]] = []
+    for path, info in fs.find(root, detail=True).items():
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("requests-") and name.endswith((SUFFIX, SUFFIX + PARTIAL)):
+            modified = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or 0.0)
+            found.append((path, stamp))
+    return sorted(found, key=lambda item: item[0].rsplit("/", 1)[-1])
+
+
 def load_requests(
-    directory: Path,
+    directory: Path | str,
     since: float,
     until: float | None = None,
     features: list[str] | None = None,
@@ -48,7 +63,8 @@ def load_requests(
         ValueError: A file's features differ from ``features`` (or from the first file's).
     """
     until = float("inf") if until is None else until
-    paths = sorted([*directory.glob(f"requests-*{SUFFIX}"), *directory.glob(f"requests-*{SUFFIX}{PARTIAL}")])
+    fs, root = fsspec.core.url_to_fs(str(directory))
+    listed = _collection_files(fs, root) if fs.exists(root) else []
     columns: list[str] | None = list(features) if features else None
     ids: list[str] = []
     rows: list[np.ndarray] = []
@@ -58,20 +74,20 @@ def load_requests(
     predictions: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
     skipped = {"lines": 0, "rows": 0}
-    for path in paths:
+    for path, modified in listed:
+        if modified < since:
+            continue
         try:
-            if path.stat().st_mtime < since:
-                continue
+            lines = _complete_lines(fs, path)
         except FileNotFoundError:  # renamed from .part while we listed: the finished file is in the list
             continue
-        lines = _complete_lines(path)
         if not lines:
             continue
         header = orjson.loads(lines[0])["header"]
         if columns is None:
             columns = list(header["features"])
         elif list(header["features"]) != columns:
-            raise ValueError(f"{path.name} holds features {header['features']}, expected {columns}")
+            raise ValueError(f"{path.rsplit('/', 1)[-1]} holds features {header['features']}, expected {columns}")
         for line in lines[1:]:
             try:
                 call = orjson.loads(line)

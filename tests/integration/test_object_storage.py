@@ -68,9 +68,7 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def stored(
-    s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None
-) -> Iterator[Settings]:
+def stored(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Iterator[Settings]:
     """A tracking server whose artifacts live in the bucket, and a model whose batches land and are kept there,
     trained twice by the real flow (champion, then challenger)."""
     root = tmp_path_factory.mktemp("mlflow-s3")
@@ -125,3 +123,56 @@ def test_run_artifacts_and_onnx_bundles_are_in_the_bucket_and_served_from_there(
     body = boto3.client("s3").get_object(Bucket=BUCKET, Key=snapshot)["Body"].read()
     frame = pd.read_parquet(io.BytesIO(body)) if snapshot.endswith(".parquet") else pd.read_csv(io.BytesIO(body))
     assert len(frame) > 0 and set(stored.spec().feature_names) <= set(frame.columns)
+
+
+def test_two_serving_hosts_ship_their_requests_and_one_monitor_judges_them_from_the_bucket(
+    stored: Settings, tmp_path: Path
+) -> None:
+    from flows.monitor import MonitorParameters, monitor_flow
+    from mlops.settings import get_settings
+    from tasks.ingest import accepted_frame
+    from tasks.serving_bundle import fetch_bundle
+    from tasks.ship_requests import ship_finished
+    from tests.conftest import serving_process
+
+    features = list(stored.spec().feature_names)
+    frame = accepted_frame(stored.data_for())
+    assert frame is not None
+    model_file, metadata = fetch_bundle(stored.tracking_uri, f"models:/{stored.model_name}@{CHAMPION}", tmp_path / "b")
+    hosts = {"a": tmp_path / "host-a", "b": tmp_path / "host-b"}
+    for number, folder in enumerate(hosts.values()):  # each host serves and collects on its own disk
+        with serving_process(model_file.parent, "--collect-dir", str(folder)) as url, httpx.Client() as client:
+            for row in frame[features].sample(120, replace=True, random_state=number).to_numpy().tolist():
+                assert client.post(f"{url}/invocations", json={"instances": [row]}).status_code == 200
+    uri = f"s3://{BUCKET}/requests"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLOPS_REQUESTS_URI", uri)
+        get_settings.cache_clear()
+        target = get_settings().requests_for(stored.model_name)
+        assert ship_finished(hosts["a"], target, host="a").files == 1
+        shipped = subprocess.run(  # the sidecar's way, as host b's operator runs it
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "ship-requests",
+                "--model",
+                stored.model_name,
+                "--from",
+                str(hosts["b"]),
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shipped.returncode == 0 and "shipped 1 file(s)" in shipped.stdout, shipped.stderr[-2000:]
+        left = [path.name for folder in hosts.values() for path in folder.glob("requests-*")]
+        assert left == [], left  # uploaded, then removed locally
+        names = keys(f"requests/{stored.model_name}/")
+        assert len(names) == 2 and {name.rsplit("-", 1)[-1] for name in names} >= {"a.jsonl"}, names
+
+        outcome = monitor_flow(MonitorParameters(window_minutes=30, model_name=stored.model_name))
+    get_settings.cache_clear()
+    assert outcome.status == "judged" and outcome.rows == 240, outcome.message
+    assert outcome.version == metadata.version
