@@ -42,6 +42,7 @@ def ship_finished(folder: Path, uri: str, host: str | None = None) -> Shipped:
     for path in collected_files(folder):
         target = f"{root.rstrip('/')}/{shipped_name(path, host)}"
         try:
+            fs.makedirs(root, exist_ok=True)  # a folder on file systems; nothing to do on object stores
             size = path.stat().st_size
             fs.put_file(str(path), target)
             if fs.size(target) != size:
