@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     monitor_parser.add_argument("--minutes", type=float, default=60.0, help="window length (default 60)")
     land_parser = commands.add_parser("land", help="land batches of the model's example data in its landing folder")
     land_parser.add_argument("batches", nargs="*", type=int, default=[0, 1, 2, 3], help="batch indices (0-3)")
+    watch_parser = commands.add_parser(
+        "watch-landing", help="announce new batches (data.landed) seconds after they land, until stopped"
+    )
+    watch_parser.add_argument("--every", type=float, default=2.0, help="seconds between looks (default 2)")
     ship_parser = commands.add_parser(
         "ship-requests", help="upload the finished collection files of this host to MLOPS_REQUESTS_URI"
     )
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         score_parser,
         monitor_parser,
         ship_parser,
+        watch_parser,
         land_parser,
         train_parser,
         serve_parser,
@@ -253,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "score",
         "models",
         "trace",
+        "watch-landing",
     ):
         _configure_clients(settings)
         settings = get_settings()
@@ -286,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "monitor":
             print(json.dumps(asdict(monitor(args.model, args.minutes)), indent=2))
+        elif args.command == "watch-landing":
+            from flows.landing import watch_landing
+
+            watch_landing(args.every, args.model)
         elif args.command == "ship-requests":
             ship_requests(settings, args.model, args.folder, args.every)
         elif args.command == "land":

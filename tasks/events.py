@@ -36,14 +36,20 @@ def artifact_key(*parts: str) -> str:
 
 
 def emit(
-    event: str, kind: ResourceKind, name: str, payload: dict[str, Any], labels: dict[str, str] | None = None
+    event: str,
+    kind: ResourceKind,
+    name: str,
+    payload: dict[str, Any],
+    labels: dict[str, str] | None = None,
+    outside_runs: bool = False,
 ) -> None:
-    """Emit a lifecycle event from inside a flow or task run; outside one (a plain call) it does nothing.
+    """Emit a lifecycle event from inside a flow or task run; outside one (a plain call) it does nothing, unless
+    ``outside_runs`` (a long-running watcher, whose caller made sure ``PREFECT_API_URL`` names a server).
 
     ``labels`` are extra resource labels (``mlops.*``) automations can match on, unlike the payload.
-    Outside a run Prefect would start a temporary server just to deliver the event.
+    Outside a run Prefect would otherwise start a temporary server just to deliver the event.
     """
-    if not in_prefect_run():
+    if not (outside_runs or in_prefect_run()):
         return
     emit_event(
         event=event,
