@@ -46,9 +46,9 @@ from sklearn.preprocessing import StandardScaler
 
 from mlops.spec import CLASSIFICATION_FAMILIES, REGRESSION_FAMILIES, Kind, ModelSpec, load_spec
 from serving.bundle import ModelMetadata, read_bundle, write_bundle
-from serving.model import is_matrix_regression, open_session
+from serving.model import open_session
 from serving.typed import TypedSchema
-from tasks.batch import RowParallelSession, chunks, score_chunk
+from tasks.batch import RowParallelSession, batch_schema, chunks, score_chunk
 from tasks.export import ExportConfig, bundle_metadata
 from tasks.features import DEFAULT_GRIDS, build_estimator, default_grid, family_estimator, target_values, typed_features
 from tasks.onnx_convert import MATRIX_INPUT, numeric_columns, to_onnx
@@ -192,7 +192,7 @@ def parity(model: Any, spec: ModelSpec, model_file: Path, metadata: ModelMetadat
     """The batch path against scikit-learn on the file's first rows: equal labels, probabilities within the export's
     tolerance, and no row quarantined."""
     frame = next(chunks(path, PARITY_ROWS))
-    schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)
+    schema = batch_schema(metadata)
     [(scorable, columns)] = batch_scores(open_session(str(model_file)), metadata, schema, [frame], path.name)
     x = typed_features(frame[scorable.to_numpy()], spec)
     ours = np.column_stack([columns[f"probability_{label}"] for label in metadata.classes])
@@ -225,7 +225,7 @@ def classifier_table(rows: int, repeat: int, chunk_sizes: list[int], train_rows:
             model = build_estimator(spec, family).set_params(**middle(default_grid(spec, family)))
             model.fit(data.typed, target)
             model_file, metadata = export_bundle(model, data, family, Path(scratch))
-            schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)  # as the flow chooses
+            schema = batch_schema(metadata)  # as the flow chooses
             sessions = runners(str(model_file))
             calls: dict[Any, Callable[[], object]] = {"sklearn": partial(sklearn_scores, model, raw, spec)}
             for chunk in chunk_sizes:

@@ -31,13 +31,13 @@ from pydantic import BaseModel, Field
 
 from flows.run_once import print_outcome
 from mlops.settings import get_settings
-from serving.model import is_matrix_regression, open_session
-from serving.typed import TypedSchema
+from serving.model import open_session
 from tasks.batch import (
     REJECTED,
     FileScores,
     Manifest,
     RowParallelSession,
+    batch_schema,
     count_rows,
     fingerprint,
     input_files,
@@ -106,7 +106,7 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     version = str(resolve_version(tracking, model_uri(model_name, params.version)).version)
     bundle = settings.resolved_home / "bundles" / f"{model_name}-{version}"
     model_file, metadata = fetch_bundle(tracking, f"models:/{model_name}/{version}", bundle)
-    schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)
+    schema = batch_schema(metadata)
 
     source = Path(params.input) if params.input else settings.resolved_home / "batch" / "input"
     files = input_files(source)
@@ -122,25 +122,17 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     )
     done = 0
 
-    def advance(path: Path, index: int, rows: int) -> None:
+    def advance(rows: int, what: str) -> None:
         nonlocal done
         done += rows
         update_progress_artifact(progress, 100.0 * done / max(total, 1))
-        logger.info("%s part %d: %d/%d rows (%.0f%%)", path.name, index, done, total, 100.0 * done / max(total, 1))
+        logger.info("%s: %d/%d rows (%.0f%%)", what, done, total, 100.0 * done / max(total, 1))
+
+    def chunk_done(path: Path, index: int, rows: int) -> None:
+        advance(rows, f"{path.name} part {index}")
 
     def partition_done(path: Path, scores: FileScores) -> None:
-        nonlocal done
-        done += scores.rows
-        update_progress_artifact(progress, 100.0 * done / max(total, 1))
-        logger.info(
-            "%s: %d rows on %s; %d/%d rows (%.0f%%)",
-            path.name,
-            scores.rows,
-            scores.worker,
-            done,
-            total,
-            100.0 * done / max(total, 1),
-        )
+        advance(scores.rows, f"{path.name}: {scores.rows} rows on {scores.worker}")
 
     address = params.dask_address or os.environ.get(DASK_ADDRESS_ENV)
     if address:
@@ -149,7 +141,9 @@ def batch_score_flow(params: BatchScoreParameters) -> BatchOutcome:
     else:
         with RowParallelSession(open_session(str(model_file), 1), params.threads or os.cpu_count() or 1) as session:
             results = [
-                score_file(session, metadata, schema, path, output, params.chunk_rows, version, partial(advance, path))
+                score_file(
+                    session, metadata, schema, path, output, params.chunk_rows, version, partial(chunk_done, path)
+                )
                 for path in files
             ]
     seconds = time.perf_counter() - started

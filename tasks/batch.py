@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from serving.bundle import ModelMetadata
+from serving.model import is_matrix_regression
 from serving.protocols import finite_rows
 from serving.typed import TypedSchema
 from tasks.features import boolean_numbers, filled_categories
@@ -154,6 +155,11 @@ def chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
 
 def part_path(output: Path, source: Path, index: int) -> Path:
     return output / source.stem / f"part-{index:05d}.parquet"
+
+
+def batch_schema(metadata: ModelMetadata) -> TypedSchema | None:
+    """How a chunk's columns are typed for the model: None for a numeric-matrix regression (the fast path)."""
+    return None if is_matrix_regression(metadata) else TypedSchema(metadata)
 
 
 @dataclass(frozen=True)

@@ -174,7 +174,7 @@ def wait_ready(process: subprocess.Popen[str], url: str, timeout: float = 60.0) 
     """Poll ``url`` until it answers 200; fail with the process's stderr if it exits first."""
     deadline = time.monotonic() + timeout
     while True:
-        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert process.poll() is None, (process.communicate()[1] or "(its output was not kept)")[-2000:]
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return

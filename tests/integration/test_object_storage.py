@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from mlflow_server import MlflowServerConfig, start_mlflow, stop_mlflow
 from mlops.process import free_port
 from mlops.settings import Settings
 from tasks.registry import CHALLENGER, CHAMPION
+from tests.conftest import wait_ready
 from tests.integration.conftest import model_home
 
 BUCKET = "mlops"
@@ -35,10 +35,11 @@ def s3_endpoint() -> Iterator[str]:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # a line per request: not piped, a full pipe would stall it
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
     credentials = {
         "AWS_ACCESS_KEY_ID": "mlops-test",
@@ -48,15 +49,7 @@ def s3_endpoint() -> Iterator[str]:
         "MLFLOW_S3_ENDPOINT_URL": url,
     }
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/moto-api/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "moto's S3 server did not start"
-            time.sleep(0.1)
+        wait_ready(process, f"{url}/moto-api/")
         with pytest.MonkeyPatch.context() as patch:
             for key, value in credentials.items():
                 patch.setenv(key, value)
