@@ -22,12 +22,13 @@ from typing import Any
 from prefect import task
 
 from serving.bundle import ModelMetadata
-from serving.model import is_matrix_regression, open_session
+from serving.model import open_session
 from serving.typed import TypedSchema
-from tasks.batch import BatchScoreError, FileScores, score_file
+from tasks.batch import BatchScoreError, FileScores, batch_schema, score_file
 from tasks.serving_bundle import fetch_bundle
 
 DASK_ADDRESS_ENV = "MLOPS_DASK_ADDRESS"
+CONNECT_SECONDS = 10  # a scheduler that answers at all answers in milliseconds
 
 
 @functools.lru_cache(maxsize=4)
@@ -35,8 +36,7 @@ def _worker_model(tracking_uri: str, model_name: str, version: str) -> tuple[Any
     """The version's session (one thread: a worker scores one file per Dask thread), fetched once per process."""
     bundle = Path(tempfile.gettempdir()) / "mlops-bundles" / f"{model_name}-{version}-{os.getuid()}"
     model_file, metadata = fetch_bundle(tracking_uri, f"models:/{model_name}/{version}", bundle)
-    schema = None if is_matrix_regression(metadata) else TypedSchema(metadata)
-    return open_session(str(model_file), 1), metadata, schema
+    return open_session(str(model_file), 1), metadata, batch_schema(metadata)
 
 
 @task(name="score-partition", task_run_name="score {path}")
@@ -69,6 +69,7 @@ def score_on_dask(
     as each one's result arrives (in the order of ``files``).
 
     Raises:
+        BatchScoreError: No scheduler answers at ``address``.
         Exception: The first failed partition's error, once every partition ended (the others' parts stay
             written: running the flow again resumes).
     """
@@ -76,7 +77,14 @@ def score_on_dask(
 
     results: list[FileScores] = []
     errors: list[BaseException] = []
-    with DaskTaskRunner(address=address) as runner:
+    with DaskTaskRunner(address=address, client_kwargs={"timeout": f"{CONNECT_SECONDS}s"}) as runner:
+        try:
+            runner.client  # noqa: B018  (connects: an unreachable scheduler is said here, before any task)
+        except OSError as error:
+            raise BatchScoreError(
+                f"no Dask scheduler answers at {address} ({error}); start one (`dask scheduler`, then `dask worker "
+                f"{address} --preload tasks.batch_dask`) or unset {DASK_ADDRESS_ENV} to score in this process"
+            ) from error
         futures = [
             runner.submit(
                 score_partition,

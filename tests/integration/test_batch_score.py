@@ -19,6 +19,7 @@ import pytest
 from flows.batch_score import BatchScoreParameters, batch_score_flow
 from mlflow_server import MlflowServerConfig
 from mlops.dask_cluster import dask_processes
+from mlops.process import free_port
 from mlops.settings import Settings
 from tasks.batch import REJECTED, BatchScoreError, read_scores
 from tasks.ingest import accepted_frame
@@ -168,3 +169,17 @@ def test_a_partitioned_data_set_scored_on_a_dask_cluster_matches_the_single_proc
     )
     assert (again.parts_written, again.parts_resumed) == (1, 11)
     same_output()
+
+
+def test_an_unreachable_dask_scheduler_is_named_with_what_to_do(
+    scored: tuple[Settings, pd.DataFrame], tmp_path: Path
+) -> None:
+    _, frame = scored
+    rows(frame, 10).to_parquet(tmp_path / "part.0.parquet", index=False)
+    nowhere = f"tcp://127.0.0.1:{free_port()}"
+    params = BatchScoreParameters(
+        input=str(tmp_path / "part.0.parquet"), output=str(tmp_path / "out"), dask_address=nowhere
+    )
+    with pytest.raises(BatchScoreError, match=rf"no Dask scheduler answers at {nowhere} .*unset MLOPS_DASK_ADDRESS"):
+        batch_score_flow(params)
+    assert not list((tmp_path / "out").glob("*/part-*.parquet"))  # nothing half-scored
