@@ -70,12 +70,18 @@ def watch_landing(
     burst from starting more than one training); runs until ``stop`` is set.
 
     Raises:
-        RuntimeError: ``PREFECT_API_URL`` names no server to send the events to.
+        RuntimeError: ``PREFECT_API_URL`` names no server, or none answers there.
     """
+    import httpx
     from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
+    api = PREFECT_API_URL.value()
+    if not api:
         raise RuntimeError("the landing watcher sends events to a Prefect server: set PREFECT_API_URL (mlops up)")
+    try:
+        httpx.get(f"{api.rstrip('/')}/health", timeout=5.0).raise_for_status()
+    except httpx.HTTPError as error:  # events sent nowhere would be lost without a word
+        raise RuntimeError(f"no Prefect server answers at {api} ({error}): start it with `uv run mlops up`") from error
     stop = stop or threading.Event()
     announced: dict[str, frozenset[str]] = {}
     refused: set[str] = set()

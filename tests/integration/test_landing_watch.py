@@ -8,7 +8,11 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
 from flows.landing import watch_landing
+from mlops.process import free_port
 from mlops.settings import Settings
 from tasks.sample_data import land_batches
 
@@ -54,3 +58,9 @@ def test_batches_are_announced_seconds_after_they_land_and_once_while_they_wait(
     ]  # once per new batch, listing everything that waits
     assert sum("skipping broken" in line for line in said) == 1, said
     print(f"data.landed seen {seen_after:.2f} s after the batch landed")
+
+
+def test_the_watcher_refuses_to_start_without_a_prefect_server_to_tell(stack: Settings) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/api"
+    with temporary_settings({PREFECT_API_URL: nowhere}), pytest.raises(RuntimeError, match="no Prefect server answers"):
+        watch_landing(0.1, stop=threading.Event())
