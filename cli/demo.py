@@ -3,10 +3,13 @@
 1. MLflow and Prefect servers, the process worker, the deployments of ``prefect.yaml`` and the
    automations (``mlops up`` + ``mlops deploy``);
 2. the first champion, trained by the model's ``train/<model>`` deployment and put behind the endpoint;
+   then the landing watcher starts;
 3. traffic through the endpoint whose inputs have drifted, and new labelled data landing;
-4. the ``monitor-model/<model>`` deployment judges the traffic; from there on only Prefect automations
-   act: ``drift.detected`` -> retraining -> ``model.registered`` (challenger) -> release (an image
-   where a Docker engine answers, a process deployment otherwise) -> canary -> promoted.
+4. from there on only Prefect automations act: the watcher's ``data.landed`` -> retraining ->
+   ``model.registered`` (challenger) -> release (an image where a Docker engine answers, a process
+   deployment otherwise) -> canary -> promoted. Meanwhile the ``monitor-model/<model>`` deployment
+   judges the traffic: ``drift.detected`` (its retraining, inside the cooldown or finding nothing
+   new, changes nothing).
 
 The lines come from the lifecycle events as they reach the Prefect server. ``mlops down`` stops
 everything; a second ``mlops demo`` finds the story told and prints where to look.
@@ -39,7 +42,7 @@ def _run(name: str, parameters: dict[str, Any] | None = None) -> Any:
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    flow_run = cast(FlowRun, run_deployment(name, parameters=parameters or {}, timeout=900))
+    flow_run = cast(FlowRun, run_deployment(name, parameters=parameters or {}, timeout=900, poll_interval=1))
     if flow_run.state is None or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"deployment {name}: flow run {flow_run.name} ended {state}; see the Prefect UI")
@@ -64,6 +67,8 @@ def describe(event: Any) -> str:
         return f"version {payload['version']} promoted: it serves 100% of the endpoint"
     if name == "rollout.rolled_back":
         return f"version {payload['version']} rolled back: {payload.get('reason', '')}"
+    if name == "data.landed":
+        return f"the landing watcher saw {len(payload['batches'])} new batch(es) -> training (automation)"
     if name == "data.accepted":
         return f"batch {payload['batch']} accepted ({payload['rows']} rows)"
     if name == "model.trained":
@@ -118,8 +123,11 @@ def run_demo(settings: Settings, family: str) -> int:
     """Tell the whole story once (see the module doc); print where to look."""
     from datetime import UTC, datetime
 
+    from prefect.deployments import run_deployment
+
     from cli.stack import deploy, up
     from cli.traffic import BackgroundTraffic
+    from deployments.landing_watcher import start_watcher
     from flows.release import engine_answers
     from tasks.dataset import ledger_entries
     from tasks.ingest import accepted_frame
@@ -132,7 +140,8 @@ def run_demo(settings: Settings, family: str) -> int:
     # Containers of smoke-tested images where a Docker engine answers, processes otherwise.
     rollout = {**ROLLOUT, "target": "docker" if engine_answers() else "process"}
     progress(f"starting the worker, registering the deployments and automations (deployments: {rollout['target']}) ...")
-    deploy(settings, {"params": {"version": "challenger", "image": "auto", "rollout": rollout}})
+    # The landing watcher starts once the first champion serves: batch 0 is the demo's to train on.
+    deploy(settings, {"params": {"version": "challenger", "image": "auto", "rollout": rollout}}, watch=False)
     tracking, model = settings.tracking_uri, settings.model_name
     spec = settings.spec(model)
     landing, data = spec.landing_uri(settings.landing), spec.data_uri(settings.data)
@@ -147,6 +156,7 @@ def run_demo(settings: Settings, family: str) -> int:
     progress(f"version {champion} is the champion; putting it behind the endpoint ...")
     _run("release/challenger", {"params": {"version": "champion", "image": "auto", "rollout": rollout}})
     endpoint = f"http://{settings.endpoint_host}:{settings.endpoint_port}"
+    start_watcher(settings)
     later = [index for index in range(1, DEFAULT_BATCHES) if batch_name(index) not in ingested]
     if not later:
         progress("this home told the story before (every batch is trained on): nothing new to show")
@@ -164,7 +174,7 @@ def run_demo(settings: Settings, family: str) -> int:
         landed = time.monotonic()
         land_batches(landing, later)
         progress(f"new labelled data landed ({len(later)} batches); the monitor judges the last hour ...")
-        _run(f"monitor-model/{model}")
+        run_deployment(f"monitor-model/{model}", timeout=0)  # its events are followed below
         end = follow(model, since, progress, timeout=900)
         seconds = time.monotonic() - landed
         served = sum(traffic.result.statuses.values())

@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "watch-landing", help="announce new batches (data.landed) seconds after they land, until stopped"
     )
     watch_parser.add_argument("--every", type=float, default=2.0, help="seconds between looks (default 2)")
+    watch_parser.add_argument("--health-port", type=int, default=None, help="answer GET /health on this port")
     ship_parser = commands.add_parser(
         "ship-requests", help="upload the finished collection files of this host to MLOPS_REQUESTS_URI"
     )
@@ -295,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "watch-landing":
             from flows.landing import watch_landing
 
+            if args.health_port is not None:
+                from deployments.landing_watcher import HEALTH
+                from mlops.process import serve_health
+
+                serve_health(args.health_port, HEALTH)
             watch_landing(args.every, args.model)
         elif args.command == "ship-requests":
             ship_requests(settings, args.model, args.folder, args.every)

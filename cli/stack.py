@@ -1,7 +1,8 @@
-"""The embedded stack: MLflow and Prefect servers, the process worker, deployments and automations.
+"""The embedded stack: MLflow and Prefect servers, the process worker, deployments, automations and
+the landing watcher.
 
-``up`` starts (or reuses) the servers, ``deploy`` the worker, ``prefect deploy --all`` and the
-automations, ``down`` stops everything this project started (deployments and endpoint included).
+``up`` starts (or reuses) the servers, ``deploy`` the worker, ``prefect deploy --all``, the
+automations and the landing watcher, ``down`` stops everything this project started (deployments and endpoint included).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ def up(settings: Settings) -> dict[str, str]:
     return states
 
 
-def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> None:
-    """Start (or reuse) the process worker, register prefect.yaml's deployments, apply the automations."""
+def deploy(settings: Settings, release_parameters: dict[str, Any] | None, watch: bool = True) -> None:
+    """Start (or reuse) the process worker, register prefect.yaml's deployments, apply the automations
+    and (``watch``) start the landing watcher."""
     from deployments.automations import apply_loop_automations
+    from deployments.landing_watcher import start_watcher
     from deployments.prefect_worker import POOL, deploy_all, start_worker
 
     started = start_worker(settings)
@@ -40,9 +43,13 @@ def deploy(settings: Settings, release_parameters: dict[str, Any] | None) -> Non
     print("Deployments registered from prefect.yaml (prefect deploy --all)")
     for name, what in apply_loop_automations(settings, release_parameters=release_parameters).items():
         print(f"automation {name}: {what}")
+    if watch:  # after the automations: its first events have someone to act on them
+        watching = start_watcher(settings)
+        print(f"Landing watcher {'started' if watching else 'already running'}: every {settings.watch_seconds:g} s")
 
 
 def down(settings: Settings) -> None:
+    from deployments.landing_watcher import stop_watcher
     from deployments.prefect_server import stop_prefect
     from deployments.prefect_worker import stop_worker
     from mlflow_server import MlflowServerConfig, stop_mlflow
@@ -65,6 +72,7 @@ def down(settings: Settings) -> None:
         stopped = stop_endpoint(settings, model)
         print(f"Endpoint of {model}: {'stopped' if stopped else 'not running (nothing of ours to stop)'}")
     for name, stopped in (
+        ("Landing watcher", stop_watcher(settings)),
         ("Worker", stop_worker(settings)),
         ("Prefect", stop_prefect(settings)),
         ("MLflow", stop_mlflow(MlflowServerConfig.from_settings(settings))),

@@ -38,6 +38,8 @@ def prefect_server(settings: Settings) -> ManagedServer:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_API_HOST": settings.prefect_host,
             "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+            # Events reach the database (and `mlops demo`'s lines) within a second, not five.
+            "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
         },
     )
 

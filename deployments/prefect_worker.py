@@ -8,9 +8,11 @@ home and model settings. ``deploy_all`` is ``prefect deploy --all`` from the pro
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from deployments.model_deployments import write_deployment_file
@@ -25,11 +27,27 @@ def _prefect() -> str:
     return str(Path(sys.executable).parent / "prefect")
 
 
+def warm_socket(settings: Settings) -> Path:
+    """Where the worker's warm-run server listens: short (a Unix socket path has at most 107 bytes)
+    and one per home."""
+    home = hashlib.sha256(str(settings.resolved_home).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"mlops-warm-{home}.sock"
+
+
 def prefect_worker(settings: Settings) -> ManagedServer:
     """The managed-process description of the local process worker."""
     return ManagedServer(
         name="prefect-worker",
-        command=[_prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--with-healthcheck"],
+        command=[
+            sys.executable,
+            "-m",
+            "deployments.warm_runs",
+            "serve",
+            "--socket",
+            str(warm_socket(settings)),
+            "--",
+            *[_prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--with-healthcheck"],
+        ],
         host="127.0.0.1",
         port=settings.worker_port,
         health_path="/health",

@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -149,14 +151,41 @@ def start(server: ManagedServer, timeout: float = 90.0) -> bool:
     )
 
 
+def serve_health(port: int, body: str, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Answer ``GET /health`` with ``body`` on ``host:port`` from a daemon thread, so that a long-running
+    process of ours without a server of its own can be started, found and reused like the others."""
+    answer = body.encode()
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/health"
+            self.send_response(200 if found else 404)
+            self.send_header("content-length", str(len(answer) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Health)
+    threading.Thread(target=server.serve_forever, name=f"health-{port}", daemon=True).start()
+    return server
+
+
 def _alive(pid: int) -> bool:
+    """The process runs (a zombie, ended but not yet reaped by a parent that lives on, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): signal 0 is all we can tell
+    return state not in ("Z", "X")
 
 
 def stop(server: ManagedServer, timeout: float = 20.0) -> bool:
