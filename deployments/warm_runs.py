@@ -15,6 +15,8 @@ the UI are the same.
         (the worker's command for a flow run) hands its stdin/stdout/stderr, working folder and
         environment to the server at MLOPS_WARM_SOCKET, relays SIGTERM/SIGINT to the child and
         exits with its exit code. Without a server it becomes ``python -m prefect.engine`` (cold).
+    python -m deployments.warm_runs run -m MODULE ARGS...
+        the same for any module (``mlops deploy`` runs ``prefect deploy`` this way).
 
 Only the standard library is imported at module level: ``run`` must start in milliseconds.
 """
@@ -49,6 +51,7 @@ WARM_MODULES = (
     "prefect.flow_engine",
     "prefect.task_engine",
     "prefect.deployments",
+    "prefect.cli",
     "prefect.events",
     "mlflow",
     "mlflow.sklearn",
@@ -200,6 +203,9 @@ def run_job(job: Job) -> NoReturn:
         sys.modules["prefect.context"].refresh_global_settings_context()
     if job.cwd not in sys.path:
         sys.path.insert(0, job.cwd)
+    if job.argv[:1] != ["-m"] or len(job.argv) < 2:
+        print(f"warm-runs: only `-m MODULE ...` runs warm, not {job.argv}", file=sys.stderr)
+        _exit(2)
     module = job.argv[1]
     sys.argv = [module, *job.argv[2:]]
     code: int = 0
@@ -299,10 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--socket", required=True, help="the Unix socket to listen on")
     server.add_argument("--modules", default=None, help="comma-separated modules to import (default: the flows')")
     server.add_argument("worker", nargs=argparse.REMAINDER, help="-- the worker command to start beside it")
-    commands.add_parser("run", help="the worker's command for one flow run")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "run":
-        return _run_main(rest or ENGINE)
+    commands.add_parser("run", help="the worker's command for one flow run (or: run -m MODULE ARGS...)")
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["run"]:  # the rest is the child's: `-m MODULE ARGS...`, by default the engine
+        return _run_main(arguments[1:] or ENGINE)
+    args = parser.parse_args(arguments)
     args.worker = [part for part in args.worker if part != "--"] if args.worker else []
     return _serve_main(args)
 

@@ -33,6 +33,8 @@ def test_deployments_resolve_to_flows_with_valid_parameters(file: str) -> None:
     for deployment in config["deployments"]:
         flow_of(deployment).validate_parameters(deployment.get("parameters") or {})
         assert deployment["work_pool"]["name"] == pool
+        if pool == "local-process":  # each flow run is a fork of the worker's warm interpreter
+            assert deployment["work_pool"]["job_variables"]["command"] == "python -m deployments.warm_runs run"
 
 
 def test_every_flow_has_a_deployment_and_the_automations_name_real_ones() -> None:
