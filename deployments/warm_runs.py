@@ -106,12 +106,15 @@ def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
 
 def _accept(listener: socket.socket) -> tuple[socket.socket, Job] | None:
     conn, _ = listener.accept()
+    fds: list[int] = []
     try:
         data, fds, _, _ = socket.recv_fds(conn, MESSAGE_BYTES, 3)
         request = json.loads(data)
         return conn, Job(fds=fds, cwd=request["cwd"], env=request["env"], argv=request["argv"])
     except (OSError, ValueError, KeyError) as error:
         print(f"warm-runs: dropped a malformed request: {error}", file=sys.stderr, flush=True)
+        for fd in fds:
+            os.close(fd)
         conn.close()
         return None
 
@@ -172,16 +175,16 @@ def _kill(pid: int, sig: signal.Signals) -> None:
 
 
 def _reap(children: dict[int, socket.socket], selector: selectors.BaseSelector) -> None:
-    while children:
+    """Tell the client of each child that ended its exit code (only our forks: the worker's own status
+    stays for ``Popen.poll``)."""
+    for pid in list(children):
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            ended, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        conn = children.pop(pid, None)
-        if conn is None:
+            ended, status = pid, 255 << 8  # reaped elsewhere: its code is lost
+        if ended == 0:
             continue
+        conn = children.pop(pid)
         with contextlib.suppress(OSError):  # the client may be gone
             _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
         if conn in (key.fileobj for key in selector.get_map().values()):
