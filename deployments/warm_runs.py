@@ -255,7 +255,7 @@ def _serve_main(args: argparse.Namespace) -> NoReturn:
     run_job(job)
 
 
-def _cold(argv: list[str]) -> None:
+def _cold(argv: list[str]) -> NoReturn:
     os.execv(sys.executable, [sys.executable, *argv])
 
 
@@ -280,15 +280,11 @@ def _run_main(argv: list[str]) -> int:
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, _frame: _kill(child, signal.Signals(number)))
-    while True:
-        try:
-            line = reader.readline()
-        except InterruptedError:
-            continue
-        if not line:
-            print("warm-runs: the server went away before the run ended", file=sys.stderr)
-            return 1
-        return _end_like(int(json.loads(line)["exit"]))
+    line = reader.readline()  # a relayed signal interrupts it; Python retries (PEP 475)
+    if not line:
+        print("warm-runs: the server went away before the run ended", file=sys.stderr)
+        return 1
+    return _end_like(int(json.loads(line)["exit"]))
 
 
 def _end_like(code: int) -> int:
@@ -313,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments[:1] == ["run"]:  # the rest is the child's: `-m MODULE ARGS...`, by default the engine
         return _run_main(arguments[1:] or ENGINE)
     args = parser.parse_args(arguments)
-    args.worker = [part for part in args.worker if part != "--"] if args.worker else []
+    if args.worker[:1] == ["--"]:  # the separator only: the worker's own arguments stay as given
+        args.worker = args.worker[1:]
     return _serve_main(args)
 
 
