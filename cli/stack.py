@@ -55,19 +55,23 @@ def down(settings: Settings) -> None:
     from mlflow_server import MlflowServerConfig, stop_mlflow
     from tasks.docker_engine import EngineUnavailable, connect
     from tasks.endpoint_admin import running_endpoints, stop_endpoint
+    from tasks.router_container import router_containers, stop_router_container
     from tasks.targets import DockerTarget, ProcessTarget
 
     target = ProcessTarget(settings.tracking_uri, settings.resolved_home)
     for deployment in target.running():
         print(f"deployment {deployment}: {'stopped' if target.stop(deployment) else 'not running'}")
     try:
-        connect(timeout=10)
+        engine = connect(timeout=10)
     except EngineUnavailable:
         pass  # no engine: no containers of ours either
     else:
         containers = DockerTarget(settings.tracking_uri, home=settings.resolved_home)
         for deployment in containers.running():
             print(f"container mlops-{deployment}: {'stopped' if containers.stop(deployment) else 'not running'}")
+        for model in router_containers(engine, settings.resolved_home):
+            stopped = stop_router_container(engine, model)
+            print(f"Endpoint of {model} (container): {'stopped' if stopped else 'not running'}")
     for model in running_endpoints(settings) or [settings.model_name]:
         stopped = stop_endpoint(settings, model)
         print(f"Endpoint of {model}: {'stopped' if stopped else 'not running (nothing of ours to stop)'}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from mlops.settings import Settings, get_settings
 from tasks.docker_engine import connect
 from tasks.image import ImageSpec, build, ca_certificates
+from tasks.lineage import git_commit
 
 PROJECT = Path(__file__).resolve().parents[1]
 DOCKERFILE = PROJECT / "deployments" / "docker" / "flows.Dockerfile"
@@ -54,7 +55,10 @@ def build_flows_image(settings: Settings, tag: str = DEFAULT_TAG, log: logging.L
     with tempfile.TemporaryDirectory(prefix="mlops-flows-image-") as context:
         prepare_flows_context(Path(context), spec)
         labels = {"org.opencontainers.image.title": "mlops-flows"}
-        return build(engine, Path(context), tag, spec, labels, log or logging.getLogger("flows-image"))
+        # The commit the flows report as their code (tasks.lineage.git_commit): no .git in the image.
+        commit = {"GIT_COMMIT": git_commit()}
+        log = log or logging.getLogger("flows-image")
+        return build(engine, Path(context), tag, spec, labels, log, extra_args=commit)
 
 
 def main(argv: list[str] | None = None) -> int:

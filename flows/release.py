@@ -144,7 +144,7 @@ def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
     else:
         logger.info("no Docker engine answers (or image=never): no image built; the rollout runs processes")
 
-    rollout = roll_out(settings, name, version, config) if config is not None else None
+    rollout = roll_out(settings, name, version, config, image) if config is not None else None
     parts = [f"{name} version {version}"]
     if image is not None:
         parts.append(f"image {image.reference} ({image.size_bytes / 1e6:.0f} MB, smoke-tested)")
@@ -174,10 +174,12 @@ def release_flow(params: ReleaseParameters | None = None) -> ReleaseOutcome:
     return outcome
 
 
-def roll_out(settings: Settings, name: str, version: str, config: RolloutConfig) -> RolloutOutcome:
+def roll_out(
+    settings: Settings, name: str, version: str, config: RolloutConfig, image: ServingImage | None = None
+) -> RolloutOutcome:
     """The canary part of the flow: reconcile, canary, steps, then promote or roll back."""
     tracking = settings.tracking_uri
-    endpoint = start_endpoint(settings, name)
+    endpoint = start_endpoint(settings, name, image.reference if image else None)
     target = deployment_target(config, settings, deployment_name(name, version))
     champion, _ = reconcile_endpoint(endpoint, target, tracking, name)
     if version == champion:

@@ -93,6 +93,22 @@ def probe(server: ManagedServer) -> bool | None:
     return response.status_code == 200 and server.is_expected(response.text)
 
 
+def reusable(server: ManagedServer) -> bool:
+    """True if the expected server answers already; False if its port is free.
+
+    Raises:
+        PortInUseError: The port answers but not as the expected server.
+    """
+    state = probe(server)
+    if state is False:
+        raise PortInUseError(
+            f"{server.name}: port {server.port} on {server.host} is in use by something that is not "
+            f"a {server.name} server (no healthy answer at {server.url}{server.health_path}). "
+            f"Stop that process or choose another port."
+        )
+    return state is True
+
+
 def _log_tail(path: Path, lines: int = 25) -> str:
     if not path.exists():
         return "(no log)"
@@ -109,15 +125,8 @@ def start(server: ManagedServer, timeout: float = 90.0) -> bool:
         PortInUseError: The port answers but not as the expected server.
         ServerError: The process exited or did not become healthy in time.
     """
-    state = probe(server)
-    if state is True:
+    if reusable(server):
         return False
-    if state is False:
-        raise PortInUseError(
-            f"{server.name}: port {server.port} on {server.host} is in use by something that is not "
-            f"a {server.name} server (no healthy answer at {server.url}{server.health_path}). "
-            f"Stop that process or choose another port."
-        )
     server.state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **server.env}
     # Console scripts of this environment (uvicorn, gunicorn) must be found by the server.

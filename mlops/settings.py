@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
     endpoint_admin_token: str | None = Field(
         default=None,
         description="Bearer token of the router's admin API (default: generated once into <home>/endpoint/).",
+    )
+    endpoint_runtime: Literal["process", "docker"] = Field(
+        default="process",
+        description="How the release starts a model's router: a detached process (flow runs are processes), "
+        "or a container of the serving image it released (flow runs are containers: the Docker pool).",
     )
 
     image_repository: str = Field(

@@ -79,10 +79,19 @@ def router_server(settings: Settings, model: str | None = None) -> ManagedServer
     )
 
 
-def start_endpoint(settings: Settings, model: str | None = None) -> EndpointClient:
-    """Start (or reuse) the router of ``model`` (default: ``MLOPS_MODEL_NAME``); a client of its admin API."""
+def start_endpoint(settings: Settings, model: str | None = None, image: str | None = None) -> EndpointClient:
+    """Start (or reuse) the router of ``model`` (default: ``MLOPS_MODEL_NAME``); a client of its admin API.
+
+    The router is a process, or with ``MLOPS_ENDPOINT_RUNTIME=docker`` a container of the serving ``image``
+    (``tasks.router_container``).
+    """
     server = router_server(settings, model)
-    start(server, timeout=30)
+    if settings.endpoint_runtime == "docker":
+        from tasks.router_container import start_router_container
+
+        start_router_container(server, model or settings.model_name, image, settings.resolved_home)
+    else:
+        start(server, timeout=30)
     return EndpointClient(server.url, admin_token(settings))
 
 

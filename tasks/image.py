@@ -208,9 +208,10 @@ def build(
     labels: dict[str, str],
     log: Any,
     no_cache: bool = False,
+    extra_args: dict[str, str] | None = None,
 ) -> str:
     """Build the context into ``reference`` and return the image id; build output goes to ``log``."""
-    buildargs = {"BASE_IMAGE": spec.base_image}
+    buildargs = {"BASE_IMAGE": spec.base_image, **(extra_args or {})}
     if spec.pip_index_url:
         buildargs["PIP_INDEX_URL"] = spec.pip_index_url
     image_id = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +14,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """The checked-out commit, suffixed ``-dirty`` when tracked files changed; ``unknown`` outside git."""
+    """The checked-out commit, suffixed ``-dirty`` when tracked files changed; outside git the one an image
+    was built from (``MLOPS_GIT_COMMIT``, set by the flows image), else ``unknown``."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
@@ -27,7 +29,7 @@ def git_commit() -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("MLOPS_GIT_COMMIT") or "unknown"
     return f"{commit}-dirty" if dirty else commit
 
 

@@ -180,7 +180,8 @@ class DockerTarget:
         """Names of the deployments this target started for its home and that still exist."""
         if self.home is None:
             return []
-        found = self._engine().containers.list(all=True, filters={"label": f"mlops.home={self.home}"})
+        labels = [f"mlops.home={self.home}", "mlops.role=deployment"]
+        found = self._engine().containers.list(all=True, filters={"label": labels})
         return sorted(container.labels["mlops.deployment"] for container in found)
 
     def stop(self, name: str) -> bool:

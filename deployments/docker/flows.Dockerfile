@@ -40,3 +40,6 @@ RUN SSL_CERT_FILE=/tmp/ca-bundle.crt /opt/uv/bin/uv sync --locked --no-dev --gro
  && rm -rf /opt/uv /tmp/ca-bundle.crt /tmp/extra-ca \
  && mkdir -p /var/lib/mlops && chown 65532:65532 /var/lib/mlops
 USER 65532:65532
+# The commit the flows record as their code (no .git in the image); last, so it costs no cache.
+ARG GIT_COMMIT=unknown
+ENV MLOPS_GIT_COMMIT=${GIT_COMMIT}
