@@ -6,7 +6,9 @@ registered with ``prefect deploy`` on a real ``prefect server start`` with the l
 Prefect's Docker worker (``prefect-docker``) runs them against the local engine. The runs read and write
 through the MLflow server and the shared home (mounted at the same path); the release flow reaches the
 engine through its socket, so the serving images, the router and the canaries it starts are containers
-beside it that outlive its own (``MLOPS_ENDPOINT_RUNTIME=docker``).
+beside it that outlive its own (``MLOPS_ENDPOINT_RUNTIME=docker``). The model is the example classifier on a
+mixed-type table (strings, gaps, an id column), so the images, the batch output and the monitor handle more
+than numbers.
 
 Needs an engine (``.ci/docker-engine start``); skips without, except in CI (``MLOPS_REQUIRE_DOCKER=1``).
 """
@@ -43,12 +45,13 @@ from serving.collector import requests_dir
 from tasks.collected import load_requests
 from tasks.endpoint_admin import EndpointClient, admin_token, endpoint_url
 from tasks.events import read_events
+from tasks.image import ImageSpec
 from tasks.ingest import accepted_frame
 from tasks.lineage import git_commit
 from tasks.router_container import container_name
 from tasks.sample_data import drifted, land_batches
 from tasks.targets import DockerTarget
-from tests.conftest import model_env
+from tests.conftest import model_env, raw_records
 from tests.integration.conftest import model_events
 
 TAG = "mlops-flows:test"
@@ -63,6 +66,14 @@ ROLLOUT = {
     "p99_slack_ms": 250,
     "compare_predictions": False,
 }
+SHIFTED = (
+    "mean radius",
+    "mean texture",
+    "mean smoothness",
+    "mean concave points",
+    "worst area",
+    "worst symmetry",
+)
 # Passed on to the flow containers: where the engine is, and what the serving image builds need here.
 PASSED_ON = ("DOCKER_HOST", "MLOPS_IMAGE_BASE", "MLOPS_IMAGE_CA_CERTS", "MLOPS_IMAGE_PIP_INDEX_URL")
 
@@ -140,7 +151,7 @@ def pool(
     root = tmp_path_factory.mktemp("docker-pool")
     name = f"mlops-docker-{uuid.uuid4().hex[:6]}"
     values = {
-        **model_env(root, "docked"),
+        **model_env(root, "docked", base="tumours"),  # the mixed-type classifier: strings, gaps, ids
         "MLFLOW_TRACKING_URI": mlflow_config.url,
         "MLOPS_PREFECT_PORT": str(free_port()),
         "MLOPS_ENDPOINT_PORT": str(free_port()),
@@ -188,6 +199,8 @@ def pool(
             down(settings)  # the router and deployment containers, and the Prefect server
             for container in docker_engine.containers.list(all=True, filters={"ancestor": TAG}):
                 container.remove(force=True)
+            for image in docker_engine.images.list(name=ImageSpec().image_name(settings.model_name)):
+                docker_engine.images.remove(image.id, force=True)  # the serving images the releases built
 
 
 @contextmanager
@@ -219,7 +232,8 @@ def docker_worker(pool: str, api: str, root: Path) -> Iterator[ManagedServer]:
 def test_the_loop_runs_as_containers_of_the_flows_image(pool: Pool) -> None:
     settings, model, engine = pool.settings, pool.settings.model_name, pool.engine
     mlflow = MlflowClient(settings.tracking_uri)
-    land_batches(settings.landing_for(), [0])
+    spec = settings.spec()
+    land_batches(settings.landing_for(), [0], spec=spec)
     pool.ran_in_a_container(pool.run(f"train/{model}", {"params": {"model": model}}))
     assert mlflow.get_registered_model(model).aliases.get("champion") == "1"  # registered from the container
     assert mlflow.get_model_version(model, "1").tags["git_commit"] == git_commit()  # baked into the image
@@ -239,7 +253,7 @@ def test_the_loop_runs_as_containers_of_the_flows_image(pool: Pool) -> None:
     # Batch scoring in a container: a Parquet file of the shared home in, scored parts out.
     frame = accepted_frame(settings.data_for())
     assert frame is not None
-    features = list(settings.spec().feature_names)
+    features = list(spec.feature_names)
     batch_in = settings.resolved_home / "batch-in"
     batch_in.mkdir()
     rows = pd.concat([frame[features]] * 3, ignore_index=True)
@@ -250,8 +264,9 @@ def test_the_loop_runs_as_containers_of_the_flows_image(pool: Pool) -> None:
     parts = sorted(output.rglob("*.parquet"))
     assert parts and sum(len(pd.read_parquet(part)) for part in parts) == len(rows)
 
-    matrix = drifted(frame)[features].to_numpy().tolist()
-    body = lambda rng: {"instances": [matrix[rng.randrange(len(matrix))]]}  # noqa: E731
+    # The world changed: 6 of the 10 inputs shifted (the numeric measurements); strings and gaps as in training.
+    records = raw_records(drifted(frame, columns=SHIFTED)[features])
+    body = lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]}  # noqa: E731
     with BackgroundTraffic(f"{endpoint}/invocations", body, max_seconds=600, concurrency=2, pause=0.01) as traffic:
         _wait("200 served requests", lambda: traffic.result.requests >= 200, timeout=60)
         # The monitor in a container judges what the champion's container collected into the shared home.
@@ -263,7 +278,7 @@ def test_the_loop_runs_as_containers_of_the_flows_image(pool: Pool) -> None:
         # From here on only the automations act: new data, announced by the landing check in a container,
         # is trained on, and the challenger released, as containers.
         apply_loop_automations(settings, release_parameters={"params": {"version": "challenger", "rollout": ROLLOUT}})
-        land_batches(settings.landing_for(), [1, 2, 3])
+        land_batches(settings.landing_for(), [1, 2, 3], spec=spec)
         clock = time.monotonic()
         pool.ran_in_a_container(pool.run("landing/check", {"model": model}))
         _wait("the challenger to be promoted", lambda: _champion(mlflow, model) == "2", timeout=600)
