@@ -63,6 +63,8 @@ WARM_MODULES = (
     "pyarrow.parquet",
     "onnxruntime",
     "skl2onnx",
+    "matplotlib.figure",  # the training's plots: about 1 s of imports a run would pay otherwise
+    "matplotlib.backends.backend_agg",
     "great_expectations",
     "evidently",
     "evidently.presets",

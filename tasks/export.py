@@ -55,7 +55,11 @@ class ExportConfig(BaseModel):
     latency_batch_sizes: list[PositiveInt] = Field(
         default_factory=lambda: [1, 100, 10_000], description="Rows per call for the latency figures."
     )
-    latency_budget_seconds: float = Field(0.25, gt=0, description="Time spent timing each engine and batch size.")
+    latency_budget_seconds: float = Field(
+        0.05,
+        gt=0,
+        description="Time spent timing each engine and batch size (medians spread about 1 % at 0.05 s as at 0.25 s).",
+    )
 
 
 @dataclass(frozen=True)
