@@ -56,6 +56,17 @@ def write_spec(models_dir: Path, name: str, base: str = "diabetes", **sections: 
     return path
 
 
+def own_prefect_env(root: Path) -> dict[str, str]:
+    """Environment of a test's own ``prefect server start``: its client home under ``root``, no analytics, and
+    no scheduler (scheduled runs, such as the landing check every 5 minutes, would race a test's story)."""
+    return {
+        "PREFECT_HOME": str(root / "prefect-client"),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "true",
+    }
+
+
 def model_env(root: Path, prefix: str = "model", base: str = "diabetes") -> dict[str, str]:
     """A home, a models folder and a model of their own (``<prefix>_<random>``, a copy of the ``base`` spec)."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"

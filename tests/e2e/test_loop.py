@@ -46,7 +46,7 @@ from mlops.settings import Settings
 from tasks.endpoint_admin import endpoint_url
 from tasks.ingest import accepted_frame
 from tasks.sample_data import drifted, land_batches
-from tests.conftest import model_env, raw_records, write_spec
+from tests.conftest import model_env, own_prefect_env, raw_records, write_spec
 
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 3, "min_requests": 20, "p99_slack_ms": 80, "compare_predictions": False}
 RELEASE = {"params": {"version": "challenger", "image": "never", "rollout": ROLLOUT}}
@@ -158,11 +158,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory, receiver: Receiver) -> Iterat
         "MLOPS_ENDPOINT_PORT": str(free_port()),
         "MLOPS_NOTIFY_WEBHOOK_URL": receiver.url,
         "MLOPS_RETRAIN_COOLDOWN_MINUTES": "30",
-        "PREFECT_HOME": str(root / "prefect-client"),
-        # Scheduled runs (the landing check every 5 minutes) would race the story; the test starts runs itself.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "true",
+        **own_prefect_env(root),  # the test starts runs itself
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in values.items():

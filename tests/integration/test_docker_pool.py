@@ -49,9 +49,9 @@ from tasks.image import ImageSpec
 from tasks.ingest import accepted_frame
 from tasks.lineage import git_commit
 from tasks.router_container import container_name
-from tasks.sample_data import drifted, land_batches
+from tasks.sample_data import TUMOUR_MEASUREMENTS, drifted, land_batches
 from tasks.targets import DockerTarget
-from tests.conftest import model_env, raw_records
+from tests.conftest import model_env, own_prefect_env, raw_records
 from tests.integration.conftest import model_events
 
 TAG = "mlops-flows:test"
@@ -66,14 +66,6 @@ ROLLOUT = {
     "p99_slack_ms": 250,
     "compare_predictions": False,
 }
-SHIFTED = (
-    "mean radius",
-    "mean texture",
-    "mean smoothness",
-    "mean concave points",
-    "worst area",
-    "worst symmetry",
-)
 # Passed on to the flow containers: where the engine is, and what the serving image builds need here.
 PASSED_ON = ("DOCKER_HOST", "MLOPS_IMAGE_BASE", "MLOPS_IMAGE_CA_CERTS", "MLOPS_IMAGE_PIP_INDEX_URL")
 
@@ -157,10 +149,7 @@ def pool(
         "MLOPS_ENDPOINT_PORT": str(free_port()),
         "MLOPS_ENDPOINT_RUNTIME": "docker",
         "MLOPS_FLOWS_IMAGE": TAG,
-        "PREFECT_HOME": str(root / "prefect-client"),
-        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # the test starts the landing check itself
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "true",
+        **own_prefect_env(root),  # the test starts the landing check itself
     }
     with pytest.MonkeyPatch.context() as patch:
         for key, value in values.items():
@@ -265,7 +254,7 @@ def test_the_loop_runs_as_containers_of_the_flows_image(pool: Pool) -> None:
     assert parts and sum(len(pd.read_parquet(part)) for part in parts) == len(rows)
 
     # The world changed: 6 of the 10 inputs shifted (the numeric measurements); strings and gaps as in training.
-    records = raw_records(drifted(frame, columns=SHIFTED)[features])
+    records = raw_records(drifted(frame, columns=TUMOUR_MEASUREMENTS)[features])
     body = lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]}  # noqa: E731
     with BackgroundTraffic(f"{endpoint}/invocations", body, max_seconds=600, concurrency=2, pause=0.01) as traffic:
         _wait("200 served requests", lambda: traffic.result.requests >= 200, timeout=60)
