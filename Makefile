@@ -22,7 +22,7 @@ lint: sync
 	$(UV) run --locked mypy
 
 test: lint
-	$(UV) run --locked pytest
+	$(UV) run --locked pytest -n 2 --dist loadfile
 
 down: uv
 	$(UV) run --locked mlops down
