@@ -36,7 +36,7 @@ from prefect import task
 from scipy.stats import chi2_contingency, fisher_exact, ks_2samp
 
 from mlops.policies import RolloutConfig
-from serving.endpoint import Deployment
+from serving.endpoint import Deployment, is_fault
 from tasks.endpoint_admin import EndpointClient
 from tasks.events import emit, run_logger
 from tasks.registry import CHALLENGER, CHAMPION, PromotionError, PromotionIncomplete, record_promotion
@@ -62,6 +62,7 @@ class Window:
     agreement_compared: int = 0  # mirrored predictions compared with the answer the client got
     agreement_equal: int = 0
     probabilities: dict[str, tuple[float, ...]] = field(default_factory=dict)  # a classifier's, per class
+    faults: dict[str, int] = field(default_factory=dict)  # the faults' status codes and counts
 
     @property
     def error_rate(self) -> float:
@@ -81,6 +82,7 @@ class Window:
         if not stats:
             return cls(0, 0, 0.0, 0.0)
         agreement = stats.get("agreement") or {}
+        codes = stats.get("codes") or {}
         return cls(
             int(stats["requests"]),
             int(stats["errors"]),
@@ -89,6 +91,7 @@ class Window:
             tuple(stats["predictions"]),
             int(agreement.get("compared", 0)),
             int(agreement.get("equal", 0)),
+            faults={code: int(n) for code, n in sorted(codes.items()) if is_fault(int(code))},
         )
 
     def figures(self) -> dict[str, float]:
@@ -184,9 +187,10 @@ def _fault_excess(canary: Window, stable: Window, config: RolloutConfig) -> str 
     allowed = stable.error_rate + config.max_error_rate
     if canary.error_rate <= allowed:
         return None
+    faults = ", ".join(f"{n}x {code}" for code, n in canary.faults.items())
     figures = (
         f"canary error rate {canary.error_rate:.1%} > {allowed:.1%} "
-        f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})"
+        f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})" + (f"; its faults: {faults}" if faults else "")
     )
     if not stable.errors:
         return figures

@@ -46,6 +46,16 @@ def test_errors_that_stable_answers_as_often_are_not_the_canarys_fault() -> None
     assert reasons == ["canary error rate 2.0% > 1.0% (stable's 0.0% + 1.0%)"]
 
 
+def test_the_canarys_faults_are_named_by_status_code() -> None:
+    """The reason says which answers counted against the canary (router 502/504s read differently from 500s)."""
+    stats = {"requests": 200, "errors": 5, "p50_ms": 1.0, "p99_ms": 4.0, "predictions": [150.0] * 195,
+             "codes": {"200": 190, "400": 5, "502": 3, "422": 1, "500": 1}}  # fmt: skip
+    canary = Window.from_stats(stats)
+    assert canary.faults == {"422": 1, "500": 1, "502": 3}
+    reasons, _ = analyse(canary, window(), CONFIG)
+    assert reasons[0] == "canary error rate 2.5% > 1.0% (stable's 0.0% + 1.0%); its faults: 1x 422, 1x 500, 3x 502"
+
+
 def test_a_large_distance_on_a_tiny_sample_is_not_significant_enough_to_fail() -> None:
     canary = Window(31, 0, 1.0, 4.0, (400.0, 410.0))  # two predictions far away: KS 1.0, p ~ 1e-4
     reasons, ks = analyse(canary, window(), CONFIG.model_copy(update={"ks_alpha": 1e-5}))
