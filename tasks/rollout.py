@@ -190,7 +190,8 @@ def _fault_excess(canary: Window, stable: Window, config: RolloutConfig) -> str 
     faults = ", ".join(f"{n}x {code}" for code, n in canary.faults.items())
     figures = (
         f"canary error rate {canary.error_rate:.1%} > {allowed:.1%} "
-        f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})" + (f"; its faults: {faults}" if faults else "")
+        f"(stable's {stable.error_rate:.1%} + {config.max_error_rate:.1%})"
+        + (f"; its faults: {faults}" if faults else "")
     )
     if not stable.errors:
         return figures
