@@ -7,7 +7,8 @@ Not a test: prints a table. Run it after a loop, against the same Prefect server
 
 The last ``data.landed`` of the model's dataset starts the table; the first ``rollout.promoted`` or
 ``rollout.rolled_back`` after it ends it. Each line: seconds since the landing, seconds since the line
-before, and what happened (a flow run's state is shown with its deployment).
+before, and what happened (a flow run's state is shown with its deployment; a rollout step twice: when the
+canary took its share of the traffic, and when the step was judged after its bake).
 """
 
 from __future__ import annotations
@@ -58,7 +59,14 @@ def hops(events: list[Any], model: str) -> list[tuple[datetime, str]]:
     lines: list[tuple[datetime, str]] = []
     for event in events[landings[-1] :]:
         name = event.event
-        if event.resource.id in ours and name.startswith(LIFECYCLE):
+        if event.resource.id in ours and name == "rollout.step" and "canary weight %" in event.payload:
+            weight, verdict = event.payload["canary weight %"], event.payload.get("verdict")
+            began = event.occurred - timedelta(seconds=float(event.payload.get("seconds", 0)))
+            lines += [
+                (began, f"canary at {weight} % of the traffic"),
+                (event.occurred, f"{name} {weight} %: {verdict}"),
+            ]
+        elif event.resource.id in ours and name.startswith(LIFECYCLE):
             lines.append((event.occurred, name))
             if name in ENDS:
                 break
@@ -67,7 +75,7 @@ def hops(events: list[Any], model: str) -> list[tuple[datetime, str]]:
         elif name in {"prefect.automation.triggered", "prefect.automation.action.executed"}:
             what = name.removeprefix("prefect.automation.")
             lines.append((event.occurred, f"automation {event.resource.get('prefect.resource.name')}: {what}"))
-    return lines
+    return sorted(lines, key=lambda line: line[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,26 +96,35 @@ def failed_runs(since: Any) -> list[str]:
     return [f"flow run {run.name} {run.state_name}: {run.state.message if run.state else ''}"[:400] for run in runs]
 
 
-def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> str | None:
-    """Print the model's lifecycle events as they arrive until the story ends (or a flow run fails);
-    returns the last event's name."""
+def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> tuple[str | None, list[Any]]:
+    """Print the model's lifecycle events as they arrive until the story ends (or a flow run fails); returns how
+    it ended and the events seen."""
     from tasks.events import read_events
 
-    seen: set[str] = set()
+    seen: dict[str, Any] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in read_events([model_name], since, FOLLOWED):
             if str(event.id) in seen:
                 continue
-            seen.add(str(event.id))
+            seen[str(event.id)] = event
             progress(describe(event))
             if event.event in ENDS:
-                return event.event
+                return event.event, list(seen.values())
         if failures := failed_runs(since):
             for failure in failures:
                 progress(failure)
-            return "a flow run failed (see the Prefect UI)"
-        time.sleep(1.0)
+            return "a flow run failed (see the Prefect UI)", list(seen.values())
+        time.sleep(0.5)
+    return None, list(seen.values())
+
+
+def full_traffic_seconds(events: list[Any], since: Any) -> float | None:
+    """Seconds from ``since`` to the moment the canary took 100 % of the traffic: the start of its 100 % step (that
+    step's event comes at its end, after the bake that confirms it)."""
+    for event in events:
+        if event.event == "rollout.step" and event.payload.get("canary weight %") == 100:
+            return (event.occurred - since).total_seconds() - float(event.payload.get("seconds", 0))
     return None
 
 
@@ -175,12 +184,14 @@ def run_demo(settings: Settings, family: str) -> int:
         land_batches(landing, later)
         progress(f"new labelled data landed ({len(later)} batches); the monitor judges the last hour ...")
         run_deployment(f"monitor-model/{model}", timeout=0)  # its events are followed below
-        end = follow(model, since, progress, timeout=900)
+        end, events = follow(model, since, progress, timeout=900)
         seconds = time.monotonic() - landed
         served = sum(traffic.result.statuses.values())
         errors = traffic.result.server_errors + traffic.result.connection_errors
     outcome = end or "no ending within 15 minutes"
-    progress(f"{outcome}: {seconds:.0f} s after the data landed; {served} requests served, {errors} failed")
+    full = full_traffic_seconds(events, since)
+    at_full = f" (all traffic on the challenger from {full:.0f} s, then its last bake)" if full is not None else ""
+    progress(f"{outcome}: {seconds:.0f} s after the data landed{at_full}; {served} requests served, {errors} failed")
     return _where_to_look(settings, endpoint) if end == "rollout.promoted" else 1
 
 

@@ -1,4 +1,5 @@
-"""Start, reuse and stop a local ``prefect server start`` (SQLite under ``<home>/prefect``).
+"""Start, reuse and stop a local ``prefect server start`` (SQLite under ``<home>/prefect``), run through
+:mod:`deployments.prefect_sqlite` so that its write transactions wait for SQLite's lock instead of failing.
 
 For a team, point ``PREFECT_API_URL`` at a shared server (PostgreSQL-backed) or Prefect
 Cloud instead and do not start one.
@@ -7,7 +8,6 @@ Cloud instead and do not start one.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from mlops.process import ManagedServer, start, stop
 from mlops.settings import Settings
@@ -19,7 +19,9 @@ def prefect_server(settings: Settings) -> ManagedServer:
     return ManagedServer(
         name="prefect",
         command=[
-            str(Path(sys.executable).parent / "prefect"),
+            sys.executable,
+            "-m",
+            "deployments.prefect_sqlite",
             "server",
             "start",
             "--host",
