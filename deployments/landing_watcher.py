@@ -1,6 +1,6 @@
 """Start, reuse and stop the local landing watcher (``mlops watch-landing``) beside the worker.
 
-It lists every model's landing folder every ``MLOPS_WATCH_SECONDS`` (default 1 s) and emits
+It lists every model's landing folder every ``MLOPS_WATCH_SECONDS`` (default 0.5 s) and emits
 ``data.landed`` once per new batch, so the ``train-on-new-data`` automation starts a training
 seconds after data lands instead of at the next scheduled check (``landing/check``, every five
 minutes, stays as the fallback). It answers a health check on ``MLOPS_WATCHER_PORT``.
