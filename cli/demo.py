@@ -130,6 +130,7 @@ def full_traffic_seconds(events: list[Any], since: Any) -> float | None:
 
 def run_demo(settings: Settings, family: str) -> int:
     """Tell the whole story once (see the module doc); print where to look."""
+    from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
 
     from prefect.deployments import run_deployment
@@ -137,6 +138,7 @@ def run_demo(settings: Settings, family: str) -> int:
     from cli.stack import deploy, up
     from cli.traffic import BackgroundTraffic
     from deployments.landing_watcher import start_watcher
+    from deployments.prefect_worker import start_worker
     from flows.release import engine_answers
     from tasks.dataset import ledger_entries
     from tasks.ingest import accepted_frame
@@ -144,11 +146,14 @@ def run_demo(settings: Settings, family: str) -> int:
     from tasks.tracking import alias_version
 
     progress = Progress()
-    progress("starting the MLflow and Prefect servers ...")
-    up(settings)
+    progress("starting the MLflow and Prefect servers and the worker ...")
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the worker's imports overlap the servers' start
+        worker = pool.submit(start_worker, settings)
+        up(settings)
+        worker.result()
     # Containers of smoke-tested images where a Docker engine answers, processes otherwise.
     rollout = {**ROLLOUT, "target": "docker" if engine_answers() else "process"}
-    progress(f"starting the worker, registering the deployments and automations (deployments: {rollout['target']}) ...")
+    progress(f"registering the deployments and automations (deployments: {rollout['target']}) ...")
     # The landing watcher starts once the first champion serves: batch 0 is the demo's to train on.
     deploy(settings, {"params": {"version": "challenger", "image": "auto", "rollout": rollout}}, watch=False)
     tracking, model = settings.tracking_uri, settings.model_name

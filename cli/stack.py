@@ -38,7 +38,7 @@ def deploy(settings: Settings, release_parameters: dict[str, Any] | None, watch:
     from deployments.prefect_worker import POOL, deploy_all, start_worker
 
     started = start_worker(settings)
-    print(f"Worker {'started' if started else 'already running'}: pool {POOL}, log {settings.logs_dir}")
+    print(f"Worker {'started' if started else 'answering'}: pool {POOL}, log {settings.logs_dir}")
     deploy_all(settings)
     print("Deployments registered from prefect.yaml (prefect deploy --all)")
     for name, what in apply_loop_automations(settings, release_parameters=release_parameters).items():

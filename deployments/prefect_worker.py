@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from deployments.model_deployments import write_deployment_file
@@ -50,6 +51,8 @@ def prefect_worker(settings: Settings) -> ManagedServer:
             "serve",
             "--socket",
             str(warm_socket(settings)),
+            "--after",  # the worker asks the API for runs once it answers; the imports go ahead meanwhile
+            f"{settings.prefect_url}/health",
             "--",
             *[_prefect(), "worker", "start", "--pool", POOL, "--type", "process", "--with-healthcheck"],
         ],
@@ -68,9 +71,36 @@ def prefect_worker(settings: Settings) -> ManagedServer:
     )
 
 
-def start_worker(settings: Settings, timeout: float = 60.0) -> bool:
-    """Start the process worker (creating the pool), or reuse the one answering on its port."""
-    return start(prefect_worker(settings), timeout=timeout)
+class WorkerError(RuntimeError):
+    """The worker answers but its work pool never appeared."""
+
+
+def start_worker(settings: Settings, timeout: float = 120.0) -> bool:
+    """Start the process worker, or reuse the one answering on its port; returns once its pool exists (the worker
+    creates it, with the process pool's job template, just after its health check answers)."""
+    started = start(prefect_worker(settings), timeout=timeout)
+    wait_for_pool(settings, timeout)
+    return started
+
+
+def wait_for_pool(settings: Settings, timeout: float) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings(updates={PREFECT_API_URL: settings.prefect_url}), get_client(sync_client=True) as prefect:
+        while True:
+            try:
+                prefect.read_work_pool(POOL)
+                return
+            except ObjectNotFound:
+                if time.monotonic() > deadline:
+                    raise WorkerError(
+                        f"the worker answers but its pool {POOL} did not appear within {timeout:.0f} s; "
+                        f"see {settings.logs_dir}/prefect-worker.log"
+                    ) from None
+                time.sleep(0.2)
 
 
 def stop_worker(settings: Settings) -> bool:

@@ -238,16 +238,54 @@ def _exit(code: int) -> NoReturn:
     os._exit(code)
 
 
+def answers(url: str, timeout: float) -> bool:
+    """Whether ``url`` answers 2xx within ``timeout`` seconds (asked every 0.2 s)."""
+    from urllib.error import URLError
+    from urllib.request import urlopen
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urlopen(url, timeout=2) as response:
+                if 200 <= response.status < 300:
+                    return True
+        except (URLError, OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def _start_worker(command: list[str], path: Path, after: str | None, timeout: float) -> subprocess.Popen[bytes] | None:
+    """The worker command, started once ``after`` answers (at once without it); None when it never did."""
+    if after and not answers(after, timeout):
+        print(f"warm-runs: {after} did not answer within {timeout:.0f} s; the worker was not started", flush=True)
+        return None
+    return subprocess.Popen(command, env={**os.environ, SOCKET_ENV: str(path)})
+
+
 def _serve_main(args: argparse.Namespace) -> NoReturn:
     path = Path(args.socket).resolve()
     listener = listen(path)
-    worker = None
+    # The worker starts beside the imports, as soon as the API it asks for runs answers (the servers may still be
+    # starting: `mlops demo` starts all three at once).
+    starting: list[subprocess.Popen[bytes] | None] = []
+    starter = threading.Thread(
+        target=lambda: starting.append(_start_worker(args.worker, path, args.after, args.after_timeout)),
+        name="worker-start",
+        daemon=True,
+    )
     if args.worker:
-        worker = subprocess.Popen(args.worker, env={**os.environ, SOCKET_ENV: str(path)})
+        starter.start()
     started = time.perf_counter()
     missing = warm_up(tuple(args.modules.split(",")) if args.modules else WARM_MODULES)
     note = f" (not installed: {', '.join(missing)})" if missing else ""
     print(f"warm-runs: imports done in {time.perf_counter() - started:.1f} s{note}", flush=True)
+    worker = None
+    if args.worker:
+        starter.join()
+        if (worker := starting[0]) is None:
+            raise SystemExit(1)
     try:
         job = serve(listener, worker)
     except BaseException:
@@ -305,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     server = commands.add_parser("serve", help="import the heavy modules, start the worker, fork flow runs")
     server.add_argument("--socket", required=True, help="the Unix socket to listen on")
     server.add_argument("--modules", default=None, help="comma-separated modules to import (default: the flows')")
+    server.add_argument("--after", default=None, help="a URL that must answer before the worker starts (its API)")
+    server.add_argument("--after-timeout", type=float, default=120.0, help="seconds to wait for --after (120)")
     server.add_argument("worker", nargs=argparse.REMAINDER, help="-- the worker command to start beside it")
     commands.add_parser("run", help="the worker's command for one flow run (or: run -m MODULE ARGS...)")
     arguments = sys.argv[1:] if argv is None else argv
