@@ -32,7 +32,7 @@ def run(env: dict[str, str], *args: str) -> tuple[float, list[tuple[float, str]]
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"mlops {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    steps = [(float(m[1]), m[2][:70]) for line in result.stdout.splitlines() if (m := STEP.match(line))]
+    steps = [(float(m[1]), m[2][:200]) for line in result.stdout.splitlines() if (m := STEP.match(line))]
     return elapsed, steps
 
 

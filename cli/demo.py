@@ -7,9 +7,9 @@
 3. traffic through the endpoint whose inputs have drifted, and new labelled data landing;
 4. from there on only Prefect automations act: the watcher's ``data.landed`` -> retraining ->
    ``model.registered`` (challenger) -> release (an image where a Docker engine answers, a process
-   deployment otherwise) -> canary -> promoted. Meanwhile the ``monitor-model/<model>`` deployment
-   judges the traffic: ``drift.detected`` (its retraining, inside the cooldown or finding nothing
-   new, changes nothing).
+   deployment otherwise) -> canary -> promoted. Once the canary starts, the ``monitor-model/<model>``
+   deployment judges the traffic while the rollout bakes (so it does not share the 2 cores with the
+   training): ``drift.detected`` (its retraining, finding nothing new, changes nothing).
 
 The lines come from the lifecycle events as they reach the Prefect server. ``mlops down`` stops
 everything; a second ``mlops demo`` finds the story told and prints where to look.
@@ -18,6 +18,7 @@ everything; a second ``mlops demo`` finds the story told and prints where to loo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from mlops.settings import Settings
@@ -96,12 +97,20 @@ def failed_runs(since: Any) -> list[str]:
     return [f"flow run {run.name} {run.state_name}: {run.state.message if run.state else ''}"[:400] for run in runs]
 
 
-def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> tuple[str | None, list[Any]]:
-    """Print the model's lifecycle events as they arrive until the story ends (or a flow run fails); returns how
-    it ended and the events seen."""
+def follow(
+    model_name: str,
+    since: Any,
+    progress: Progress,
+    timeout: float,
+    on_event: Callable[[Any], None] = lambda event: None,
+    settled: Callable[[], bool] = lambda: True,
+) -> tuple[str | None, list[Any]]:
+    """Print the model's lifecycle events as they arrive (each passed to ``on_event`` too) until the story ends and
+    ``settled()`` holds, or a flow run fails; returns how it ended and the events seen."""
     from tasks.events import read_events
 
     seen: dict[str, Any] = {}
+    end: str | None = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in read_events([model_name], since, FOLLOWED):
@@ -109,14 +118,50 @@ def follow(model_name: str, since: Any, progress: Progress, timeout: float) -> t
                 continue
             seen[str(event.id)] = event
             progress(describe(event))
-            if event.event in ENDS:
-                return event.event, list(seen.values())
+            on_event(event)
+            end = event.event if event.event in ENDS else end
+        if end is not None and settled():
+            return end, list(seen.values())
         if failures := failed_runs(since):
             for failure in failures:
                 progress(failure)
             return "a flow run failed (see the Prefect UI)", list(seen.values())
         time.sleep(0.5)
-    return None, list(seen.values())
+    return end, list(seen.values())
+
+
+class Monitor:
+    """The model's ``monitor-model/<model>`` deployment, run once when the canary starts: it judges the drifted traffic
+    while the rollout bakes (its CPU stays off the training's critical path on 2 cores) and its ``drift.detected``
+    reaches the story before it ends."""
+
+    EVENTS_LAG = 3.0  # seconds the last events of a finished run may take to reach the database (flush: 1 s)
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.run_id: Any = None
+        self.finished_at: float | None = None
+
+    def on_event(self, event: Any) -> None:
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.deployments import run_deployment
+
+        if event.event == "rollout.started" and self.run_id is None:
+            self.run_id = cast(FlowRun, run_deployment(f"monitor-model/{self.model}", timeout=0)).id
+
+    def settled(self) -> bool:
+        """No monitor run, or it finished a few seconds ago (its events are in)."""
+        from prefect.client.orchestration import get_client
+
+        if self.run_id is None:
+            return True
+        if self.finished_at is None:
+            with get_client(sync_client=True) as prefect:
+                state = prefect.read_flow_run(self.run_id).state
+            if state is None or not state.is_final():
+                return False
+            self.finished_at = time.monotonic()
+        return time.monotonic() - self.finished_at >= self.EVENTS_LAG
 
 
 def full_traffic_seconds(events: list[Any], since: Any) -> float | None:
@@ -132,8 +177,6 @@ def run_demo(settings: Settings, family: str) -> int:
     """Tell the whole story once (see the module doc); print where to look."""
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
-
-    from prefect.deployments import run_deployment
 
     from cli.stack import deploy, up
     from cli.traffic import BackgroundTraffic
@@ -185,18 +228,20 @@ def run_demo(settings: Settings, family: str) -> int:
         while traffic.result.requests < 300:
             time.sleep(0.2)
         since = datetime.now(UTC)
-        landed = time.monotonic()
         land_batches(landing, later)
-        progress(f"new labelled data landed ({len(later)} batches); the monitor judges the last hour ...")
-        run_deployment(f"monitor-model/{model}", timeout=0)  # its events are followed below
-        end, events = follow(model, since, progress, timeout=900)
-        seconds = time.monotonic() - landed
+        progress(
+            f"new labelled data landed ({len(later)} batches); the monitor judges the traffic once the canary starts"
+        )
+        monitor = Monitor(model)
+        end, events = follow(model, since, progress, timeout=900, on_event=monitor.on_event, settled=monitor.settled)
         served = sum(traffic.result.statuses.values())
         errors = traffic.result.server_errors + traffic.result.connection_errors
     outcome = end or "no ending within 15 minutes"
+    ended = [(e.occurred - since).total_seconds() for e in events if e.event == end]
+    seconds = f": {ended[0]:.0f} s after the data landed" if ended else ""
     full = full_traffic_seconds(events, since)
     at_full = f" (all traffic on the challenger from {full:.0f} s, then its last bake)" if full is not None else ""
-    progress(f"{outcome}: {seconds:.0f} s after the data landed{at_full}; {served} requests served, {errors} failed")
+    progress(f"{outcome}{seconds}{at_full}; {served} requests served, {errors} failed")
     return _where_to_look(settings, endpoint) if end == "rollout.promoted" else 1
 
 
