@@ -62,10 +62,8 @@ def hops(events: list[Any], model: str) -> list[tuple[datetime, str]]:
         if event.resource.id in ours and name == "rollout.step" and "canary weight %" in event.payload:
             weight, verdict = event.payload["canary weight %"], event.payload.get("verdict")
             began = event.occurred - timedelta(seconds=float(event.payload.get("seconds", 0)))
-            lines += [
-                (began, f"canary at {weight} % of the traffic"),
-                (event.occurred, f"{name} {weight} %: {verdict}"),
-            ]
+            what = "shadow (mirrored traffic only)" if event.payload.get("phase") == "shadow" else f"{weight} %"
+            lines += [(began, f"canary at {what}"), (event.occurred, f"{name} {what}: {verdict}")]
         elif event.resource.id in ours and name.startswith(LIFECYCLE):
             lines.append((event.occurred, name))
             if name in ENDS:

@@ -50,18 +50,27 @@ def _run(name: str, parameters: dict[str, Any] | None = None) -> Any:
     return flow_run
 
 
+def score(payload: dict[str, Any]) -> str:
+    """The model's headline metric in an event: rmse for a regression, ROC AUC for a classifier."""
+    for name in ("rmse", "roc_auc", "accuracy"):
+        if isinstance(payload.get(name), int | float):
+            return f"{name} {payload[name]:.3g}"
+    return "no metric"
+
+
 def describe(event: Any) -> str:
     """One line for a lifecycle event."""
     payload, name = event.payload, event.event
     if name == "drift.detected":
         return f"drift detected in {', '.join(payload['drifted_columns']) or 'predictions'} -> retraining (automation)"
     if name == "model.registered":
-        return f"version {payload['version']} registered as {payload['alias']} (rmse {payload.get('rmse', 0):.1f})"
+        return f"version {payload['version']} registered as {payload['alias']} ({score(payload)})"
     if name == "rollout.started":
         return f"canary of version {payload['version']} started beside version {payload['champion']}"
     if name == "rollout.step":
+        where = "shadow (mirrored traffic only)" if payload.get("phase") == "shadow" else "canary at"
         return (
-            f"canary at {payload.get('canary weight %')}%: {payload.get('verdict')} "
+            f"{where} {payload.get('canary weight %')}%: {payload.get('verdict')} "
             f"(canary req/err/p99 {payload.get('canary req / err / p99')}; KS {payload.get('KS')})"
         )
     if name == "rollout.promoted":
@@ -73,7 +82,7 @@ def describe(event: Any) -> str:
     if name == "data.accepted":
         return f"batch {payload['batch']} accepted ({payload['rows']} rows)"
     if name == "model.trained":
-        return f"candidate trained ({payload['family']}, rmse {payload.get('rmse', 0):.1f})"
+        return f"candidate trained ({payload['family']}, {score(payload)})"
     return name
 
 
@@ -173,7 +182,7 @@ def full_traffic_seconds(events: list[Any], since: Any) -> float | None:
     return None
 
 
-def run_demo(settings: Settings, family: str) -> int:
+def run_demo(settings: Settings, family: str | None) -> int:
     """Tell the whole story once (see the module doc); print where to look."""
     from concurrent.futures import ThreadPoolExecutor
     from datetime import UTC, datetime
@@ -185,7 +194,7 @@ def run_demo(settings: Settings, family: str) -> int:
     from flows.release import engine_answers
     from tasks.dataset import ledger_entries
     from tasks.ingest import accepted_frame
-    from tasks.sample_data import DEFAULT_BATCHES, batch_name, drifted, land_batches
+    from tasks.sample_data import DEFAULT_BATCHES, batch_name, client_records, drift_columns, drifted, land_batches
     from tasks.tracking import alias_version
 
     progress = Progress()
@@ -204,31 +213,35 @@ def run_demo(settings: Settings, family: str) -> int:
     landing, data = spec.landing_uri(settings.landing), spec.data_uri(settings.data)
     ingested = {entry["name"] for entry in ledger_entries(data)}
     if alias_version(tracking, model, "champion") is None:
-        if batch_name(0) not in ingested:
-            land_batches(landing, [0])
+        if batch_name(0, model) not in ingested:
+            land_batches(landing, [0], spec=spec)
         progress(f"training the first champion on batch 0 (deployment train/{model}) ...")
-        training = {**spec.training.model_dump(mode="json"), "families": [family]}
+        # one family, for a quick first champion: the one asked for, else the spec's first
+        training = {**spec.training.model_dump(mode="json"), "families": [family or spec.training.families[0]]}
         _run(f"train/{model}", {"params": {"model": model, "training": training}})
     champion = alias_version(tracking, model, "champion")
     progress(f"version {champion} is the champion; putting it behind the endpoint ...")
     _run("release/challenger", {"params": {"version": "champion", "image": "auto", "rollout": rollout}})
     endpoint = f"http://{settings.endpoint_host}:{settings.endpoint_port}"
     start_watcher(settings)
-    later = [index for index in range(1, DEFAULT_BATCHES) if batch_name(index) not in ingested]
+    later = [index for index in range(1, DEFAULT_BATCHES) if batch_name(index, model) not in ingested]
     if not later:
         progress("this home told the story before (every batch is trained on): nothing new to show")
         return _where_to_look(settings, endpoint)
 
     frame = accepted_frame(data)
     assert frame is not None  # batch 0 was accepted above
-    rows = drifted(frame)[spec.feature_names].to_numpy().tolist()
-    body = lambda rng: {"instances": [rows[rng.randrange(len(rows))]]}  # noqa: E731
+    features = list(spec.feature_names)
+    shifted = drift_columns(frame, features)
+    records = client_records(drifted(frame, columns=shifted)[features])
+    body = lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]}  # noqa: E731
     with BackgroundTraffic(f"{endpoint}/invocations", body, max_seconds=900, concurrency=2, pause=0.01) as traffic:
-        progress("traffic flows through the endpoint; the world changed: 6 of 10 inputs have drifted")
+        changed = f"{len(shifted)} of {len(features)} inputs have drifted"
+        progress(f"traffic flows through the endpoint; the world changed: {changed}")
         while traffic.result.requests < 300:
             time.sleep(0.2)
         since = datetime.now(UTC)
-        land_batches(landing, later)
+        land_batches(landing, later, spec=spec)
         progress(
             f"new labelled data landed ({len(later)} batches); the monitor judges the traffic once the canary starts"
         )
@@ -253,7 +266,8 @@ def _where_to_look(settings: Settings, endpoint: str) -> int:
         f"  Prefect UI     {settings.prefect_url.removesuffix('/api')}/runs   (runs, deployments, automations, events)"
     )
     print(f"  MLflow UI      {settings.tracking_uri}/#/models/{settings.model_name}")
-    print(f'  endpoint       {endpoint}/invocations   (POST {{"instances": [[...10 features...]]}})')
+    features = len(settings.spec().feature_names)
+    print(f'  endpoint       {endpoint}/invocations   (POST {{"dataframe_records": [{{...{features} features...}}]}})')
     if reports.exists():
         print(f"  drift report   {reports.as_uri()}")
     print("Stop everything with: make down (or: uv run mlops down)")

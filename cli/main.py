@@ -85,7 +85,7 @@ def train(model: str | None, family: str | None, seed: int | None) -> Any:
     return train_flow(parameters(model, family, seed))
 
 
-def demo(settings: Settings, family: str) -> int:
+def demo(settings: Settings, family: str | None) -> int:
     from cli.demo import run_demo
 
     return run_demo(settings, family)
@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser = commands.add_parser(
         "demo", help="the whole loop on the default data: champion, drift, retraining, canary, promotion"
     )
-    demo_parser.add_argument("--family", default="ridge", help="the diabetes family (ridge, random_forest, ...)")
+    demo_parser.add_argument(
+        "--family", default=None, help="the first champion's family (default: the spec's first, ridge for diabetes)"
+    )
     commands.add_parser("up", help="start (or reuse) the MLflow and Prefect servers")
     commands.add_parser("models", help="the models: task, champion, challenger, endpoint, last training run")
     commands.add_parser("down", help="stop the servers this project started")

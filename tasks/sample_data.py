@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -120,3 +121,24 @@ def drifted(frame: pd.DataFrame, columns: tuple[str, ...] = DRIFT_COLUMNS, shift
     for column in columns:
         shifted[column] = shifted[column] + shift_sd * frame[column].std()
     return shifted
+
+
+def drift_columns(frame: pd.DataFrame, features: list[str]) -> tuple[str, ...]:
+    """The inputs the demo's world shifts: the diabetes story's six, else every floating-point feature."""
+    if set(DRIFT_COLUMNS) <= set(features):
+        return DRIFT_COLUMNS
+    return tuple(frame[features].select_dtypes("floating").columns)
+
+
+def json_value(value: Any) -> Any:
+    """A cell as a client sends it: numbers, strings, booleans, null for any gap."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def client_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as a client's ``dataframe_records``: each cell a JSON value (gaps as null)."""
+    return [{column: json_value(value) for column, value in record.items()} for record in rows.to_dict("records")]

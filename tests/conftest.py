@@ -225,17 +225,3 @@ def python_server(args: list[str], health: str, env: dict[str, str] | None = Non
 def serving_process(bundle: Path, *args: str, env: dict[str, str] | None = None) -> Any:
     """``python -m serving BUNDLE`` on a free loopback port, ready; a context manager yielding its URL."""
     return python_server(["-m", "serving", str(bundle), *args], "/v2/health/ready", env)
-
-
-def json_value(value: Any) -> Any:
-    """A cell as a client sends it: numbers, strings, booleans, null for any gap."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def raw_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows as a client's ``dataframe_records``: each cell a JSON value (gaps as null)."""
-    return [{column: json_value(value) for column, value in record.items()} for record in rows.to_dict("records")]

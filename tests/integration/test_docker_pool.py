@@ -49,9 +49,9 @@ from tasks.image import ImageSpec
 from tasks.ingest import accepted_frame
 from tasks.lineage import git_commit
 from tasks.router_container import container_name
-from tasks.sample_data import TUMOUR_MEASUREMENTS, drifted, land_batches
+from tasks.sample_data import TUMOUR_MEASUREMENTS, client_records, drifted, land_batches
 from tasks.targets import DockerTarget
-from tests.conftest import model_env, own_prefect_env, raw_records
+from tests.conftest import model_env, own_prefect_env
 from tests.integration.conftest import model_events
 
 TAG = "mlops-flows:test"
@@ -254,7 +254,7 @@ def test_the_loop_runs_as_containers_of_the_flows_image(pool: Pool) -> None:
     assert parts and sum(len(pd.read_parquet(part)) for part in parts) == len(rows)
 
     # The world changed: 6 of the 10 inputs shifted (the numeric measurements); strings and gaps as in training.
-    records = raw_records(drifted(frame, columns=TUMOUR_MEASUREMENTS)[features])
+    records = client_records(drifted(frame, columns=TUMOUR_MEASUREMENTS)[features])
     body = lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]}  # noqa: E731
     with BackgroundTraffic(f"{endpoint}/invocations", body, max_seconds=600, concurrency=2, pause=0.01) as traffic:
         _wait("200 served requests", lambda: traffic.result.requests >= 200, timeout=60)

@@ -39,11 +39,12 @@ from tasks.features import typed_features
 from tasks.ingest import accepted_frame
 from tasks.onnx_convert import ExportError
 from tasks.rollout import RolloutConfig, deployment_name
+from tasks.sample_data import client_records, json_value
 from tasks.serving_bundle import fetch_bundle
 from tasks.smoke import SmokeTestError, check_answers
 from tasks.tracking import client
 from tasks.train import TrainingSet
-from tests.conftest import json_value, raw_records, serving_process
+from tests.conftest import serving_process
 from tests.integration.conftest import model_events, model_home, monitor_window, register_bundle, send_with_ids
 
 
@@ -137,7 +138,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, classifier: Settings) -> It
 
 
 def test_invocations_answers_labels_and_opt_in_probabilities_like_scikit_learn(served: Served) -> None:
-    records = raw_records(served.rows)
+    records = client_records(served.rows)
     columns = list(served.rows.columns)
     split = {"dataframe_split": {"columns": columns, "data": [[r[c] for c in columns] for r in records]}}
     for body in (split, {"dataframe_records": records}, {"instances": records}):
@@ -155,7 +156,7 @@ def test_invocations_answers_labels_and_opt_in_probabilities_like_scikit_learn(s
 
 
 def test_v2_json_tensors_per_column_answer_label_and_probabilities_with_the_class_names(served: Served) -> None:
-    records = raw_records(served.rows)
+    records = client_records(served.rows)
     inputs = []
     for column in served.rows.columns:
         values = [record[column] for record in records]
@@ -206,7 +207,7 @@ def test_tritonclient_with_binary_data_on_and_off(served: Served) -> None:
 
 
 def test_an_unknown_category_is_scored_and_counted_and_a_missing_required_value_is_refused(served: Served) -> None:
-    record = raw_records(served.rows.head(1))[0]
+    record = client_records(served.rows.head(1))[0]
     answer = httpx.post(f"{served.url}/invocations", json={"dataframe_records": [{**record, "clinic": "harbour"}]})
     assert answer.status_code == 200, answer.text
     metrics = httpx.get(f"{served.url}/metrics").text
@@ -223,7 +224,7 @@ def test_an_unknown_category_is_scored_and_counted_and_a_missing_required_value_
 
 
 def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(served: Served) -> None:
-    httpx.post(f"{served.url}/invocations", json={"dataframe_records": raw_records(served.rows.head(3))})
+    httpx.post(f"{served.url}/invocations", json={"dataframe_records": client_records(served.rows.head(3))})
     lines: list[dict[str, Any]] = []
     for _ in range(50):  # the collector writes every 0.1 s
         files = sorted(served.collect_dir.glob("requests-*.jsonl*"))
@@ -242,7 +243,7 @@ def test_collected_rows_keep_each_columns_type_the_label_and_the_probabilities(s
 
 def send(served: Served, rows: pd.DataFrame) -> list[str]:
     """Score ``rows`` one per request with our own request ids (the ids delayed labels refer to)."""
-    return send_with_ids(f"{served.url}/invocations", ({"dataframe_records": [r]} for r in raw_records(rows)))
+    return send_with_ids(f"{served.url}/invocations", ({"dataframe_records": [r]} for r in client_records(rows)))
 
 
 def test_the_monitor_judges_the_classifier_like_evidently_from_labels_and_before_them(served: Served) -> None:
@@ -314,7 +315,7 @@ def mlops(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_mlops_trace_leads_from_a_served_request_to_its_inputs_outputs_and_lineage(served: Served) -> None:
     request_id = f"trace-{uuid.uuid4().hex}"
-    body = {"dataframe_records": raw_records(served.rows.iloc[[0, 31]])}  # the second row has gaps
+    body = {"dataframe_records": client_records(served.rows.iloc[[0, 31]])}  # the second row has gaps
     assert httpx.post(f"{served.url}/invocations", json=body, headers={"x-request-id": request_id}).status_code == 200
     time.sleep(0.5)  # the collector writes every 0.1 s
     done = mlops("trace", request_id)
@@ -353,7 +354,7 @@ def test_the_classifier_is_released_behind_its_endpoint(served: Served) -> None:
     try:
         outcome = release_flow(ReleaseParameters(version="1", image="never", rollout=quick))
         assert outcome.rollout == "nothing_to_do", outcome.message
-        record = raw_records(served.rows.head(3))
+        record = client_records(served.rows.head(3))
         answer = httpx.post(f"{endpoint_url(settings)}/invocations", json={"dataframe_records": record}, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["predictions"] == served.labels[:3].tolist()
@@ -398,8 +399,8 @@ def test_a_label_flipping_canary_is_rolled_back_and_a_good_one_promoted_under_lo
     frame = accepted_frame(settings.data_for())
     assert frame is not None
     columns = list(served.rows.columns)
-    everyone = raw_records(frame[columns])
-    mostly_benign = raw_records(
+    everyone = client_records(frame[columns])
+    mostly_benign = client_records(
         pd.concat([frame[frame["diagnosis"] == "benign"], frame[frame["diagnosis"] != "benign"].head(50)])[columns]
     )
     quick = RolloutConfig(steps=[10, 50, 100], bake_seconds=2.0, min_requests=20, p99_slack_ms=50.0)

@@ -14,8 +14,8 @@ from starlette.testclient import TestClient
 from mlops.spec import load_spec
 from serving.collector import CollectorConfig, RequestCollector, iter_collected
 from serving.protocols import MAX_DEPTH, RequestError, check_depth
-from tasks.sample_data import tumours_frame
-from tests.conftest import SHIPPED_SPECS, TINY_FEATURES, raw_records, write_tiny_bundle, write_tumours_bundle
+from tasks.sample_data import client_records, tumours_frame
+from tests.conftest import SHIPPED_SPECS, TINY_FEATURES, write_tiny_bundle, write_tumours_bundle
 from tests.unit.test_serving_app import client_for
 
 NUMERIC_PATHS = ("/invocations", "/v2/models/tiny/infer")
@@ -74,7 +74,7 @@ def test_nesting_within_the_limit_gets_the_ordinary_error_not_a_crash(clients: d
 def tumours_body(**cells: Any) -> str:
     """A one-row ``dataframe_records`` body of the example classifier with ``cells`` replaced."""
     spec = load_spec("tumours", SHIPPED_SPECS)
-    [record] = raw_records(tumours_frame()[spec.feature_names].head(1))
+    [record] = client_records(tumours_frame()[spec.feature_names].head(1))
     return json.dumps({"dataframe_records": [{**record, **cells}]})
 
 
