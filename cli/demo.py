@@ -26,6 +26,7 @@ from mlops.settings import Settings
 ROLLOUT = {"steps": [25, 100], "bake_seconds": 5, "min_requests": 20, "p99_slack_ms": 50, "compare_predictions": False}
 FOLLOWED = ["drift.", "performance.", "data.", "model.", "rollout."]
 ENDS = {"rollout.promoted", "rollout.rolled_back", "model.kept"}
+SETTLE_SECONDS = 120.0  # at most this long after the ending for what runs beside it (the monitor) to finish
 
 
 class Progress:
@@ -120,6 +121,7 @@ def follow(
 
     seen: dict[str, Any] = {}
     end: str | None = None
+    ended_at = 0.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for event in read_events([model_name], since, FOLLOWED):
@@ -128,8 +130,9 @@ def follow(
             seen[str(event.id)] = event
             progress(describe(event))
             on_event(event)
-            end = event.event if event.event in ENDS else end
-        if end is not None and settled():
+            if end is None and event.event in ENDS:  # the rollout's ending; later ones are another story's
+                end, ended_at = event.event, time.monotonic()
+        if end is not None and (settled() or time.monotonic() - ended_at > SETTLE_SECONDS):
             return end, list(seen.values())
         if failures := failed_runs(since):
             for failure in failures:
@@ -190,7 +193,7 @@ def run_demo(settings: Settings, family: str | None) -> int:
     from cli.stack import deploy, up
     from cli.traffic import BackgroundTraffic
     from deployments.landing_watcher import start_watcher
-    from deployments.prefect_worker import start_worker
+    from deployments.prefect_worker import start_worker, stop_worker
     from flows.release import engine_answers
     from tasks.dataset import ledger_entries
     from tasks.ingest import accepted_frame
@@ -201,7 +204,11 @@ def run_demo(settings: Settings, family: str | None) -> int:
     progress("starting the MLflow and Prefect servers and the worker ...")
     with ThreadPoolExecutor(max_workers=1) as pool:  # the worker's imports overlap the servers' start
         worker = pool.submit(start_worker, settings)
-        up(settings)
+        try:
+            up(settings)
+        except BaseException:
+            stop_worker(settings)  # not left waiting for a server that failed to start
+            raise
         worker.result()
     # Containers of smoke-tested images where a Docker engine answers, processes otherwise.
     rollout = {**ROLLOUT, "target": "docker" if engine_answers() else "process"}
@@ -252,7 +259,7 @@ def run_demo(settings: Settings, family: str | None) -> int:
     outcome = end or "no ending within 15 minutes"
     ended = [(e.occurred - since).total_seconds() for e in events if e.event == end]
     seconds = f": {ended[0]:.0f} s after the data landed" if ended else ""
-    full = full_traffic_seconds(events, since)
+    full = full_traffic_seconds(events, since) if end == "rollout.promoted" else None
     at_full = f" (all traffic on the challenger from {full:.0f} s, then its last bake)" if full is not None else ""
     progress(f"{outcome}{seconds}{at_full}; {served} requests served, {errors} failed")
     return _where_to_look(settings, endpoint) if end == "rollout.promoted" else 1

@@ -15,8 +15,12 @@ goes through as soon as the other commits. Prefect's own comment on its SQLite s
 cure; its migrations use it. Measured in ``bench/loop_hops.py``: each automation hop of the demo
 went from 2-3 s (up to 7.8 s) to 0.2-0.4 s.
 
-PostgreSQL servers are unchanged (the change is to Prefect's SQLite configuration only). When a
-Prefect release no longer has the two names changed here, the server runs unchanged and says so.
+The cost: every transaction Prefect opens with ``begin_transaction`` holds the write lock from its
+start, reads included (the worker's poll for runs, trigger evaluation), so they queue behind writers
+instead of failing; a local server's load is small enough for that. PostgreSQL servers are unchanged
+(the change is to Prefect's SQLite configuration only). It applies to the server in this process:
+``--workers`` above 1 and ``--background`` start others, unchanged. When a Prefect release no longer
+has the two names changed here, the server runs unchanged and says so.
 """
 
 from __future__ import annotations

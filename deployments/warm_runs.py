@@ -258,10 +258,14 @@ def answers(url: str, timeout: float) -> bool:
 
 def _start_worker(command: list[str], path: Path, after: str | None, timeout: float) -> subprocess.Popen[bytes] | None:
     """The worker command, started once ``after`` answers (at once without it); None when it never did."""
-    if after and not answers(after, timeout):
-        print(f"warm-runs: {after} did not answer within {timeout:.0f} s; the worker was not started", flush=True)
+    try:
+        if after and not answers(after, timeout):
+            print(f"warm-runs: {after} did not answer within {timeout:.0f} s; the worker was not started", flush=True)
+            return None
+        return subprocess.Popen(command, env={**os.environ, SOCKET_ENV: str(path)})
+    except Exception as error:  # reported here: the main thread only learns there is no worker
+        print(f"warm-runs: the worker could not be started: {error!r}", flush=True)
         return None
-    return subprocess.Popen(command, env={**os.environ, SOCKET_ENV: str(path)})
 
 
 def _serve_main(args: argparse.Namespace) -> NoReturn:
