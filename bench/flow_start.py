@@ -39,25 +39,6 @@ def seconds(run: Any) -> tuple[float, float]:
     return (running - run.created).total_seconds(), (final - run.created).total_seconds()
 
 
-def wait_for_pool(name: str, timeout: float = 60.0) -> None:
-    """The worker creates its pool shortly after it answers its health check."""
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as prefect:
-        while True:
-            try:
-                prefect.read_work_pool(name)
-                return
-            except ObjectNotFound:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
@@ -86,8 +67,7 @@ def main() -> None:
         start_mlflow(MlflowServerConfig.from_settings(settings))
         start_prefect(settings)
         try:
-            start_worker(settings)
-            wait_for_pool(POOL)
+            start_worker(settings)  # returns once the worker's pool exists
             rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
             for label, entrypoint in FLOWS.items():
                 flow: Any = Flow.from_source(str(ROOT), entrypoint)
