@@ -52,6 +52,8 @@ def deployment_of(event: Any) -> str:
 
 def hops(events: list[Any], model: str) -> list[tuple[datetime, str]]:
     """The loop's lines: from the model's last landing to the rollout's end (empty without a landing)."""
+    from tasks.events import step_began
+
     ours = {f"mlops.model.{model}", f"mlops.dataset.{model}"}
     landings = [i for i, event in enumerate(events) if event.event == "data.landed" and event.resource.id in ours]
     if not landings:
@@ -61,9 +63,8 @@ def hops(events: list[Any], model: str) -> list[tuple[datetime, str]]:
         name = event.event
         if event.resource.id in ours and name == "rollout.step" and "canary weight %" in event.payload:
             weight, verdict = event.payload["canary weight %"], event.payload.get("verdict")
-            began = event.occurred - timedelta(seconds=float(event.payload.get("seconds", 0)))
             what = "shadow (mirrored traffic only)" if event.payload.get("phase") == "shadow" else f"{weight} %"
-            lines += [(began, f"canary at {what}"), (event.occurred, f"{name} {what}: {verdict}")]
+            lines += [(step_began(event), f"canary at {what}"), (event.occurred, f"{name} {what}: {verdict}")]
         elif event.resource.id in ours and name.startswith(LIFECYCLE):
             lines.append((event.occurred, name))
             if name in ENDS:

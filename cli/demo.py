@@ -179,9 +179,11 @@ class Monitor:
 def full_traffic_seconds(events: list[Any], since: Any) -> float | None:
     """Seconds from ``since`` to the moment the canary took 100 % of the traffic: the start of its 100 % step (that
     step's event comes at its end, after the bake that confirms it)."""
+    from tasks.events import step_began
+
     for event in events:
         if event.event == "rollout.step" and event.payload.get("canary weight %") == 100:
-            return (event.occurred - since).total_seconds() - float(event.payload.get("seconds", 0))
+            return (step_began(event) - since).total_seconds()
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from prefect.context import FlowRunContext, TaskRunContext
@@ -79,3 +80,9 @@ def read_events(names: list[str], since: Any, prefixes: list[str]) -> list[Any]:
             page = prefect.read_events_page(str(page.next_page))
             events += page.events
     return sorted(events, key=lambda event: event.occurred)
+
+
+def step_began(event: Any) -> datetime:
+    """When a ``rollout.step`` began: the canary took its share then (the event comes at the step's end, its
+    ``seconds`` counted from the weights' change)."""
+    return event.occurred - timedelta(seconds=float(event.payload.get("seconds", 0)))
