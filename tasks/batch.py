@@ -289,7 +289,8 @@ def score_chunk(
     but quarantined with that reason, as the servers refuse it."""
     if schema is None:
         matrix, scorable = split_scorable(frame, list(metadata.features), source)
-        predictions = session.run(None, {MATRIX_INPUT: matrix[scorable.to_numpy()]})[0].reshape(-1)
+        answers = _answers(session, metadata, {MATRIX_INPUT: matrix[scorable.to_numpy()]})
+        predictions = next(iter(answers.values())).reshape(-1)
         finite = finite_rows(predictions)
         if finite is None:
             return scorable, predictions, None
@@ -299,12 +300,23 @@ def score_chunk(
     feeds, rows, reasons = typed_scorable(frame, schema, source)
     scorable = pd.Series(rows, index=frame.index)
     chosen = feeds if rows.all() else {name: values[rows] for name, values in feeds.items()}  # no copy when all are
-    outputs = dict(zip(metadata.outputs, session.run(list(metadata.outputs), chosen), strict=True))
+    outputs = _answers(session, metadata, chosen)
     finite = finite_rows(outputs)
     if finite is not None:
         _refuse_answers(scorable, reasons, finite)
         outputs = {name: values[finite] for name, values in outputs.items()}
     return scorable, output_columns(outputs, metadata.classes), reasons
+
+
+def _answers(
+    session: ort.InferenceSession | RowParallelSession, metadata: ModelMetadata, feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The model's outputs by name for the rows in ``feeds``; none for none (a chunk whose every row is refused),
+    without asking onnxruntime, whose ArrayFeatureExtractor refuses an empty batch."""
+    if len(next(iter(feeds.values()))):
+        return dict(zip(metadata.outputs, session.run(list(metadata.outputs), feeds), strict=True))
+    empty = {"label": np.asarray(metadata.classes)[:0], "probabilities": np.empty((0, len(metadata.classes)))}
+    return {name: empty.get(name, np.empty((0, 1), dtype=np.float32)) for name in metadata.outputs}
 
 
 def _refuse_answers(scorable: pd.Series, reasons: pd.Series, finite: np.ndarray) -> None:

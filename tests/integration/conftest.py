@@ -37,6 +37,18 @@ def stack(
     return get_settings()
 
 
+@pytest.fixture(scope="module")
+def dask_cluster(prefect_harness: None) -> Iterator[str]:
+    """``dask scheduler`` and ``dask worker`` (two single-threaded processes) on loopback, started as a user
+    would, the workers pointed at the Prefect API; yields the scheduler's address."""
+    from prefect.settings import PREFECT_API_URL
+
+    from mlops.dask_cluster import dask_processes
+
+    with dask_processes(2, {"PREFECT_API_URL": str(PREFECT_API_URL.value())}, preload=("tasks.batch_dask",)) as address:
+        yield address
+
+
 REQUIRE_DOCKER = "MLOPS_REQUIRE_DOCKER"
 
 

@@ -18,7 +18,6 @@ import pytest
 
 from flows.batch_score import BatchScoreParameters, batch_score_flow
 from mlflow_server import MlflowServerConfig
-from mlops.dask_cluster import dask_processes
 from mlops.process import free_port
 from mlops.settings import Settings
 from tasks.batch import REJECTED, BatchScoreError, read_scores
@@ -37,16 +36,6 @@ def scored(
         frame = accepted_frame(settings.data_for())
         assert frame is not None
         yield settings, frame
-
-
-@pytest.fixture(scope="module")
-def dask_cluster(prefect_harness: None) -> Iterator[str]:
-    """``dask scheduler`` and ``dask worker`` (two single-threaded processes) on loopback, started as a user
-    would, the workers pointed at the Prefect API; yields the scheduler's address."""
-    from prefect.settings import PREFECT_API_URL
-
-    with dask_processes(2, {"PREFECT_API_URL": str(PREFECT_API_URL.value())}, preload=("tasks.batch_dask",)) as address:
-        yield address
 
 
 def rows(frame: pd.DataFrame, count: int, seed: int = 0) -> pd.DataFrame:

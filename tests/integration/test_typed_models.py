@@ -460,8 +460,8 @@ def test_a_label_flipping_canary_is_rolled_back_and_a_good_one_promoted_under_lo
         tracker.set_registered_model_alias(settings.model_name, "champion", "1")  # the tests below train against v1
 
 
-def test_batch_scoring_of_a_mixed_type_file_answers_labels_probabilities_and_quarantines_bad_rows(
-    served: Served, tmp_path: Path
+def test_batch_scoring_of_mixed_type_files_answers_labels_probabilities_and_quarantines_bad_rows_alone_and_on_dask(
+    served: Served, dask_cluster: str, tmp_path: Path
 ) -> None:
     from flows.batch_score import BatchScoreParameters, batch_score_flow
     from tasks.batch import REJECTED, read_scores
@@ -472,12 +472,23 @@ def test_batch_scoring_of_a_mixed_type_file_answers_labels_probabilities_and_qua
     broken.loc[broken.index[0], "mean texture"] = "soft"  # not a number
     broken.loc[broken.index[1], "mean radius"] = None  # may not be missing
     (tmp_path / "input").mkdir()
-    pd.concat([source, broken], ignore_index=True).to_csv(tmp_path / "input" / "patients.csv", index=False)
+    source.to_csv(tmp_path / "input" / "patients.csv", index=False)
+    broken.to_csv(tmp_path / "input" / "referrals.csv", index=False)
 
-    outcome = batch_score_flow(
-        BatchScoreParameters(input=str(tmp_path / "input"), output=str(tmp_path / "out"), version="1", chunk_rows=25)
-    )
+    def scored(output: str, **dask: str) -> Any:
+        return batch_score_flow(
+            BatchScoreParameters(input=str(tmp_path / "input"), output=output, version="1", chunk_rows=25, **dask)
+        )
+
+    outcome = scored(str(tmp_path / "out"))
     assert (outcome.scored, outcome.rejected) == (len(source), 2)
+    spread = scored(str(tmp_path / "dask"), dask_address=dask_cluster)  # one file per task on the cluster's workers
+    assert (spread.scored, spread.rejected, spread.parts_written) == (outcome.scored, 2, outcome.parts_written)
+    assert sum(spread.workers.values()) == 2, spread.workers
+    alone, shared = (sorted((tmp_path / root).glob("*/*.parquet")) for root in ("out", "dask"))  # parts, quarantine
+    assert [p.relative_to(tmp_path / "dask") for p in shared] == [p.relative_to(tmp_path / "out") for p in alone]
+    for ours, theirs in zip(alone, shared, strict=True):
+        pd.testing.assert_frame_equal(pd.read_parquet(ours), pd.read_parquet(theirs))
     scores = read_scores(tmp_path / "out")
     assert scores["prediction"].tolist() == served.labels.tolist()
     probabilities = scores[["probability_benign", "probability_malignant"]].to_numpy()

@@ -66,3 +66,28 @@ def test_rows_the_model_answers_with_a_non_finite_number_are_quarantined_not_sco
     scorable, columns, reasons = score_chunk(open_session(str(model_file)), metadata, TypedSchema(metadata), frame, "f")
     assert scorable.tolist() == [True, False, False] and reasons is not None and reasons[1] == NOT_FINITE_REASON
     assert isinstance(columns, dict) and np.allclose(columns["prediction"], predictions)
+
+
+def test_a_chunk_whose_every_row_is_refused_is_quarantined_without_asking_the_model(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    from serving.bundle import read_bundle
+    from serving.typed import TypedSchema
+    from tasks.batch import score_chunk
+    from tests.conftest import TINY_FEATURES, write_tumours_bundle
+
+    model_file, metadata = read_bundle(tiny_bundle)
+    frame = pd.DataFrame([[1.0, None, 3.0], ["x", 2.0, 3.0]], columns=list(TINY_FEATURES))
+    scorable, predictions, _ = score_chunk(open_session(str(model_file)), metadata, None, frame, "f")
+    assert not scorable.any() and isinstance(predictions, np.ndarray) and predictions.shape == (0,)
+
+    # a classifier's graph refuses an empty batch (ArrayFeatureExtractor): the chunk must not reach it
+    model_file, metadata = read_bundle(write_tumours_bundle(tmp_path / "tumours")[0])
+    rows = tumours_frame().head(2)[list(metadata.features)].assign(**{"mean radius": None})  # may not be missing
+    scorable, columns, reasons = score_chunk(open_session(str(model_file)), metadata, TypedSchema(metadata), rows, "f")
+    assert not scorable.any() and isinstance(columns, dict) and reasons is not None and all(reasons)
+    assert {name: len(values) for name, values in columns.items()} == {
+        "prediction": 0,
+        "probability_benign": 0,
+        "probability_malignant": 0,
+    }
