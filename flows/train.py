@@ -47,6 +47,7 @@ from tasks.train import (
     TrainingSet,
     end_abandoned_runs,
     find_previous_training,
+    log_diagnostics,
     train_candidate,
 )
 from tasks.training_lock import training_lock
@@ -212,8 +213,10 @@ def _train(
     }
     if not comparison.better:
         message = keep_champion(candidate, comparison, tracking, model_name)
+        log_diagnostics(candidate, data, tracking)
         return _report(TrainOutcome(status="kept", message=message, **common), logger)
     registration = register_candidate(candidate, comparison, lineage, export, tracking, model_name)
+    log_diagnostics(candidate, data, tracking)  # after model.registered: the release need not wait for the plots
     return _report(
         TrainOutcome(
             status="registered",

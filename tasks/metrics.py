@@ -6,11 +6,12 @@ accuracy and macro F1, plus a confusion matrix and a calibration plot as run art
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from sklearn.inspection import permutation_importance
 from sklearn.metrics import (
     accuracy_score,
@@ -80,6 +81,20 @@ def model_outputs(task: Task, model: Any, x: pd.DataFrame) -> Outputs:
     return Outputs(model.predict(x), probabilities, tuple(model.classes_.tolist()))
 
 
+@dataclass(frozen=True)
+class RunArtifacts:
+    """Where plots go: an MLflow run, open or finished (artifacts are added without touching its status)."""
+
+    tracker: MlflowClient
+    run_id: str
+
+    def figure(self, figure: Any, path: str) -> None:
+        self.tracker.log_figure(self.run_id, figure, path)
+
+    def json(self, value: Any, path: str) -> None:
+        self.tracker.log_dict(self.run_id, value, path)
+
+
 def _figure(width: float = 6, height: float = 4) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -89,8 +104,8 @@ def _figure(width: float = 6, height: float = 4) -> tuple[Any, Any]:
     return figure, figure.add_subplot()
 
 
-def log_importance(spec: ModelSpec, model: Any, x: pd.DataFrame, y: pd.Series) -> None:
-    """Permutation importance on the holdout by the task's scorer (PNG + JSON) into the active run."""
+def log_importance(run: RunArtifacts, spec: ModelSpec, model: Any, x: pd.DataFrame, y: pd.Series) -> None:
+    """Permutation importance on the holdout by the task's scorer (PNG + JSON) into ``run``."""
     scoring = cv_scoring(spec.task)
     result = permutation_importance(model, x, y, n_repeats=5, random_state=spec.training.seed, scoring=scoring)
     names = list(x.columns)
@@ -101,12 +116,12 @@ def log_importance(spec: ModelSpec, model: Any, x: pd.DataFrame, y: pd.Series) -
     axes.set_xlabel(f"drop in holdout {scoring} when the feature is shuffled")
     axes.set_title("Permutation importance")
     figure.tight_layout()
-    mlflow.log_figure(figure, "feature_importance.png")
-    mlflow.log_dict({name: float(value) for name, value in zip(names, means, strict=True)}, "feature_importance.json")
+    run.figure(figure, "feature_importance.png")
+    run.json({name: float(value) for name, value in zip(names, means, strict=True)}, "feature_importance.json")
 
 
-def log_classification_plots(model: Any, x: pd.DataFrame, y: pd.Series, bins: int = 10) -> None:
-    """Confusion matrix (PNG + JSON) and calibration plot (PNG + JSON, one curve per class) into the active run."""
+def log_classification_plots(run: RunArtifacts, model: Any, x: pd.DataFrame, y: pd.Series, bins: int = 10) -> None:
+    """Confusion matrix (PNG + JSON) and calibration plot (PNG + JSON, one curve per class) into ``run``."""
     classes = list(model.classes_)
     labels = [str(label) for label in classes]
     matrix = confusion_matrix(y, model.predict(x), labels=classes)
@@ -120,8 +135,8 @@ def log_classification_plots(model: Any, x: pd.DataFrame, y: pd.Series, bins: in
     axes.set_ylabel("actual")
     axes.set_title("Confusion matrix (holdout)")
     figure.tight_layout()
-    mlflow.log_figure(figure, "confusion_matrix.png")
-    mlflow.log_dict({"labels": labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
+    run.figure(figure, "confusion_matrix.png")
+    run.json({"labels": labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
 
     probabilities = model.predict_proba(x)
     truth = np.asarray(y)
@@ -148,5 +163,5 @@ def log_classification_plots(model: Any, x: pd.DataFrame, y: pd.Series, bins: in
     axes.set_title("Calibration (holdout)")
     axes.legend(loc="upper left")
     figure.tight_layout()
-    mlflow.log_figure(figure, "calibration.png")
-    mlflow.log_dict(curves, "calibration.json")
+    run.figure(figure, "calibration.png")
+    run.json(curves, "calibration.json")

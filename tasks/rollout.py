@@ -45,6 +45,8 @@ from tasks.smoke import SmokeTestError, check_answers
 from tasks.targets import DeploymentTarget
 from tasks.tracking import alias_version, client
 
+EVIDENCE_POLL_SECONDS = 0.5  # how often a step asks the router for its counters
+
 
 class RolloutError(RuntimeError):
     """The endpoint or registry is in a state a rollout cannot start from."""
@@ -355,7 +357,8 @@ def wait_for_evidence(
     before = _split_totals(endpoint.totals(), name)
     deadline = started + seconds * config.max_wait_factor
     while True:
-        time.sleep(0.5)
+        left = started + seconds - time.time()  # wake at the bake's end, not up to a poll later
+        time.sleep(min(EVIDENCE_POLL_SECONDS, left) if left > 0.01 else EVIDENCE_POLL_SECONDS)
         now = _split_totals(endpoint.totals(), name)
         (requests, errors), (others, others_errors) = (
             (now[side][0] - before[side][0], now[side][1] - before[side][1]) for side in (0, 1)

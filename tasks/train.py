@@ -29,10 +29,17 @@ from mlops.spec import ModelSpec
 from serving.model import open_session
 from tasks.dataset import Snapshot
 from tasks.estimate import Calibration
-from tasks.events import emit
+from tasks.events import emit, run_logger
 from tasks.features import Factory, build_estimator, default_grid, target_values, typed_features
 from tasks.lineage import lock_file
-from tasks.metrics import cv_scoring, holdout_metrics, log_classification_plots, log_importance, model_outputs
+from tasks.metrics import (
+    RunArtifacts,
+    cv_scoring,
+    holdout_metrics,
+    log_classification_plots,
+    log_importance,
+    model_outputs,
+)
 from tasks.onnx_convert import ExportError, first_line, to_onnx
 from tasks.reference import log_reference
 from tasks.tracking import client
@@ -278,9 +285,6 @@ def train_candidate(
             digest=snapshot.digest[:36],
         )
         mlflow.log_input(dataset, context="training")
-        log_importance(spec, model, x_holdout, y_holdout)
-        if spec.task.is_classification:
-            log_classification_plots(model, x_holdout, y_holdout)
         mlflow.log_dict(validation_reports, "validation/reports.json")
         log_reference(
             data.frame.assign(**data.typed),
@@ -315,6 +319,25 @@ def train_candidate(
         metrics=metrics,
         classes=classes,
     )
+
+
+@task
+def log_diagnostics(candidate: Candidate, data: TrainingSet, tracking_uri: str) -> None:
+    """Permutation importance and, for a classifier, the confusion matrix and calibration plot, added to the
+    candidate's finished run. The flow runs this after the decision (registered or kept): none of it gates the
+    candidate, so a new version's release does not wait for it. A failure is logged and tagged on the run
+    (``diagnostics``), never raised: the version is registered by then and its release under way."""
+    _, _, x_holdout, y_holdout = data.split()
+    tracker = client(tracking_uri)
+    try:
+        model = mlflow.sklearn.load_model(candidate.model_uri)
+        run = RunArtifacts(tracker, candidate.run_id)
+        log_importance(run, data.spec, model, x_holdout, y_holdout)
+        if data.spec.task.is_classification:
+            log_classification_plots(run, model, x_holdout, y_holdout)
+    except Exception as error:  # diagnostics never undo a decision already announced
+        run_logger(__name__).warning("run %s: diagnostics not logged: %s", candidate.run_id, error)
+        tracker.set_tag(candidate.run_id, "diagnostics", f"failed: {first_line(error)}")
 
 
 def record_outcome(tracking_uri: str, run_id: str, outcome: str, message: str) -> None:

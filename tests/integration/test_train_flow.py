@@ -15,9 +15,11 @@ from flows.train import DataRejectedError, TrainParameters, train_flow
 from mlops.settings import Settings
 from mlops.spec import TrainingSpec
 from tasks.export import ExportConfig, ParityError
+from tasks.ingest import accepted_frame
 from tasks.registry import PromotionError, promote
 from tasks.sample_data import land_batches
 from tasks.serving_bundle import fetch_bundle
+from tasks.train import Candidate, TrainingSet, log_diagnostics
 
 LINEAGE_TAGS = {
     "dataset_digest",
@@ -79,7 +81,15 @@ def test_first_champion_then_better_challenger_with_lineage(stack: Settings) -> 
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.digest == tags["dataset_digest"][:36]
     artifacts = {item.path for item in registry(stack).list_artifacts(second.run_id)}
     assert {"feature_importance.png", "comparison.json", "environment", "validation", "onnx"} <= artifacts
+    assert run.info.status == "FINISHED"  # the plots were added after the decision, the run's status untouched
     assert_exported(stack, "2", second.run_id)
+
+    # diagnostics that cannot be made never undo the decision: said on the run, not raised
+    frame = accepted_frame(stack.data_for())
+    assert frame is not None
+    lost = Candidate(second.run_id, run.info.experiment_id, "models:/no-such-model/1", "m-0", "ridge", {}, {})
+    log_diagnostics.fn(lost, TrainingSet(frame, stack.spec()), stack.tracking_uri)
+    assert registry(stack).get_run(second.run_id).data.tags["diagnostics"].startswith("failed: ")
 
 
 def assert_exported(settings: Settings, version: str, run_id: str) -> None:
