@@ -44,6 +44,7 @@ def main() -> None:
             "MLOPS_MLFLOW_PORT": str(free_port()),
             "MLOPS_PREFECT_PORT": str(free_port()),
             "MLOPS_WORKER_PORT": str(free_port()),
+            "MLOPS_WATCHER_PORT": str(free_port()),
             "MLOPS_ENDPOINT_PORT": str(free_port()),
         }
         for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
