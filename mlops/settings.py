@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     prefect_host: str = "127.0.0.1"
     prefect_port: int = 4200
     worker_port: int = Field(default=4201, description="Health check port of the local process worker.")
-    worker_query_seconds: float = Field(default=0.5, gt=0, description="How often the worker asks for runs to start.")
+    worker_query_seconds: float = Field(default=0.25, gt=0, description="How often the worker asks for runs to start.")
     watcher_port: int = Field(default=4202, description="Health check port of the landing watcher.")
     watch_seconds: float = Field(default=0.5, gt=0, description="How often the landing watcher lists the landing.")
 
