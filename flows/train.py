@@ -43,6 +43,7 @@ from tasks.tracking import (
 )
 from tasks.train import (
     ABANDONED,
+    Candidate,
     Lineage,
     TrainingSet,
     end_abandoned_runs,
@@ -127,12 +128,15 @@ def train_flow(params: TrainParameters | None = None) -> TrainOutcome:
         if exclusive and (abandoned := end_abandoned_runs(tracking, spec.experiment)):
             logger.warning("marked FAILED the training run(s) %s: %s", ", ".join(abandoned), ABANDONED)
         try:
-            return _train(params, spec, landing, data_uri, tracking, factory, logger)
+            outcome, trained = _train(params, spec, landing, data_uri, tracking, factory, logger)
         except MlflowException as error:  # MLflow's own text is a retry trace; say what happened
             failure = describe_failure(tracking, error)
             if failure.startswith("tracking server unreachable"):
                 raise TrackingServerUnavailable(f"training of {model_name} stopped: {failure}") from error
             raise
+    if trained is not None:  # after the decision and the lock: neither a release nor the next training waits for it
+        log_diagnostics(*trained, tracking)
+    return outcome
 
 
 def _train(
@@ -143,8 +147,9 @@ def _train(
     tracking: str,
     factory: Any,
     logger: Any,
-) -> TrainOutcome:
-    """The run, under the model's training lock."""
+) -> tuple[TrainOutcome, tuple[Candidate, TrainingSet] | None]:
+    """The run, under the model's training lock; with the candidate and its data when one was trained (its
+    diagnostics come after the lock)."""
     model_name = spec.name
     accepted: list[str] = []
     rejected: list[str] = []
@@ -187,7 +192,7 @@ def _train(
                 accepted=tuple(accepted),
             ),
             logger,
-        )
+        ), None
 
     reports = {entry["name"]: entry.get("validation", {}) for entry in ledger_entries(data_uri)}
     expectations = sum(int(report.get("expectations", 0)) for report in reports.values())
@@ -213,10 +218,8 @@ def _train(
     }
     if not comparison.better:
         message = keep_champion(candidate, comparison, tracking, model_name)
-        log_diagnostics(candidate, data, tracking)
-        return _report(TrainOutcome(status="kept", message=message, **common), logger)
+        return _report(TrainOutcome(status="kept", message=message, **common), logger), (candidate, data)
     registration = register_candidate(candidate, comparison, lineage, export, tracking, model_name)
-    log_diagnostics(candidate, data, tracking)  # after model.registered: the release need not wait for the plots
     return _report(
         TrainOutcome(
             status="registered",
@@ -228,7 +231,7 @@ def _train(
             **common,
         ),
         logger,
-    )
+    ), (candidate, data)
 
 
 def _report(outcome: TrainOutcome, logger: Any) -> TrainOutcome:

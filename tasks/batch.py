@@ -315,8 +315,9 @@ def _answers(
     without asking onnxruntime, whose ArrayFeatureExtractor refuses an empty batch."""
     if len(next(iter(feeds.values()))):
         return dict(zip(metadata.outputs, session.run(list(metadata.outputs), feeds), strict=True))
+    # the exported graphs answer numbers in double precision (tasks.onnx_convert), labels as the classes are typed
     empty = {"label": np.asarray(metadata.classes)[:0], "probabilities": np.empty((0, len(metadata.classes)))}
-    return {name: empty.get(name, np.empty((0, 1), dtype=np.float32)) for name in metadata.outputs}
+    return {name: empty.get(name, np.empty((0, 1), dtype=np.float64)) for name in metadata.outputs}
 
 
 def _refuse_answers(scorable: pd.Series, reasons: pd.Series, finite: np.ndarray) -> None:
@@ -372,4 +373,5 @@ def _write_atomically(path: Path, payload: bytes) -> None:
 def read_scores(output: Path) -> pd.DataFrame:
     """Every scored row of an output folder (for people and tests)."""
     parts = sorted(p for p in output.glob("*/part-*.parquet") if p.parent.name != REJECTED)
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else pd.DataFrame()
+    frames = [frame for frame in (pd.read_parquet(p) for p in parts) if len(frame)]  # a chunk refused whole: empty
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -353,12 +353,13 @@ def wait_for_evidence(
     ``min_agreement_rows`` mirrored rows compared with the answers given — (at most ``max_wait_factor`` times
     ``seconds``); with ``fail_fast``, stop as soon as its errors exceed what the whole step could tolerate.
     Returns when the wait started (the window to judge)."""
-    started = time.time()
+    started, clock = time.time(), time.monotonic()  # the window's start (the router's clock); time waited
     before = _split_totals(endpoint.totals(), name)
-    deadline = started + seconds * config.max_wait_factor
+    bake_end, deadline = clock + seconds, clock + seconds * config.max_wait_factor
     while True:
-        left = started + seconds - time.time()  # wake at the bake's end, not up to a poll later
-        time.sleep(min(EVIDENCE_POLL_SECONDS, left) if left > 0.01 else EVIDENCE_POLL_SECONDS)
+        # wake at the bake's end (or the deadline), not up to a poll later
+        left = min(bake_end if bake_end > time.monotonic() else deadline, deadline) - time.monotonic()
+        time.sleep(left if 0 < left < EVIDENCE_POLL_SECONDS else EVIDENCE_POLL_SECONDS)
         now = _split_totals(endpoint.totals(), name)
         (requests, errors), (others, others_errors) = (
             (now[side][0] - before[side][0], now[side][1] - before[side][1]) for side in (0, 1)
@@ -367,9 +368,9 @@ def wait_for_evidence(
         # everywhere is not the canary's fault
         excess = errors - requests * (others_errors / others if others else 0.0)
         tolerated = config.max_error_rate * max(requests, config.min_requests)
-        if (fail_fast and excess >= 5 and excess > tolerated) or time.time() > deadline:
+        if (fail_fast and excess >= 5 and excess > tolerated) or time.monotonic() >= deadline:
             return started
-        enough = time.time() - started >= seconds and requests >= config.min_requests
+        enough = time.monotonic() - clock >= seconds and requests >= config.min_requests
         if enough and (not agreement or _compared(endpoint, name, started) >= config.min_agreement_rows):
             return started
 

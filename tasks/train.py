@@ -324,20 +324,25 @@ def train_candidate(
 @task
 def log_diagnostics(candidate: Candidate, data: TrainingSet, tracking_uri: str) -> None:
     """Permutation importance and, for a classifier, the confusion matrix and calibration plot, added to the
-    candidate's finished run. The flow runs this after the decision (registered or kept): none of it gates the
-    candidate, so a new version's release does not wait for it. A failure is logged and tagged on the run
-    (``diagnostics``), never raised: the version is registered by then and its release under way."""
-    _, _, x_holdout, y_holdout = data.split()
-    tracker = client(tracking_uri)
+    candidate's finished run. The flow runs this after the decision (registered or kept) and its training lock:
+    none of it gates the candidate, so a new version's release does not wait for it. A failure is logged with
+    its traceback and tagged on the run (``diagnostics``) where MLflow still answers, never raised: the version
+    is registered by then and its release under way. A re-run of the same training finds it done and does not
+    try again."""
+    log = run_logger(__name__)
     try:
+        _, _, x_holdout, y_holdout = data.split()
         model = mlflow.sklearn.load_model(candidate.model_uri)
-        run = RunArtifacts(tracker, candidate.run_id)
+        run = RunArtifacts(client(tracking_uri), candidate.run_id)
         log_importance(run, data.spec, model, x_holdout, y_holdout)
         if data.spec.task.is_classification:
             log_classification_plots(run, model, x_holdout, y_holdout)
     except Exception as error:  # diagnostics never undo a decision already announced
-        run_logger(__name__).warning("run %s: diagnostics not logged: %s", candidate.run_id, error)
-        tracker.set_tag(candidate.run_id, "diagnostics", f"failed: {first_line(error)}")
+        log.warning("run %s: diagnostics not logged: %s", candidate.run_id, first_line(error), exc_info=True)
+        try:
+            client(tracking_uri).set_tag(candidate.run_id, "diagnostics", f"failed: {first_line(error)}")
+        except Exception as unreachable:  # e.g. the tracking server is down: the log line above is what remains
+            log.warning("run %s: the diagnostics tag could not be set either: %s", candidate.run_id, unreachable)
 
 
 def record_outcome(tracking_uri: str, run_id: str, outcome: str, message: str) -> None:

@@ -209,11 +209,9 @@ def _build_suite(
             expectations.append(
                 gx.expectations.ExpectColumnValuesToBeInSet(column=target, value_set=list(spec.target.classes))
             )
-    # given whole: add_expectation compares each new one with all before it (a quarter of a batch's validation)
-    suite = gx.ExpectationSuite(name="batch", expectations=expectations)
-    if len(suite.expectations) != len(expectations):  # the constructor logs and skips an invalid one
-        raise ValueError(f"{len(expectations) - len(suite.expectations)} expectation(s) of the batch suite are invalid")
-    return suite
+    # Given whole: add_expectation compares each new one with all before it to drop near-duplicates (a quarter of a
+    # batch's validation); the spec gives each column one role, so the list above holds none.
+    return gx.ExpectationSuite(name="batch", expectations=expectations)
 
 
 def _exception_message(info: dict[str, Any]) -> str | None:

@@ -32,13 +32,14 @@ def test_a_cron_schedule_makes_scheduled_runs_on_the_local_server(tmp_path: Path
         for key, value in environment.items():
             patch.setenv(key, value)
         settings = Settings()
-        start_prefect(settings)
         try:  # Prefect read its settings when it was imported: the API URL is given to it, not to the environment
+            assert start_prefect(settings), "a server already answered on the new port: not the one this test starts"
             with temporary_settings({PREFECT_API_URL: settings.prefect_url}), get_client(sync_client=True) as prefect:
                 flow_id = prefect.create_flow_from_name("landing")
                 every_five = DeploymentScheduleCreate(schedule=CronSchedule(cron="*/5 * * * *", timezone="UTC"))
                 deployment = prefect.create_deployment(flow_id, "check", schedules=[every_five])
                 only_it = DeploymentFilter(id=DeploymentFilterId(any_=[deployment]))
+                # the scheduler looks at deployments changed in the last seconds every 5 s (its main loop: 60 s)
                 deadline, runs = time.monotonic() + 60, []
                 while not runs and time.monotonic() < deadline:
                     time.sleep(1)

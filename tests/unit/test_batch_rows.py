@@ -78,8 +78,13 @@ def test_a_chunk_whose_every_row_is_refused_is_quarantined_without_asking_the_mo
 
     model_file, metadata = read_bundle(tiny_bundle)
     frame = pd.DataFrame([[1.0, None, 3.0], ["x", 2.0, 3.0]], columns=list(TINY_FEATURES))
-    scorable, predictions, _ = score_chunk(open_session(str(model_file)), metadata, None, frame, "f")
+    session = open_session(str(model_file))
+    scorable, predictions, _ = score_chunk(session, metadata, None, frame, "f")
     assert not scorable.any() and isinstance(predictions, np.ndarray) and predictions.shape == (0,)
+    _, answered, _ = score_chunk(
+        session, metadata, None, frame.assign(**{TINY_FEATURES[0]: 1.0, TINY_FEATURES[1]: 2.0}), "f"
+    )
+    assert isinstance(answered, np.ndarray) and predictions.dtype == answered.dtype  # one type across a folder's parts
 
     # a classifier's graph refuses an empty batch (ArrayFeatureExtractor): the chunk must not reach it
     model_file, metadata = read_bundle(write_tumours_bundle(tmp_path / "tumours")[0])
