@@ -56,8 +56,9 @@ class RolloutConfig(BaseModel):
         None,
         ge=0,
         description="Shadow phase first: the canary gets mirrored traffic only, for this long (0: none). Default: "
-        "none for a regression; bake_seconds for a classifier, whose label agreement needs both answers to one request "
-        "(a canary that swaps two balanced classes keeps their distribution).",
+        "bake_seconds for a classifier whose labels are compared (compare_predictions): label agreement needs both "
+        "answers to one request (a canary that swaps two balanced classes keeps their distribution); none otherwise, "
+        "as for a regression (errors and latency are judged by the steps, which stop at the first excess).",
     )
     target: Literal["process", "docker"] = Field("process", description="Where deployments run.")
     canary_env: dict[str, str] = Field(
@@ -66,10 +67,11 @@ class RolloutConfig(BaseModel):
     )
 
     def shadow_for(self, classifier: bool) -> float:
-        """Seconds of shadow phase for a classifier's or a regression's canary."""
+        """Seconds of shadow phase for a classifier's or a regression's canary: by default one bake where it
+        judges something the steps cannot, a classifier's label agreement."""
         if self.shadow_seconds is not None:
             return self.shadow_seconds
-        return self.bake_seconds if classifier else 0.0
+        return self.bake_seconds if classifier and self.compare_predictions else 0.0
 
     @field_validator("steps")
     @classmethod

@@ -77,3 +77,12 @@ def test_a_flow_refuses_a_bad_spec_before_anything_runs(tmp_path: Path, monkeypa
         SpecError, match=r"model houses with the run's parameters: .*training.families .* do not fit task regression"
     ):
         resolve_spec(bad, Settings())
+
+
+def test_a_classifiers_shadow_phase_is_there_by_default_only_when_its_labels_are_compared() -> None:
+    from mlops.policies import RolloutConfig
+
+    compared, reported = RolloutConfig(bake_seconds=7), RolloutConfig(bake_seconds=7, compare_predictions=False)
+    assert (compared.shadow_for(classifier=True), compared.shadow_for(classifier=False)) == (7, 0)
+    assert reported.shadow_for(classifier=True) == 0  # label agreement would only be reported: nothing to wait for
+    assert reported.model_copy(update={"shadow_seconds": 3.0}).shadow_for(classifier=True) == 3  # asked for: kept
