@@ -68,7 +68,14 @@ def ship_requests(settings: Settings, model: str | None, folder: Path | None, ev
     name = model or settings.model_name
     local = folder or requests_dir(settings.resolved_home, name)
     target = settings.requests_for(name)
+    missing = f"{local} does not exist: no server has collected there (serve with --collect-dir, or give --from)"
+    if every is None and not local.is_dir():
+        raise FileNotFoundError(missing)
+    waiting = False
     while True:
+        if waiting != (not local.is_dir()):  # a sidecar may start before its servers: said once, not every round
+            waiting = not waiting
+            print(f"waiting: {missing}" if waiting else f"{local} exists now", file=sys.stderr, flush=True)
         shipped = ship_finished(local, target)
         if shipped.files or shipped.failed:
             print(f"shipped {shipped.files} file(s), {shipped.bytes} bytes, from {local} to {target}", flush=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tasks.collected import load_requests
 from tasks.ship_requests import ship_finished
 
@@ -51,3 +53,19 @@ def test_a_failed_upload_keeps_the_file_for_the_next_round(tmp_path: Path) -> No
     assert shipped.files == 0 and list(shipped.failed) == [kept.name]
     assert kept.read_bytes().startswith(HEADER)  # nothing lost
     assert ship_finished(local, f"file://{tmp_path / 'store'}", host="web-1").files == 1  # the next round ships it
+
+
+def test_shipping_once_from_a_folder_that_does_not_exist_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import main
+    from mlops.settings import get_settings
+
+    monkeypatch.setenv("MLOPS_REQUESTS_URI", (tmp_path / "bucket").as_uri())
+    get_settings.cache_clear()
+    try:
+        assert main(["ship-requests", "--from", str(tmp_path / "nowhere")]) == 1
+    finally:
+        get_settings.cache_clear()
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere'} does not exist: no server has collected there" in error
