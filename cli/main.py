@@ -73,8 +73,9 @@ def ship_requests(settings: Settings, model: str | None, folder: Path | None, ev
         raise FileNotFoundError(missing)
     waiting = False
     while True:
-        if waiting != (not local.is_dir()):  # a sidecar may start before its servers: said once, not every round
-            waiting = not waiting
+        absent = not local.is_dir()
+        if absent != waiting:  # a sidecar may start before its servers: said when it changes, not every round
+            waiting = absent
             print(f"waiting: {missing}" if waiting else f"{local} exists now", file=sys.stderr, flush=True)
         shipped = ship_finished(local, target)
         if shipped.files or shipped.failed:

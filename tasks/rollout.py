@@ -357,8 +357,8 @@ def wait_for_evidence(
     before = _split_totals(endpoint.totals(), name)
     bake_end, deadline = clock + seconds, clock + seconds * config.max_wait_factor
     while True:
-        # wake at the bake's end (or the deadline), not up to a poll later
-        left = min(bake_end if bake_end > time.monotonic() else deadline, deadline) - time.monotonic()
+        moment = time.monotonic()  # wake at the bake's end (then the deadline), not up to a poll later
+        left = (bake_end if bake_end > moment else deadline) - moment
         time.sleep(left if 0 < left < EVIDENCE_POLL_SECONDS else EVIDENCE_POLL_SECONDS)
         now = _split_totals(endpoint.totals(), name)
         (requests, errors), (others, others_errors) = (
