@@ -4,6 +4,8 @@
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
 UV := python3 -m uv
+# The gradient-boosting libraries (XGBoost, LightGBM, CatBoost, onnxmltools); EXTRAS= leaves them out.
+EXTRAS ?= --extra boosting
 
 .PHONY: run test down sync uv lint serving-requirements engine engine-down
 
@@ -11,7 +13,7 @@ uv:
 	@python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 
 sync: uv
-	$(UV) sync --locked
+	$(UV) sync --locked $(EXTRAS)
 
 run: sync
 	$(UV) run --locked mlops demo

@@ -68,8 +68,16 @@ class Fill(StrEnum):
     CATEGORY = "category"  # categorical only: missing is a category of its own
 
 
-REGRESSION_FAMILIES = ("ridge", "random_forest", "gradient_boosting", "hist_gradient_boosting")
-CLASSIFICATION_FAMILIES = ("logistic_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting")
+# The gradient-boosting libraries' families need the optional ``boosting`` extra (tasks.boosting).
+BOOSTING_FAMILIES = ("xgboost", "lightgbm", "catboost")
+REGRESSION_FAMILIES = ("ridge", "random_forest", "gradient_boosting", "hist_gradient_boosting", *BOOSTING_FAMILIES)
+CLASSIFICATION_FAMILIES = (
+    "logistic_regression",
+    "random_forest",
+    "gradient_boosting",
+    "hist_gradient_boosting",
+    *BOOSTING_FAMILIES,
+)
 REGRESSION_METRICS = {"rmse": "lower", "mae": "lower", "r2": "higher"}
 CLASSIFICATION_METRICS = {"roc_auc": "higher", "log_loss": "lower", "accuracy": "higher", "f1_macro": "higher"}
 
@@ -145,18 +153,21 @@ class TrainingSpec(_Strict):
         default_factory=list,
         description="Built-in families to search; the best by cross-validation wins. Regression: ridge, "
         "random_forest, gradient_boosting, hist_gradient_boosting. Classification: logistic_regression, "
-        "random_forest, gradient_boosting, hist_gradient_boosting. Default: the first of those.",
+        "random_forest, gradient_boosting, hist_gradient_boosting. Both: xgboost, lightgbm, catboost (the "
+        "boosting extra). Default: ridge / logistic_regression.",
     )
     pipeline: str | None = Field(
         None,
         pattern=FACTORY_PATTERN,
         description="Your own estimator instead: `package.module:function`, called with the spec's column "
-        "lists (numeric=, categorical=) and returning an unfitted scikit-learn estimator or pipeline.",
+        "lists (numeric=, categorical=) and returning an unfitted scikit-learn estimator or pipeline (XGBoost, "
+        "LightGBM and CatBoost models included, bare or at the end of a pipeline).",
     )
     preprocess: bool = Field(
         True,
         description="Put the spec's preprocessing (impute + scale numbers, impute + one-hot categories) in front "
-        "of the estimator; false: a factory's pipeline takes the typed columns itself.",
+        "of the estimator; false: a factory's pipeline takes the typed columns itself (as does, either way, a "
+        "factory's pipeline that starts with its own ColumnTransformer).",
     )
     grid: dict[str, list[Any]] | None = Field(
         None, description="Grid over pipeline parameters (e.g. {model__alpha: [1, 10]}); default per family."

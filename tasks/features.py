@@ -37,7 +37,16 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from mlops.spec import Feature, Fill, Kind, ModelSpec
 from serving.bundle import MISSING_CATEGORY
 from serving.typed import FALSE_WORDS, TRUE_WORDS
-from tasks.onnx_convert import FLOAT32_ONLY
+from tasks.boosting import (
+    BOOSTING_FAMILIES,
+    BOOSTING_GRIDS,
+    EncodedLabels,
+    boosting_estimator,
+    encode_labels,
+    final_estimator,
+    takes_typed_columns,
+)
+from tasks.onnx_convert import unscaled
 
 DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "ridge": {"model__alpha": [0.01, 0.1, 1.0, 10.0]},
@@ -49,6 +58,7 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
         "model__max_depth": [2, 3],
     },
     "hist_gradient_boosting": {"model__learning_rate": [0.05, 0.1], "model__max_leaf_nodes": [15, 31]},
+    **BOOSTING_GRIDS,
 }
 
 
@@ -175,7 +185,10 @@ def family_estimator(family: str, classification: bool, seed: int) -> Any:
 
     Raises:
         ValueError: No such family for the task.
+        MissingLibraryError: A gradient-boosting family whose library is not installed.
     """
+    if family in BOOSTING_FAMILIES:
+        return boosting_estimator(family, classification, seed)
     estimators: dict[str, Any] = (
         {
             "logistic_regression": LogisticRegression(max_iter=2000),
@@ -193,7 +206,7 @@ def family_estimator(family: str, classification: bool, seed: int) -> Any:
     )
     if family not in estimators:
         task = "classification" if classification else "regression"
-        raise ValueError(f"no {task} family {family!r}; choose from {sorted(estimators)}")
+        raise ValueError(f"no {task} family {family!r}; choose from {[*sorted(estimators), *BOOSTING_FAMILIES]}")
     return estimators[family]
 
 
@@ -247,16 +260,25 @@ def load_factory(reference: str) -> Factory:
 
 
 def build_estimator(spec: ModelSpec, family: str | None, factory: Factory | None = None) -> Any:
-    """The unfitted model: the spec's preprocessing (unless turned off) before a family or the factory's estimator."""
+    """The unfitted model: the spec's preprocessing before a family or the factory's estimator, unless turned off
+    or the factory's pipeline selects the typed columns itself (a ``ColumnTransformer`` first). A gradient-boosting
+    classifier is fitted on label codes and answers with the labels (``tasks.boosting.EncodedLabels``)."""
     if factory is not None:
         estimator = factory.call(spec)
     else:
         estimator = family_estimator(family or spec.families[0], spec.task.is_classification, spec.training.seed)
-    if not spec.training.preprocess:
+    if spec.task.is_classification:
+        estimator = encode_labels(estimator)
+    if not spec.training.preprocess or takes_typed_columns(estimator):
         return estimator
-    return Pipeline(
-        [("prep", preprocessing(spec, scale=not isinstance(estimator, FLOAT32_ONLY))), ("model", estimator)]
-    )
+    scale = not unscaled(final_model(estimator))
+    return Pipeline([("prep", preprocessing(spec, scale=scale)), ("model", estimator)])
+
+
+def final_model(estimator: Any) -> Any:
+    """The model at the end of a pipeline, unwrapped from its label encoder."""
+    last = final_estimator(estimator)
+    return last.estimator if isinstance(last, EncodedLabels) else last
 
 
 def default_grid(spec: ModelSpec, family: str | None) -> dict[str, list[Any]]:

@@ -47,6 +47,9 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.tree import BaseDecisionTree
 
+from tasks.boosting import EncodedLabels, library_of
+from tasks.boosting_onnx import input_width
+from tasks.boosting_onnx import register as register_boosting
 from tasks.linear_fold import fold_scalers
 
 MATRIX_INPUT = "input"
@@ -133,10 +136,22 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
 
 
 def register_converters() -> None:
-    """Our double-precision imputer in place of skl2onnx's (idempotent; called before every conversion)."""
+    """Our double-precision imputer in place of skl2onnx's, and the gradient-boosting libraries' converters
+    (idempotent; called before every conversion)."""
     update_registered_converter(
         SimpleImputer, "SklearnSimpleImputer", calculate_sklearn_imputer_output_shapes, _convert_imputer
     )
+    register_boosting()
+
+
+def float32_trees(estimator: Any) -> bool:
+    """Trees that compare float32 features (scikit-learn's, XGBoost's, CatBoost's): a cast goes in front."""
+    return isinstance(estimator, FLOAT32_ONLY) or library_of(estimator) in ("xgboost", "catboost")
+
+
+def unscaled(estimator: Any) -> bool:
+    """Tree models, which need no scaling (LightGBM's compare in float64, the others' in float32)."""
+    return float32_trees(estimator) or library_of(estimator) == "lightgbm"
 
 
 def _flatten(model: Any) -> list[tuple[str, Any]]:
@@ -197,7 +212,11 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
         raise ExportError(f"columns map to the same ONNX input names {duplicated}: rename one of them")
     steps = _flatten(model)
     folded = fold_scalers(steps)
-    if folded is not steps:  # the graph scores the same model without its scaling nodes
+    classes: np.ndarray | None = None
+    if isinstance(folded[-1][1], EncodedLabels):  # the graph maps the codes back to the labels
+        classes = np.asarray(folded[-1][1].classes_)
+        folded = [*folded[:-1], (folded[-1][0], folded[-1][1].estimator_)]
+    if folded is not steps:  # the graph scores the same model without its scaling nodes (or label encoder)
         steps, model = folded, Pipeline(folded) if len(folded) > 1 else folded[0][1]
     estimator = steps[-1][1]
     classifier = estimator if _is_classifier(estimator) else None
@@ -208,12 +227,14 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
     direct = matrix and not isinstance(steps[0][1], ColumnTransformer)
     types = [(MATRIX_INPUT, DoubleTensorType([None, len(inputs)]))] if direct else _types(inputs)
     try:
-        if isinstance(estimator, FLOAT32_ONLY):
+        if float32_trees(estimator):
             graph = _through_float32(steps, inputs, classifier, types, direct)
         else:
             graph = _convert(model, types, classifier)
         outputs = (LABEL, PROBABILITIES) if classifier is not None else (OUTPUT_NAME,)
         graph = _double_outputs(graph, outputs)
+        if classes is not None:
+            graph = _decode_labels(graph, classes)
     except ExportError:
         raise
     except Exception as error:  # skl2onnx raises plain RuntimeError/NotImplementedError/TypeError subclasses
@@ -234,7 +255,7 @@ def _through_float32(
 ) -> onnx.ModelProto:
     """inputs (f64) → preprocessing (f64) → Cast f32 → trees (f32)."""
     estimator = steps[-1][1]
-    width = int(estimator.n_features_in_)
+    width = input_width(estimator)
     trees = _convert(estimator, [("tree_input", FloatTensorType([None, width]))], classifier)
     if len(steps) > 1:
         preprocessing = _convert(Pipeline(steps[:-1]), types)
@@ -298,6 +319,28 @@ def _double_outputs(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.Mo
             graph.node.append(helper.make_node("Identity", [raw], [wanted], name=f"{wanted}_out"))
         dims = [d.dim_param or d.dim_value or None for d in output.type.tensor_type.shape.dim]
         output.CopyFrom(helper.make_tensor_value_info(wanted, elem, dims))
+    return model
+
+
+def _decode_labels(model: onnx.ModelProto, classes: np.ndarray) -> onnx.ModelProto:
+    """The ``label`` output (codes ``0..k-1``) mapped to the class labels: strings, or integers and flags."""
+    if all(isinstance(label, str) for label in classes.tolist()):
+        table = helper.make_tensor("class_labels", TensorProto.STRING, [len(classes)], [c.encode() for c in classes])
+        elem = TensorProto.STRING
+    elif classes.dtype.kind in "biu" or all(float(label).is_integer() for label in classes.tolist()):
+        table = helper.make_tensor("class_labels", TensorProto.INT64, [len(classes)], classes.astype(np.int64))
+        elem = TensorProto.INT64
+    else:
+        raise ExportError(f"class labels {classes.tolist()[:5]} are neither strings nor integers: relabel them")
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["label_codes" if name == LABEL else name for name in node.output]
+        node.input[:] = ["label_codes" if name == LABEL else name for name in node.input]
+    graph.initializer.append(table)
+    graph.node.append(helper.make_node("Gather", ["class_labels", "label_codes"], [LABEL], axis=0, name="decode"))
+    output = next(output for output in graph.output if output.name == LABEL)
+    dims = [d.dim_param or d.dim_value or None for d in output.type.tensor_type.shape.dim]
+    output.CopyFrom(helper.make_tensor_value_info(LABEL, elem, dims))
     return model
 
 

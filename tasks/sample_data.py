@@ -3,7 +3,10 @@
 - ``diabetes_frame``: scikit-learn's diabetes set in original units (the demo regression);
 - ``tumours_frame``: scikit-learn's breast-cancer measurements made into the table a team really
   has: a patient id, string columns, an integer count, a flag, missing values, a free-text column
-  to ignore, and string class labels (the example classifier, ``models/tumours.yaml``).
+  to ignore, and string class labels (the example classifier, ``models/tumours.yaml``);
+- ``progression_frame``: the diabetes table as a clinic's records (a record id, the sex code and a
+  clinic as categories, gaps in two measurements, a note to ignore): the example gradient-boosting
+  regression (``models/progression.yaml``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,23 @@ def tumours_frame(seed: int = 7) -> pd.DataFrame:
     frame["diagnosis"] = np.where(malignant, "malignant", "benign")
     # The source file is grouped by class; records arrive in no such order.
     return frame.sample(frac=1, random_state=seed).reset_index(drop=True)
+
+
+def progression_frame(seed: int = 11) -> pd.DataFrame:
+    """442 rows: ``record_id``, ``age``, ``sex`` (the source's code 1/2, as a category), the eight measurements
+    (``bmi`` and ``s3`` with gaps), ``clinic`` (string, gaps), ``note`` (free text) and ``target``."""
+    frame = diabetes_frame()
+    rng = np.random.default_rng(seed)
+    rows = len(frame)
+    frame.insert(0, "record_id", [f"R{index:05d}" for index in range(1, rows + 1)])
+    frame["sex"] = frame["sex"].map({1.0: "1", 2.0: "2"}).astype(object)
+    for column, share in (("bmi", 0.04), ("s3", 0.03)):
+        frame.loc[rng.random(rows) < share, column] = np.nan
+    clinics = np.array(["harbour", "hill", "market"], dtype=object)
+    frame.insert(len(frame.columns) - 1, "clinic", pd.Series(clinics[rng.integers(0, 3, rows)]))
+    frame.loc[rng.random(rows) < 0.05, "clinic"] = None
+    frame.insert(len(frame.columns) - 1, "note", np.where(rng.random(rows) < 0.3, "fasting", ""))
+    return frame
 
 
 def example_frame(spec: ModelSpec) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from sklearn.model_selection import GridSearchCV, KFold, ParameterGrid, Stratifi
 
 from mlops.spec import ModelSpec
 from serving.model import open_session
+from tasks.boosting import refuse_unexportable
 from tasks.dataset import Snapshot
 from tasks.estimate import Calibration
 from tasks.events import emit, run_logger
@@ -150,6 +151,10 @@ def probe_export(estimator: Any, grid: dict[str, list[Any]], data: TrainingSet, 
     Raises:
         ExportError: It cannot be converted or run; known before the search spends time.
     """
+    try:
+        refuse_unexportable(estimator, data.spec.categorical_features)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
     sample = x.sample(n=min(PROBE_ROWS, len(x)), random_state=0)
     probe = clone(estimator).set_params(**next(iter(ParameterGrid(grid))))
     probe.fit(sample, y.loc[sample.index])

@@ -44,6 +44,34 @@ def batches() -> list[pd.DataFrame]:
 SHIPPED_SPECS = Path(__file__).resolve().parents[1] / "models"
 
 
+def wine_frame() -> pd.DataFrame:
+    """scikit-learn's wine table with a string column and gaps added; the label ``cultivar`` as strings."""
+    from sklearn.datasets import load_wine
+
+    data = load_wine(as_frame=True)
+    rng = np.random.default_rng(3)
+    frame = data.frame.drop(columns=["target"]).iloc[:, :6].copy()
+    frame["region"] = np.array(["hill", "valley", "coast"], dtype=object)[rng.integers(0, 3, len(frame))]
+    frame.loc[rng.random(len(frame)) < 0.05, "alcohol"] = np.nan
+    frame["cultivar"] = np.array(["barolo", "grignolino", "barbera"])[data.target]
+    return frame
+
+
+def wine_sections() -> dict[str, Any]:
+    """The spec sections of :func:`wine_frame` as a multiclass model (for :func:`write_spec`)."""
+    features: list[dict[str, Any]] = [{"name": c, "kind": "numeric"} for c in wine_frame().columns[:6]]
+    features[0]["nullable"] = True
+    features.append({"name": "region", "kind": "categorical"})
+    return {
+        "task": "multiclass",
+        "target": {"column": "cultivar"},
+        "features": features,
+        "training": {"families": ["logistic_regression"]},
+        "promotion": {"primary": "roc_auc", "tolerances": {}},
+        "data": {},
+    }
+
+
 def write_spec(models_dir: Path, name: str, base: str = "diabetes", **sections: Any) -> Path:
     """A copy of the shipped spec ``base`` named ``name`` (sections replaced) in ``models_dir``."""
     import yaml

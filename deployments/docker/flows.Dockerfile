@@ -25,8 +25,10 @@ RUN set -eu; \
     python3 -m venv /opt/uv \
  && /opt/uv/bin/pip install --no-cache-dir --disable-pip-version-check --cert /tmp/ca-bundle.crt \
         --index-url "$PIP_INDEX_URL" uv==0.13.9
+# The gradient-boosting libraries train in flow runs too; --build-arg UV_EXTRAS= leaves them out.
+ARG UV_EXTRAS="--extra boosting"
 COPY pyproject.toml uv.lock README.md ./
-RUN SSL_CERT_FILE=/tmp/ca-bundle.crt /opt/uv/bin/uv sync --locked --no-dev --group team --no-install-project --no-cache
+RUN SSL_CERT_FILE=/tmp/ca-bundle.crt /opt/uv/bin/uv sync --locked --no-dev --group team $UV_EXTRAS --no-install-project --no-cache
 COPY flows flows
 COPY tasks tasks
 COPY serving serving
@@ -36,7 +38,7 @@ COPY deployments deployments
 COPY cli cli
 # The model specs the flows read (MLOPS_MODELS_DIR points elsewhere to mount a team's own).
 COPY models models
-RUN SSL_CERT_FILE=/tmp/ca-bundle.crt /opt/uv/bin/uv sync --locked --no-dev --group team --no-cache \
+RUN SSL_CERT_FILE=/tmp/ca-bundle.crt /opt/uv/bin/uv sync --locked --no-dev --group team $UV_EXTRAS --no-cache \
  && rm -rf /opt/uv /tmp/ca-bundle.crt /tmp/extra-ca \
  && mkdir -p /var/lib/mlops && chown 65532:65532 /var/lib/mlops
 USER 65532:65532

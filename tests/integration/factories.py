@@ -60,3 +60,43 @@ def cancer_regression_frame() -> Any:
 
     frame = load_breast_cancer(as_frame=True).frame[[*CANCER_FEATURES, "mean area"]]
     return frame.sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def _boosted(library: str, classifier: bool, pipeline: bool) -> Any:
+    """A factory returning the library's model bare, or behind a ColumnTransformer of the team's own (imputed
+    numbers, ordinal-encoded categories): the shapes teams bring."""
+
+    def make(numeric: list[str], categorical: list[str]) -> Any:
+        from tasks.boosting import boosting_estimator
+
+        model = boosting_estimator(library, classifier, seed=0).set_params(
+            **({"iterations": 60} if library == "catboost" else {"n_estimators": 60})
+        )
+        if not pipeline:
+            return model
+        from sklearn.preprocessing import OrdinalEncoder
+
+        encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, dtype=float)
+        prep = ColumnTransformer(
+            [("numbers", SimpleImputer(strategy="median"), numeric), ("codes", encoder, categorical)]
+        )
+        return Pipeline([("prep", prep), ("model", model)])
+
+    make.__name__ = make.__qualname__ = (
+        f"{library}_{'classifier' if classifier else 'regressor'}_{'pipeline' if pipeline else 'bare'}"
+    )
+    return make
+
+
+xgboost_classifier_bare = _boosted("xgboost", True, False)
+xgboost_classifier_pipeline = _boosted("xgboost", True, True)
+xgboost_regressor_bare = _boosted("xgboost", False, False)
+xgboost_regressor_pipeline = _boosted("xgboost", False, True)
+lightgbm_classifier_bare = _boosted("lightgbm", True, False)
+lightgbm_classifier_pipeline = _boosted("lightgbm", True, True)
+lightgbm_regressor_bare = _boosted("lightgbm", False, False)
+lightgbm_regressor_pipeline = _boosted("lightgbm", False, True)
+catboost_classifier_bare = _boosted("catboost", True, False)
+catboost_classifier_pipeline = _boosted("catboost", True, True)
+catboost_regressor_bare = _boosted("catboost", False, False)
+catboost_regressor_pipeline = _boosted("catboost", False, True)

@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_wine
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVR
 
@@ -23,37 +21,14 @@ from tasks.features import build_estimator, preprocessing
 from tasks.onnx_convert import ExportError, to_onnx
 from tasks.sample_data import diabetes_frame, tumours_frame
 from tasks.train import TrainingSet
-from tests.conftest import write_spec
+from tests.conftest import wine_frame, wine_sections, write_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "models"
 
 
-def wine_frame() -> pd.DataFrame:
-    data = load_wine(as_frame=True)
-    rng = np.random.default_rng(3)
-    frame = data.frame.drop(columns=["target"]).iloc[:, :6].copy()
-    frame["region"] = np.array(["hill", "valley", "coast"], dtype=object)[rng.integers(0, 3, len(frame))]
-    frame.loc[rng.random(len(frame)) < 0.05, "alcohol"] = np.nan
-    frame["cultivar"] = np.array(["barolo", "grignolino", "barbera"])[data.target]
-    return frame
-
-
 @pytest.fixture(scope="module")
 def wine_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
-    frame = wine_frame()
-    features = [{"name": c, "kind": "numeric"} for c in frame.columns[:6]]
-    features[0]["nullable"] = True
-    features.append({"name": "region", "kind": "categorical"})
-    path = write_spec(
-        tmp_path_factory.mktemp("specs"),
-        "wine",
-        task="multiclass",
-        target={"column": "cultivar"},
-        features=features,
-        training={"families": ["logistic_regression"]},
-        promotion={"primary": "roc_auc", "tolerances": {}},
-        data={},
-    )
+    path = write_spec(tmp_path_factory.mktemp("specs"), "wine", **wine_sections())
     return parse_spec(path)
 
 
