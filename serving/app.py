@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,9 +39,9 @@ from serving.collector import CollectorConfig, RequestCollector
 from serving.config import ServerConfig
 from serving.metrics import ServerMetrics
 from serving.model import OnnxModel, is_matrix_regression
-from serving.protocols import first_not_finite, mlflow_matrix, not_finite_answer, too_deep
+from serving.protocols import ExtraColumns, Ids, first_not_finite, mlflow_matrix, not_finite_answer, too_deep
 from serving.typed import TypedSchema, mlflow_columns
-from serving.v2 import infer_reply, parse_infer, parse_typed_infer
+from serving.v2 import infer_reply, model_metadata, parse_infer, parse_typed_infer
 
 Outputs = dict[str, np.ndarray]
 
@@ -59,6 +60,8 @@ class ServingApp:
         self.fast = is_matrix_regression(self.meta)
         self.schema = None if self.fast else TypedSchema(self.meta)
         self.features = list(self.meta.features) if self.schema is None else self.schema.names
+        # Row ids and ignored columns a request may carry beside the features (the spec's ids and ignore).
+        self.extra = ExtraColumns(self.meta.ids, self.meta.ignore)
         self.classifier = self.meta.task != "regression"
         self.metrics = ServerMetrics(
             self.meta.name, self.meta.version, self.meta.sha256, lambda: model.ready, config.metrics_dir
@@ -75,12 +78,17 @@ class ServingApp:
                 self.meta.version,
                 self.features,
                 self.meta.classes,
+                self.meta.ids,
             )
         self.collector = collector
         if collector is not None:
             self.metrics.watch(collector)
         self._outputs = (self.meta.output_name,) if self.fast else tuple(self.meta.outputs)
         self._output_parameters = {"probabilities": {"classes": list(self.meta.classes)}} if self.classifier else {}
+        classes = {name: {"classes": list(self.meta.classes)} for name in ("label", "probabilities")}
+        self._metadata_reply = dumps(
+            model_metadata(self.meta, self.schema, model.warm_outputs, classes if self.classifier else {})
+        )
         self._typed_calls = 0
         self._auth = bearer(config.token)
         self._faulty = bool(config.fault_error_share or config.fault_delay_ms)
@@ -88,7 +96,7 @@ class ServingApp:
         self._executor: ThreadPoolExecutor | None = None
         # Collection is told once per model call, not per request: one queue item per batch.
         self.batcher = MicroBatcher(
-            model.predict, max_rows=max(config.inline_rows, 1), on_call=collector.submit_call if collector else None
+            model.predict, max_rows=max(config.inline_rows, 1), on_call=self._collect_matrix if collector else None
         )
         self.typed_batcher: MicroBatcher[Outputs, Outputs] = MicroBatcher(
             model.run,
@@ -210,20 +218,20 @@ class ServingApp:
 
     # --- scoring ----------------------------------------------------------------------------
 
-    async def score(self, matrix: np.ndarray, request_id: str) -> np.ndarray:
+    async def score(self, matrix: np.ndarray, request_id: str, ids: Ids | None = None) -> np.ndarray:
         if len(matrix) > self.config.inline_rows:
             loop = asyncio.get_running_loop()
             predictions = await loop.run_in_executor(self._executor, self.model.predict, matrix)
             if (row := first_not_finite(predictions)) is not None:
                 raise not_finite_answer(row)
             if self.collector is not None:
-                self.collector.submit(request_id, matrix, predictions)
+                self.collector.submit(request_id, matrix, predictions, ids)
         else:
-            predictions = await self.batcher.predict(matrix, request_id)
+            predictions = await self.batcher.predict(matrix, request_id, ids)
         self.metrics.rows += len(predictions)
         return predictions
 
-    async def score_typed(self, feeds: Outputs, request_id: str) -> Outputs:
+    async def score_typed(self, feeds: Outputs, request_id: str, ids: Ids | None = None) -> Outputs:
         """Score typed feeds: small requests arriving together share a call, large ones go to a worker thread."""
         rows = feed_rows(feeds)
         if rows > self.config.inline_rows:
@@ -231,21 +239,36 @@ class ServingApp:
             self._typed_calls += 1
             if (row := first_not_finite(outputs)) is not None:
                 raise not_finite_answer(row)
-            self._collect_typed([request_id], [rows], feeds, outputs)
+            self._collect_typed([request_id], [rows], feeds, outputs, [ids] if ids else None)
         else:
-            outputs = await self.typed_batcher.predict(feeds, request_id)
+            outputs = await self.typed_batcher.predict(feeds, request_id, ids)
         self.metrics.rows += rows
         return outputs
 
-    def _collect_typed(self, request_ids: list[str], rows: list[int], feeds: Outputs, outputs: Outputs) -> None:
-        """Typed rows, each column's type kept (NaN as null), with the label and probabilities (or the value)."""
+    def _collect_matrix(
+        self,
+        request_ids: list[str],
+        rows: list[int],
+        matrix: np.ndarray,
+        predictions: np.ndarray,
+        ids: list[Any] | None,
+    ) -> None:
+        """A numeric model call's rows and predictions (and the requests' row ids, if any carried them)."""
+        if self.collector is not None:
+            self.collector.submit_call(request_ids, rows, matrix, predictions, row_ids=ids)
+
+    def _collect_typed(
+        self, request_ids: list[str], rows: list[int], feeds: Outputs, outputs: Outputs, ids: list[Any] | None
+    ) -> None:
+        """Typed rows, each column's type kept (NaN as null), with the label and probabilities (or the value), and
+        the requests' row ids."""
         if self.collector is None or self.schema is None:
             return
         if self.classifier:
             answer, extra = outputs["label"].tolist(), {"probabilities": outputs["probabilities"].tolist()}
         else:
             answer, extra = outputs[self.meta.output_name].reshape(-1).tolist(), None
-        self.collector.submit_call(request_ids, rows, self.schema.rows_of(feeds), answer, extra)
+        self.collector.submit_call(request_ids, rows, self.schema.rows_of(feeds), answer, extra, ids)
 
     def check_model(self, params: dict[str, str], reveal: bool = True) -> None:
         """404 unless the path names this server's model (and version); ``reveal``: the answer names what is
@@ -277,21 +300,9 @@ class ServingApp:
         return Reply(200, dumps({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": [EXTENSION]}))
 
     async def model_metadata(self, request: Request) -> Reply:
+        """What ``infer`` takes and answers (:func:`serving.v2.model_metadata`), made once at start."""
         self.check_model(request.params)
-        meta = self.meta
-        return Reply(
-            200,
-            dumps(
-                {
-                    "name": meta.name,
-                    "versions": [meta.version],
-                    "platform": "onnxruntime_onnx",
-                    "inputs": [{"name": meta.input_name, "datatype": "FP64", "shape": [-1, len(self.features)]}],
-                    "outputs": [{"name": meta.output_name, "datatype": "FP64", "shape": [-1, 1]}],
-                    "parameters": {"features": self.features, "sha256": meta.sha256, "run_id": meta.run_id},
-                }
-            ),
-        )
+        return Reply(200, self._metadata_reply)
 
     async def inject_faults(self) -> None:
         """Chaos testing (``MLOPS_SERVING_FAULT_*``): a deliberate delay and share of 500s; off by default.
@@ -314,14 +325,14 @@ class ServingApp:
         body = await request.body()
         meta, header = self.meta, request.header(HEADER)
         if self.schema is None:
-            parsed = parse_infer(body, header, self.features, self._outputs, self.config.max_rows)
+            parsed = parse_infer(body, header, self.features, self._outputs, self.config.max_rows, self.extra)
             assert parsed.matrix is not None
-            predictions = await self.score(parsed.matrix, request.request_id)
+            predictions = await self.score(parsed.matrix, request.request_id, parsed.id_values())
             return infer_reply(parsed, meta.name, meta.version, request.request_id, {meta.output_name: predictions})
-        parsed = parse_typed_infer(body, header, self.features, self._outputs, self.config.max_rows)
+        parsed = parse_typed_infer(body, header, self.features, self._outputs, self.config.max_rows, self.extra)
         assert parsed.columns is not None
         feeds = self.schema.feeds(parsed.columns, "inputs")
-        outputs = await self.score_typed(feeds, request.request_id)
+        outputs = await self.score_typed(feeds, request.request_id, parsed.id_values())
         return infer_reply(parsed, meta.name, meta.version, request.request_id, outputs, self._output_parameters)
 
     async def invocations(self, request: Request) -> Reply:
@@ -330,20 +341,25 @@ class ServingApp:
         body = await request.body()
         content_type = (request.header(b"content-type") or "application/json").lower()
         if self.schema is None:
-            matrix = mlflow_matrix(body, content_type, self.features, self.config.max_rows)
-            return Reply(200, dumps({"predictions": await self.score(matrix, request.request_id)}))
-        columns, params, text = mlflow_columns(body, content_type, self.features, self.config.max_rows)
+            matrix, ids = mlflow_matrix(body, content_type, self.features, self.config.max_rows, self.extra)
+            predictions = await self.score(matrix, request.request_id, ids)
+            return Reply(
+                200, dumps({"predictions": predictions} if ids is None else {"predictions": predictions, "ids": ids})
+            )
+        columns, params, text, ids = mlflow_columns(body, content_type, self.features, self.config.max_rows, self.extra)
         method = params.get("predict_method", "predict")
         if method not in ("predict", "predict_proba") or (method == "predict_proba" and not self.classifier):
             allowed = "predict or predict_proba" if self.classifier else "predict (a regression has no probabilities)"
             raise RequestError(400, f"params.predict_method {method!r} is not supported; use {allowed}")
         feeds = self.schema.feeds(columns, "CSV" if text else "request", text)
-        outputs = await self.score_typed(feeds, request.request_id)
+        outputs = await self.score_typed(feeds, request.request_id, ids)
         if not self.classifier:
-            return Reply(200, dumps({"predictions": outputs[self.meta.output_name].reshape(-1)}))
-        if method == "predict_proba":
-            return Reply(200, dumps({"predictions": outputs["probabilities"]}))
-        return Reply(200, dumps({"predictions": outputs["label"].tolist()}))
+            answer: Any = outputs[self.meta.output_name].reshape(-1)
+        elif method == "predict_proba":
+            answer = outputs["probabilities"]
+        else:
+            answer = outputs["label"].tolist()
+        return Reply(200, dumps({"predictions": answer} if ids is None else {"predictions": answer, "ids": ids}))
 
     async def prometheus(self, request: Request) -> Reply:
         return Reply(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())

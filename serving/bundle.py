@@ -96,6 +96,9 @@ class ModelMetadata:
             ``nullable`` and, for categories, the ``fill`` string a missing value becomes.
         outputs: The graph's outputs: ``variable``, or ``label`` and ``probabilities``.
         classes: Class labels in the order of ``probabilities`` (classifiers).
+        ids: The spec's row id columns: a request may carry them; they are never fed to the model, but answered
+            beside each prediction and collected with the request's rows.
+        ignore: The spec's ignored columns: a request may carry them; they are dropped, as training drops them.
         extra: Anything else worth carrying (parity, git commit); not read by the server.
     """
 
@@ -112,6 +115,8 @@ class ModelMetadata:
     inputs: tuple[dict[str, Any], ...] = ()
     outputs: tuple[str, ...] = ("variable",)
     classes: tuple[Any, ...] = ()
+    ids: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,6 +126,7 @@ class ModelMetadata:
 
     def to_json(self) -> str:
         fields = {**asdict(self), "features": list(self.features), "outputs": list(self.outputs)}
+        fields |= {"ids": list(self.ids), "ignore": list(self.ignore)}
         return json.dumps({"format": FORMAT_VERSION, **fields}, indent=2)
 
     @classmethod
@@ -141,6 +147,10 @@ class ModelMetadata:
         features = raw["features"]
         if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
             raise BundleError(f"{source}: features must be a non-empty list of names")
+        ids, ignore = _names(raw, "ids", source), _names(raw, "ignore", source)  # absent in older bundles
+        clash = sorted(set(features) & set(ids + ignore) | set(ids) & set(ignore))
+        if clash:
+            raise BundleError(f"{source}: {', '.join(clash)} named twice among features, ids and ignore")
         return cls(
             name=str(raw["name"]),
             version=str(raw["version"]),
@@ -155,8 +165,17 @@ class ModelMetadata:
             inputs=tuple(dict(item) for item in raw.get("inputs") or ()),
             outputs=tuple(str(item) for item in raw.get("outputs") or ("variable",)),
             classes=tuple(raw.get("classes") or ()),
+            ids=ids,
+            ignore=ignore,
             extra=dict(raw.get("extra") or {}),
         )
+
+
+def _names(raw: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
+    names = raw.get(key) or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise BundleError(f"{source}: {key} must be a list of column names")
+    return tuple(names)
 
 
 def write_bundle(directory: Path, onnx_bytes: bytes, metadata: ModelMetadata) -> Path:

@@ -11,6 +11,10 @@ straight from the numpy arrays (time in epoch seconds; ``rows`` says how many ro
     {"request_ids": ["a1", "b2"], "rows": [1, 2], "time": 1795386921.98, "inputs": [[59.0, ...], ...],
      "predictions": [151.2, 80.1, 99.0]}
 
+A model whose spec names row id columns lists them in the header (``"ids": ["patient_id"]``); a line
+of a call where a request carried them holds them by column, a value per row (null for the rows of
+requests that did not): ``"ids": {"patient_id": ["P00017", null, null]}``.
+
 :func:`iter_collected` turns them back into one record per row. Lines are encoded on the
 request path (one orjson call per model call); the writer thread only writes bytes, so it
 never holds the GIL the event loop needs.
@@ -74,11 +78,18 @@ class RequestCollector:
     """Writes scored requests in a background thread; ``close()`` flushes and finishes the open file."""
 
     def __init__(
-        self, config: CollectorConfig, model: str, version: str, features: Sequence[str], classes: Sequence[Any] = ()
+        self,
+        config: CollectorConfig,
+        model: str,
+        version: str,
+        features: Sequence[str],
+        classes: Sequence[Any] = (),
+        ids: Sequence[str] = (),
     ) -> None:
         self.config = config
         self.model, self.version, self.features = model, version, list(features)
         self.classes = list(classes)  # a classifier's, in the order of its collected probabilities
+        self.ids = list(ids)  # the spec's row id columns, collected beside the inputs when requests carry them
         self.written_rows = 0
         self.dropped_rows = 0
         self.write_errors = 0
@@ -105,9 +116,11 @@ class RequestCollector:
         self._thread.start()
         return self
 
-    def submit(self, request_id: str, matrix: np.ndarray, predictions: np.ndarray) -> bool:
+    def submit(
+        self, request_id: str, matrix: np.ndarray, predictions: np.ndarray, ids: dict[str, list[Any]] | None = None
+    ) -> bool:
         """Queue one scored request without blocking; False (and counted as dropped) when the queue is full."""
-        return self.submit_call([request_id], [len(predictions)], matrix, predictions)
+        return self.submit_call([request_id], [len(predictions)], matrix, predictions, row_ids=[ids] if ids else None)
 
     def submit_call(
         self,
@@ -116,9 +129,11 @@ class RequestCollector:
         matrix: np.ndarray | list[list[Any]],
         predictions: np.ndarray | list[Any],
         extra: dict[str, Any] | None = None,
+        row_ids: Sequence[dict[str, list[Any]] | None] | None = None,
     ) -> bool:
         """Queue one model call's requests (``rows[i]`` rows for ``request_ids[i]``) without blocking; ``extra``
-        (e.g. a classifier's probabilities) is written beside the predictions."""
+        (e.g. a classifier's probabilities) is written beside the predictions, ``row_ids`` (per request: its id
+        columns, or None) beside the inputs."""
         if len(self._queue) >= self.config.queue_size:
             self.dropped_rows += len(predictions)
             return False
@@ -132,8 +147,21 @@ class RequestCollector:
             "predictions": predictions,
             **(extra or {}),
         }
+        if row_ids is not None and self.ids:
+            record["ids"] = self._id_columns(rows, row_ids)
         self._queue.append((orjson.dumps(record, option=ENCODING), len(predictions)))
         return True
+
+    def _id_columns(self, rows: list[int], row_ids: Sequence[dict[str, list[Any]] | None]) -> dict[str, list[Any]]:
+        """The call's id columns, a value per row (null for rows whose request did not carry the column)."""
+        columns: dict[str, list[Any]] = {}
+        for name in self.ids:
+            values: list[Any] = []
+            for count, sent in zip(rows, row_ids, strict=True):
+                given = sent.get(name) if sent else None
+                values.extend(given if given is not None else [None] * count)
+            columns[name] = values
+        return columns
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, close the open file and stop the writer."""
@@ -220,6 +248,8 @@ class RequestCollector:
             header = {"model": self.model, "model_version": self.version, "features": self.features, "format": FORMAT}
             if self.classes:
                 header["classes"] = self.classes
+            if self.ids:
+                header["ids"] = self.ids
             self._file.write(orjson.dumps({"header": header}, option=orjson.OPT_APPEND_NEWLINE))
         return self._file
 
@@ -259,16 +289,20 @@ def collected_files(directory: Path) -> list[Path]:
 
 
 def iter_collected(directory: Path) -> Iterator[dict[str, Any]]:
-    """Every collected row of the finished files: request id, time (ISO, UTC), model, version, row,
-    one key per feature, prediction."""
+    """Every collected row of the finished files: request id, time (ISO, UTC), model, version, row, one key per
+    id column (null where the request did not carry it), one key per feature, prediction."""
     for path in collected_files(directory):
         with path.open("rb") as handle:
             header = orjson.loads(handle.readline())["header"]
-            features = header["features"]
+            features, id_names = header["features"], header.get("ids") or []
             for line in handle:
                 call = orjson.loads(line)
                 stamp = datetime.fromtimestamp(call["time"], UTC).isoformat()
-                rows = iter(zip(call["inputs"], call["predictions"], strict=True))
+                sent = call.get("ids") or {}
+                total = len(call["predictions"])
+                ids = [sent.get(name) or [None] * total for name in id_names]
+                id_rows = list(zip(*ids, strict=True)) if ids else [()] * total
+                rows = iter(zip(call["inputs"], call["predictions"], id_rows, strict=True))
                 for request_id, count in zip(call["request_ids"], call["rows"], strict=True):
                     head = {
                         "request_id": request_id,
@@ -277,10 +311,11 @@ def iter_collected(directory: Path) -> Iterator[dict[str, Any]]:
                         "model_version": header["model_version"],
                     }
                     for number in range(count):
-                        values, prediction = next(rows)
+                        values, prediction, row_ids = next(rows)
                         yield {
                             **head,
                             "row": number,
+                            **dict(zip(id_names, row_ids, strict=True)),
                             **dict(zip(features, values, strict=True)),
                             "prediction": prediction,
                         }

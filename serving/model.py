@@ -44,6 +44,8 @@ class OnnxModel:
         self.ready = False
         self._session: ort.InferenceSession | None = None
         self._metadata: ModelMetadata | None = None
+        # The warm-up call's answers by output name, as the server answers them (what its metadata declares).
+        self.warm_outputs: dict[str, np.ndarray] = {}
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -74,7 +76,8 @@ class OnnxModel:
                 raise BundleError(f"{model_file} input {metadata.input_name!r} is {inputs[metadata.input_name]}")
             if metadata.output_name not in outputs:
                 raise BundleError(f"{model_file} has no output {metadata.output_name!r}")
-            self.predict(np.zeros((1, len(metadata.features)), dtype=np.float64))
+            warm = self.predict(np.zeros((1, len(metadata.features)), dtype=np.float64))
+            self.warm_outputs = {metadata.output_name: warm}
         else:
             from serving.typed import TypedSchema
 
@@ -85,8 +88,8 @@ class OnnxModel:
             missing = [name for name in metadata.outputs if name not in outputs]
             if missing:
                 raise BundleError(f"{model_file} lacks the output(s) {', '.join(missing)} its metadata names")
-            warm = {column.name: [column.fill or "" if column.type == "string" else 0.0] for column in schema.columns}
-            self.run(schema.feeds(warm, "warm-up"))
+            values = {column.name: [column.fill or "" if column.type == "string" else 0.0] for column in schema.columns}
+            self.warm_outputs = self.run(schema.feeds(values, "warm-up"))
         self.ready = True
         return self
 

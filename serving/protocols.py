@@ -6,6 +6,10 @@
 
 Every check names what was wrong: the missing or unknown feature, the row and feature of a
 value that is not a finite number, the limit that was exceeded.
+
+Besides its features a request may carry the spec's row id columns and ignored columns
+(:class:`ExtraColumns`): ids are taken out of the rows, never fed to the model, and answered
+beside the predictions; ignored columns are dropped. Any other column is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,33 @@ MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 # Arrays and objects a request may nest (orjson itself stops at 1024). A request needs 4 at most: body,
 # rows, row, and a v2 tensor's [rows, columns] data; deeper is an attack or a mistake, never a model input.
 MAX_DEPTH = 32
+
+
+# A request's row ids: id column -> one value per row, as the client sent them.
+Ids = dict[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class ExtraColumns:
+    """The columns a request may carry beside the features: the spec's row ``ids`` (answered beside each
+    prediction and collected, never fed to the model) and its ``ignore`` columns (dropped)."""
+
+    ids: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    accepted: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "accepted", frozenset(self.ids) | frozenset(self.ignore))
+
+    def describe(self) -> str:
+        """What a row may carry besides the features, for an error message ('' when nothing)."""
+        parts = [
+            f"{', '.join(names)} ({role})" for names, role in ((self.ids, "ids"), (self.ignore, "ignored")) if names
+        ]
+        return f"; a row may also carry {' and '.join(parts)}" if parts else ""
+
+
+NO_EXTRA = ExtraColumns()
 
 
 class RequestError(Exception):
@@ -142,27 +174,31 @@ def mlflow_payload(body: bytes) -> tuple[str, Any, dict[str, Any]]:
     return formats[0], payload[formats[0]], params
 
 
-def mlflow_matrix(body: bytes, content_type: str, features: Sequence[str], max_rows: int) -> np.ndarray:
-    """The matrix of an MLflow ``/invocations`` request."""
+def mlflow_matrix(
+    body: bytes, content_type: str, features: Sequence[str], max_rows: int, extra: ExtraColumns = NO_EXTRA
+) -> tuple[np.ndarray, Ids | None]:
+    """The matrix of an MLflow ``/invocations`` request, and the row ids it carried (None when none)."""
     if content_type.startswith("text/csv"):
-        return _csv_matrix(body, features, max_rows)
+        return _csv_matrix(body, features, max_rows, extra)
     key, value, _ = mlflow_payload(body)
     bools = may_hold_booleans(body)
     if key == "dataframe_split":
         if not isinstance(value, dict) or "data" not in value:
             raise RequestError(400, "dataframe_split must be an object with 'data' (rows) and 'columns'")
-        return rows_matrix(value["data"], value.get("columns"), features, max_rows, key, bools)
+        return rows_matrix(value["data"], value.get("columns"), features, max_rows, key, bools, extra)
     if key == "dataframe_records":
-        return records_matrix(value, features, max_rows, key, bools)
+        return records_matrix(value, features, max_rows, key, bools, extra)
     if isinstance(value, dict):
-        return columns_matrix(value, features, max_rows, key, bools)
+        return columns_matrix(value, features, max_rows, key, bools, extra)
     if isinstance(value, list) and value and isinstance(value[0], dict):
-        return records_matrix(value, features, max_rows, key, bools)
+        return records_matrix(value, features, max_rows, key, bools, extra)
     return rows_matrix(value, None, features, max_rows, key, bools)
 
 
-def records_matrix(records: Any, features: Sequence[str], max_rows: int, where: str, bools: bool) -> np.ndarray:
-    """A list of ``{feature: value}`` objects."""
+def records_matrix(
+    records: Any, features: Sequence[str], max_rows: int, where: str, bools: bool, extra: ExtraColumns = NO_EXTRA
+) -> tuple[np.ndarray, Ids | None]:
+    """A list of ``{feature: value}`` objects (and the row ids among them)."""
     if not isinstance(records, list) or not records:
         raise RequestError(400, f"{where} must be a non-empty list of records (objects of feature: value)")
     check_rows(len(records), max_rows)
@@ -170,40 +206,89 @@ def records_matrix(records: Any, features: Sequence[str], max_rows: int, where: 
         rows = [[record[name] for name in features] for record in records]
     except (KeyError, TypeError):
         rows = []
+    beside = False
     for number, record in enumerate(records):
         if not isinstance(record, dict):
             raise RequestError(400, f"{where} row {number} is {type(record).__name__}, expected an object")
         if len(record) != len(features) or not rows:
-            check_names(list(record), features, f"{where} row {number}")
-    return rows_matrix(rows, None, features, max_rows, where, bools)
+            beside |= bool(check_names(list(record), features, f"{where} row {number}", extra))
+    ids = record_ids(records, extra, where) if beside else None
+    return rows_matrix(rows, None, features, max_rows, where, bools)[0], ids
 
 
 def columns_matrix(
-    columns: dict[str, Any], features: Sequence[str], max_rows: int, where: str, bools: bool
-) -> np.ndarray:
-    """An object of ``feature: [values]`` columns."""
-    check_names(list(columns), features, where)
+    columns: dict[str, Any],
+    features: Sequence[str],
+    max_rows: int,
+    where: str,
+    bools: bool,
+    extra: ExtraColumns = NO_EXTRA,
+) -> tuple[np.ndarray, Ids | None]:
+    """An object of ``feature: [values]`` columns (and the row ids among them)."""
+    check_names(list(columns), features, where, extra)
     lengths = {name: len(values) if isinstance(values, list) else -1 for name, values in columns.items()}
     if len(set(lengths.values())) != 1 or -1 in lengths.values():
         raise RequestError(400, f"{where} columns must be lists of equal length; got lengths {lengths}")
     check_rows(next(iter(lengths.values())), max_rows)
     rows = [list(row) for row in zip(*(columns[name] for name in features), strict=True)]
-    return rows_matrix(rows, None, features, max_rows, where, bools)
+    ids = checked_ids({name: columns[name] for name in extra.ids if name in columns}, where)
+    return rows_matrix(rows, None, features, max_rows, where, bools)[0], ids
 
 
 def rows_matrix(
-    rows: Any, columns: Any, features: Sequence[str], max_rows: int, where: str, bools: bool = True
-) -> np.ndarray:
-    """A list of rows (optionally with their column names) as a float64 matrix in feature order."""
+    rows: Any,
+    columns: Any,
+    features: Sequence[str],
+    max_rows: int,
+    where: str,
+    bools: bool = True,
+    extra: ExtraColumns = NO_EXTRA,
+) -> tuple[np.ndarray, Ids | None]:
+    """A list of rows (optionally with their column names) as a float64 matrix in feature order, and the row ids
+    among the columns (None when none)."""
     if not isinstance(rows, list) or not rows:
         raise RequestError(400, f"{where} must hold a non-empty list of rows")
     check_rows(len(rows), max_rows)
     if columns is None or columns == list(features):
-        return numeric_array(rows, features, where, bools)
+        return numeric_array(rows, features, where, bools), None
     if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
         raise RequestError(400, f"{where} columns must be a list of feature names")
-    check_names(columns, features, where)
-    return numeric_array(rows, columns, where, bools)[:, [columns.index(name) for name in features]]
+    ids = None
+    if check_names(columns, features, where, extra):
+        rows, columns, ids = split_extra(rows, columns, extra, where)
+    return numeric_array(rows, columns, where, bools)[:, [columns.index(name) for name in features]], ids
+
+
+def split_extra(
+    rows: list[Any], columns: list[str], extra: ExtraColumns, where: str
+) -> tuple[list[list[Any]], list[str], Ids | None]:
+    """Rows without their id and ignored columns, the names of the columns left, and the ids by column."""
+    for number, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise RequestError(
+                400, f"{where} row {number}: expected a list of {len(columns)} values ({', '.join(columns)})"
+            )
+    keep = [index for index, name in enumerate(columns) if name not in extra.accepted]
+    position = {name: index for index, name in enumerate(columns)}
+    ids = {name: [row[position[name]] for row in rows] for name in extra.ids if name in position}
+    return [[row[index] for index in keep] for row in rows], [columns[index] for index in keep], checked_ids(ids, where)
+
+
+def record_ids(records: list[dict[str, Any]], extra: ExtraColumns, where: str) -> Ids | None:
+    """The id columns any of ``records`` carries, a value per record (null where one lacks it)."""
+    sent = [name for name in extra.ids if any(name in record for record in records)]
+    return checked_ids({name: [record.get(name) for record in records] for name in sent}, where)
+
+
+def checked_ids(ids: Ids, where: str) -> Ids | None:
+    """``ids`` when every value is text, a number or null (None when there are none)."""
+    for name, values in ids.items():
+        for number, value in enumerate(values):
+            if isinstance(value, list | dict):
+                raise RequestError(
+                    400, f"{where} row {number}, id {name!r}: expected text or a number, got {brief(value)}"
+                )
+    return ids or None
 
 
 def numeric_array(rows: list[Any], names: Sequence[str], where: str, bools: bool = True) -> np.ndarray:
@@ -286,31 +371,48 @@ def csv_reader(body: bytes) -> tuple[list[str], Iterator[list[str]]]:
     return header, reader
 
 
-def _csv_matrix(body: bytes, features: Sequence[str], max_rows: int) -> np.ndarray:
+def _csv_matrix(
+    body: bytes, features: Sequence[str], max_rows: int, extra: ExtraColumns
+) -> tuple[np.ndarray, Ids | None]:
     header, reader = csv_reader(body)
+    ids: Ids | None = None
+    lines: Any = reader
+    if any(name in extra.accepted for name in header):  # read as text first: ids and ignored cells are not numbers
+        check_names(header, features, "CSV", extra)
+        text = [line for line in reader if line]
+        check_rows(len(text), max_rows)
+        lines, header, ids = split_extra(text, header, extra, "CSV")
     rows: list[list[Any]] = []
-    for number, line in enumerate(reader):
+    for number, line in enumerate(lines):
         if len(rows) >= max_rows:
             raise RequestError(413, f"more than {max_rows} rows exceed the limit of {max_rows} rows per request")
         try:
             rows.append([float(cell) for cell in line])
         except ValueError as error:
             raise RequestError(400, f"CSV row {number}: {error}") from error
-    return rows_matrix(rows, header, features, max_rows, "CSV")
+    return rows_matrix(rows, header, features, max_rows, "CSV")[0], ids
 
 
-def check_names(names: list[str], features: Sequence[str], where: str) -> None:
+def check_names(names: list[str], features: Sequence[str], where: str, extra: ExtraColumns = NO_EXTRA) -> list[str]:
+    """Refuse names that are not exactly the features (plus, where ``extra`` says, ids and ignored columns);
+    returns those extra columns, in the order sent."""
+    beside = [name for name in names if name in extra.accepted] if extra.accepted else []
+    if beside:
+        names = [name for name in names if name not in extra.accepted]
     missing = [name for name in features if name not in names]
     unknown = [name for name in names if name not in features]
-    if missing or unknown or len(names) != len(features):
+    if missing or unknown or len(names) != len(features) or len(set(beside)) != len(beside):
         parts = []
         if missing:
             parts.append(f"missing feature(s) {', '.join(missing)}")
         if unknown:
             parts.append(f"unknown feature(s) {', '.join(map(str, unknown))}")
         if not parts:
-            parts.append("repeated feature names")
-        raise RequestError(400, f"{where}: {'; '.join(parts)} (the model takes {', '.join(features)})")
+            parts.append("repeated column names")
+        raise RequestError(
+            400, f"{where}: {'; '.join(parts)} (the model takes {', '.join(features)}{extra.describe()})"
+        )
+    return beside
 
 
 def check_rows(count: int, max_rows: int) -> None:

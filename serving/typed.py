@@ -22,7 +22,19 @@ from typing import Any
 import numpy as np
 
 from serving.bundle import BundleError, ModelMetadata
-from serving.protocols import RequestError, brief, check_names, check_rows, csv_reader, mlflow_payload
+from serving.protocols import (
+    NO_EXTRA,
+    ExtraColumns,
+    Ids,
+    RequestError,
+    brief,
+    check_names,
+    check_rows,
+    checked_ids,
+    csv_reader,
+    mlflow_payload,
+    record_ids,
+)
 
 # How a boolean column's text reads (training types its data with the same words: tasks.features).
 TRUE_WORDS = frozenset({"true", "1", "1.0", "yes", "y", "t"})
@@ -179,48 +191,60 @@ def _not_nullable(column: Column, row: int, where: str) -> RequestError:
 
 
 def mlflow_columns(
-    body: bytes, content_type: str, names: Sequence[str], max_rows: int
-) -> tuple[Columns, dict[str, Any], bool]:
-    """An ``/invocations`` request as raw values per column, its ``params``, and whether the values are CSV text."""
+    body: bytes, content_type: str, names: Sequence[str], max_rows: int, extra: ExtraColumns = NO_EXTRA
+) -> tuple[Columns, dict[str, Any], bool, Ids | None]:
+    """An ``/invocations`` request as raw values per column, its ``params``, whether the values are CSV text, and
+    the row ids it carried (None when none; ignored columns are dropped)."""
     if content_type.startswith("text/csv"):
-        return _csv_columns(body, names, max_rows), {}, True
+        columns, ids = _csv_columns(body, names, max_rows, extra)
+        return columns, {}, True, ids
     key, value, params = mlflow_payload(body)
     if key == "dataframe_split":
         if not isinstance(value, dict) or "data" not in value:
             raise RequestError(400, "dataframe_split must be an object with 'data' (rows) and 'columns'")
-        return _rows_columns(value["data"], value.get("columns"), names, max_rows, key), params, False
+        columns, ids = _rows_columns(value["data"], value.get("columns"), names, max_rows, key, extra)
+        return columns, params, False, ids
     if isinstance(value, dict):
-        check_names(list(value), names, key)
+        check_names(list(value), names, key, extra)
         lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
         if len(lengths) != 1 or -1 in lengths:
             raise RequestError(400, f"{key} columns must be lists of equal length")
         check_rows(lengths.pop(), max_rows)
-        return {name: value[name] for name in names}, params, False
+        ids = checked_ids({name: value[name] for name in extra.ids if name in value}, key)
+        return {name: value[name] for name in names}, params, False, ids
     if isinstance(value, list) and value and all(isinstance(record, dict) for record in value):
         check_rows(len(value), max_rows)
+        beside = False
         for row, record in enumerate(value):
             if len(record) != len(names) or any(name not in record for name in names):
-                check_names(list(record), names, f"{key} row {row}")
-        return {name: [record[name] for record in value] for name in names}, params, False
-    return _rows_columns(value, None, names, max_rows, key), params, False
+                beside |= bool(check_names(list(record), names, f"{key} row {row}", extra))
+        ids = record_ids(value, extra, key) if beside else None
+        return {name: [record[name] for record in value] for name in names}, params, False, ids
+    columns, ids = _rows_columns(value, None, names, max_rows, key)
+    return columns, params, False, ids
 
 
-def _rows_columns(rows: Any, columns: Any, names: Sequence[str], max_rows: int, where: str) -> Columns:
+def _rows_columns(
+    rows: Any, columns: Any, names: Sequence[str], max_rows: int, where: str, extra: ExtraColumns = NO_EXTRA
+) -> tuple[Columns, Ids | None]:
     if not isinstance(rows, list) or not rows:
         raise RequestError(400, f"{where} must hold a non-empty list of rows")
     check_rows(len(rows), max_rows)
     order = list(names) if columns is None else columns
     if not isinstance(order, list) or not all(isinstance(name, str) for name in order):
         raise RequestError(400, f"{where} columns must be a list of column names")
-    check_names(order, names, where)
+    beside = check_names(order, names, where, extra)
     for row, values in enumerate(rows):
         if not isinstance(values, list) or len(values) != len(order):
             raise RequestError(400, f"{where} row {row}: expected a list of {len(order)} values ({', '.join(order)})")
     position = {name: index for index, name in enumerate(order)}
-    return {name: [values[position[name]] for values in rows] for name in names}
+    ids = None
+    if beside:
+        ids = checked_ids({n: [values[position[n]] for values in rows] for n in extra.ids if n in position}, where)
+    return {name: [values[position[name]] for values in rows] for name in names}, ids
 
 
-def _csv_columns(body: bytes, names: Sequence[str], max_rows: int) -> Columns:
+def _csv_columns(body: bytes, names: Sequence[str], max_rows: int, extra: ExtraColumns) -> tuple[Columns, Ids | None]:
     header, reader = csv_reader(body)
     rows: list[list[str]] = []
     for line in reader:
@@ -229,4 +253,4 @@ def _csv_columns(body: bytes, names: Sequence[str], max_rows: int) -> Columns:
         if len(rows) >= max_rows:
             raise RequestError(413, f"more than {max_rows} rows exceed the limit of {max_rows} rows per request")
         rows.append(line)
-    return _rows_columns(rows, header, names, max_rows, "CSV")
+    return _rows_columns(rows, header, names, max_rows, "CSV", extra)

@@ -54,10 +54,12 @@ def load_requests(
     probability_columns: list[str] | None = None,
 ) -> pd.DataFrame:
     """Every collected row with ``since <= time < until``: request_id, row, time (epoch s), model_version,
-    one column per feature, prediction (a classifier's label) and, for a classifier's collection, one column
-    per class probability (named by ``probability_columns``, default ``probability.<i>``). Files last written
-    before ``since`` are not opened. Damaged lines and rows without a usable answer (null, NaN, infinite) are
-    left out and counted in ``frame.attrs["skipped"]`` (``lines``, ``rows``) for the monitor to report.
+    one column per row id column of the model's spec (null where a request did not carry it: the business
+    record a prediction belongs to), one column per feature, prediction (a classifier's label) and, for a
+    classifier's collection, one column per class probability (named by ``probability_columns``, default
+    ``probability.<i>``). Files last written before ``since`` are not opened. Damaged lines and rows without a
+    usable answer (null, NaN, infinite) are left out and counted in ``frame.attrs["skipped"]`` (``lines``,
+    ``rows``) for the monitor to report.
 
     Raises:
         ValueError: A file's features differ from ``features`` (or from the first file's).
@@ -73,6 +75,8 @@ def load_requests(
     inputs: list[np.ndarray] = []
     predictions: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
+    id_names: list[str] = []
+    id_values: dict[str, list[Any]] = {}
     skipped = {"lines": 0, "rows": 0}
     for path, modified in listed:
         if modified < since:
@@ -84,6 +88,10 @@ def load_requests(
         if not lines:
             continue
         header = orjson.loads(lines[0])["header"]
+        for name in header.get("ids") or []:
+            if name not in id_names:
+                id_names.append(name)
+                id_values[name] = [None] * len(ids)  # rows read before a file that names it
         if columns is None:
             columns = list(header["features"])
         elif list(header["features"]) != columns:
@@ -107,10 +115,18 @@ def load_requests(
                     if "probabilities" in call
                     else None
                 )
+                sent = call.get("ids") or {}
+                if not isinstance(sent, dict):
+                    raise TypeError("ids must be an object of columns")
+                call_row_ids = {name: list(sent.get(name) or [None] * total) for name in id_names}
+                if any(len(values) != total for values in call_row_ids.values()):
+                    raise ValueError("ids of another length than the rows")
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 skipped["lines"] += 1  # a damaged line: the rest of the window is still judged
                 continue
             ids.extend(call_ids)
+            for name, values in call_row_ids.items():
+                id_values[name].extend(values)
             rows.append(np.concatenate([np.arange(count) for count in counts]))
             times.append(np.full(total, call["time"]))
             versions.append(np.full(total, header["model_version"], dtype=object))
@@ -125,7 +141,9 @@ def load_requests(
     if probabilities and not named:
         named = [f"probability.{i}" for i in range(probabilities[0].shape[1])]
     if not ids:
-        empty = pd.DataFrame(columns=["request_id", "row", "time", "model_version", *columns, "prediction", *named])
+        empty = pd.DataFrame(
+            columns=["request_id", "row", "time", "model_version", *id_names, *columns, "prediction", *named]
+        )
         empty.attrs["skipped"] = skipped
         return empty
     frame = pd.DataFrame(np.concatenate(inputs), columns=columns).infer_objects()
@@ -133,6 +151,8 @@ def load_requests(
     frame.insert(1, "row", np.concatenate(rows))
     frame.insert(2, "time", np.concatenate(times))
     frame.insert(3, "model_version", np.concatenate(versions))
+    for offset, name in enumerate(id_names):
+        frame.insert(4 + offset, name, pd.Series(id_values[name], dtype=object))
     frame["prediction"] = np.concatenate(predictions)
     if probabilities:
         stacked = np.concatenate(probabilities)

@@ -289,7 +289,8 @@ def bundle_metadata(
     version: str = UNREGISTERED,
     **more: Any,
 ) -> ModelMetadata:
-    """What a bundle says of a converted model trained on ``data`` (``more``: run id, example, extra)."""
+    """What a bundle says of a converted model trained on ``data`` (``more``: run id, example, extra), including the
+    spec's id and ignored columns, which a server accepts beside the features."""
     spec = data.spec
     return ModelMetadata(
         name=spec.name,
@@ -303,6 +304,8 @@ def bundle_metadata(
         inputs=tuple(input_schema(spec, converted, data.typed)),
         outputs=converted.outputs,
         classes=classes,
+        ids=tuple(spec.ids),
+        ignore=tuple(spec.ignore),
         **more,
     )
 

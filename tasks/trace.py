@@ -72,7 +72,8 @@ def _collected(path: Path) -> bool:
 
 
 def find_served(request_id: str, files: Iterable[Path]) -> Trace | None:
-    """The request's rows from the collection files: inputs by feature, the answer (and probabilities)."""
+    """The request's rows from the collection files: row ids (the spec's id columns the request carried), inputs by
+    feature, the answer (and probabilities)."""
     needle = orjson.dumps(request_id)
     for path in files:
         data = path.read_bytes()
@@ -100,9 +101,12 @@ def _served_trace(request_id: str, header: dict[str, Any], call: dict[str, Any],
         start += count
     rows = []
     classes = header.get("classes")
+    sent = call.get("ids") or {}
     for offset in range(count):
         index = start + offset
-        row = {"row": offset, **dict(zip(header["features"], call["inputs"][index], strict=True))}
+        row: dict[str, Any] = {"row": offset}
+        row |= {name: (sent.get(name) or [None] * (index + 1))[index] for name in header.get("ids") or []}
+        row |= dict(zip(header["features"], call["inputs"][index], strict=True))
         row["prediction"] = call["predictions"][index]
         if "probabilities" in call:
             chances = call["probabilities"][index]

@@ -105,7 +105,10 @@ def test_health_and_metadata(client: TestClient) -> None:
         assert (response.status_code, response.json()) == (200, {"ready": True}), path
     meta = client.get("/v2/models/tiny").json()
     assert meta["name"] == "tiny" and meta["versions"] == ["7"] and meta["platform"] == "onnxruntime_onnx"
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 3]}]
+    assert meta["inputs"] == [
+        {"name": "input", "datatype": "FP64", "shape": [-1, 3], "parameters": {"columns": list(TINY_FEATURES)}}
+    ]
+    assert meta["outputs"] == [{"name": "variable", "datatype": "FP64", "shape": [-1, 1]}]
     assert meta["parameters"]["features"] == list(TINY_FEATURES)
     assert client.get("/v2").json()["name"] == "mlops-onnx-server"
 

@@ -17,7 +17,9 @@ def row_sums(matrix: np.ndarray) -> np.ndarray:
 
 def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
     calls: list[tuple[list[str], list[int]]] = []
-    batcher = MicroBatcher(row_sums, max_rows=7, on_call=lambda ids, rows, inputs, outputs: calls.append((ids, rows)))
+    batcher = MicroBatcher(
+        row_sums, max_rows=7, on_call=lambda ids, rows, inputs, outputs, beside: calls.append((ids, rows))
+    )
     matrices = [np.full((1 + n % 3, 2), float(n)) for n in range(10)]
 
     async def run() -> list[np.ndarray]:
@@ -80,7 +82,7 @@ def test_typed_feeds_are_batched_and_each_request_gets_its_own_outputs() -> None
 def test_a_request_whose_answer_is_not_finite_is_refused_alone_and_not_collected() -> None:
     collected: list[str] = []
     batcher = MicroBatcher(
-        lambda matrix: matrix[:, 0] * 1e300, max_rows=100, on_call=lambda ids, rows, i, o: collected.extend(ids)
+        lambda matrix: matrix[:, 0] * 1e300, max_rows=100, on_call=lambda ids, rows, i, o, beside: collected.extend(ids)
     )
 
     async def run() -> list[object]:
