@@ -40,6 +40,24 @@ def score(
     return batch_score_flow(params)
 
 
+def register(model: str | None, args: argparse.Namespace) -> Any:
+    """Register a model trained elsewhere (pickles are loaded here, on this machine, after a warning)."""
+    from flows.register import RegisterParameters, register_flow
+    from tasks.outside import trusting_pickles
+
+    params = RegisterParameters(
+        model=model,
+        source=args.source,
+        source_tracking_uri=args.source_tracking_uri,
+        reference=args.reference,
+        expected=args.expected,
+        force=args.force,
+        reason=args.reason or "",
+    )
+    with trusting_pickles():
+        return register_flow(params)
+
+
 def monitor(model: str | None, minutes: float) -> Any:
     from flows.monitor import MonitorParameters, monitor_flow
 
@@ -239,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     trace_parser.add_argument(
         "--batch-dir", action="append", type=Path, default=[], help="a batch output folder outside <home>/batch/output"
     )
+    register_parser = commands.add_parser(
+        "register", help="register a model trained elsewhere (ONNX, skops, joblib/pickle, an MLflow model)"
+    )
+    register_parser.add_argument("source", help="a .onnx/.skops/.joblib/.pkl file, runs:/..., models:/..., a folder")
+    register_parser.add_argument(
+        "--source-tracking-uri", default=None, help="the MLflow server a runs:/ or models:/ source is on"
+    )
+    register_parser.add_argument("--reference", default=None, help="CSV/Parquet rows to check and monitor it on")
+    register_parser.add_argument("--expected", default=None, help="CSV/Parquet of rows and the answers it must give")
+    register_parser.add_argument("--force", action="store_true", help="register even if it is not better")
+    register_parser.add_argument("--reason", default=None, help="why (recorded on the version; needed with --force)")
     promote_parser = commands.add_parser("promote", help="make a registered version the champion")
     promote_parser.add_argument("version")
     promote_parser.add_argument("--reason", required=True)
@@ -253,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         release_parser,
         promote_parser,
         trace_parser,
+        register_parser,
     ):
         command.add_argument("--model", default=None, help="the model (its spec's name; default: MLOPS_MODEL_NAME)")
     args = parser.parse_args(argv)
@@ -270,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         "models",
         "trace",
         "watch-landing",
+        "register",
     ):
         _configure_clients(settings)
         settings = get_settings()
@@ -323,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.model, args.version, not args.no_push, not args.no_rollout, args.bake, args.min_requests
             )
             print(json.dumps(asdict(outcome), indent=2))
+        elif args.command == "register":
+            outcome = register(args.model, args)
+            print(json.dumps(asdict(outcome), indent=2))
+            return 0 if outcome.status == "registered" else 3
         elif args.command == "promote":
             promote(args.model or settings.model_name, args.version, args.reason)
         elif args.command == "trace":

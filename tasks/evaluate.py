@@ -1,4 +1,5 @@
-"""Champion/challenger comparison on the same holdout, by explicit promotion criteria."""
+"""Champion/challenger comparison on the same holdout, by explicit promotion criteria (the champion scored from
+its checked ONNX bundle, as it serves)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from mlops.spec import ModelSpec
+from tasks.bundle_scorer import BundleScorer
 from tasks.events import artifact_key
 from tasks.metrics import holdout_metrics
 from tasks.tracking import alias_version, client
@@ -112,8 +114,9 @@ def evaluate_against_champion(
     if version is None:
         comparison = Comparison(True, None, candidate.metrics, {}, ())
     else:
-        # The trusted skops types were recorded in the model's flavor config when it was logged.
-        champion_model = mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+        # The champion as it serves: its ONNX bundle, checked against the sha256 its registration recorded
+        # (nothing the registry holds is unpickled).
+        champion_model = BundleScorer.from_registry(tracking_uri, f"models:/{model_name}/{version}")
         champion = holdout_metrics(spec.task, champion_model, x_holdout, y_holdout)
         better, rows = compare(candidate.metrics, champion, spec)
         comparison = Comparison(better, version, candidate.metrics, champion, rows)

@@ -232,7 +232,7 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
         else:
             graph = _convert(model, types, classifier)
         outputs = (LABEL, PROBABILITIES) if classifier is not None else (OUTPUT_NAME,)
-        graph = _double_outputs(graph, outputs)
+        graph = double_outputs(graph, outputs)
         if classes is not None:
             graph = _decode_labels(graph, classes)
     except ExportError:
@@ -297,7 +297,7 @@ def _through_float32(
     return combined
 
 
-def _double_outputs(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
+def double_outputs(model: onnx.ModelProto, outputs: tuple[str, ...]) -> onnx.ModelProto:
     """Outputs named ``outputs`` in order; numbers cast to float64 (labels keep their type)."""
     graph = model.graph
     if len(graph.output) != len(outputs):

@@ -58,17 +58,23 @@ def register_candidate(
     export: OnnxExport,
     tracking_uri: str,
     model_name: str,
+    extra_tags: dict[str, str] | None = None,
+    forced: str | None = None,
 ) -> Registration:
     """Register a candidate that beat the champion as ``challenger`` (or as ``champion`` if there is none).
 
+    Args:
+        extra_tags: More tags for the version (a model registered from outside says where it came from).
+        forced: Why a candidate that is not better is registered all the same (recorded as ``forced``).
+
     Raises:
-        ValueError: The comparison says the candidate is not better.
+        ValueError: The comparison says the candidate is not better (and nothing forces it).
     """
     if not export.parity.passed:
         raise ValueError(
             f"candidate of run {candidate.run_id} has no ONNX export that passed parity: {export.parity.summary}"
         )
-    if not comparison.better:
+    if not comparison.better and not forced:
         raise ValueError(f"candidate of run {candidate.run_id} is not better than the champion: {comparison.summary}")
     tracker = client(tracking_uri)
     try:
@@ -83,6 +89,8 @@ def register_candidate(
         "metrics": json.dumps(candidate.metrics, sort_keys=True),
         "metrics_vs_champion": json.dumps(comparison.to_dict(), sort_keys=True, default=str),
         "champion_at_registration": comparison.champion_version or "none",
+        **(extra_tags or {}),
+        **({"forced": forced} if forced else {}),
     }
     version = tracker.create_model_version(
         model_name,
@@ -90,11 +98,12 @@ def register_candidate(
         run_id=candidate.run_id,
         model_id=candidate.model_id,
         tags=tags,
-        description=f"{candidate.family} trained on dataset {lineage.dataset_digest[:12]}: {comparison.summary}",
+        description=f"{candidate.family} {_provenance(tags, lineage)}: {comparison.summary}",
     )
     number = str(version.version)
     if comparison.champion_version is None:
-        record_promotion(tracking_uri, model_name, number, "first model: no champion existed", "training-flow")
+        actor = tags.get("registered_by", "training-flow")
+        record_promotion(tracking_uri, model_name, number, "first model: no champion existed", actor)
         alias = CHAMPION
     else:
         tracker.set_registered_model_alias(model_name, CHALLENGER, number)
@@ -108,6 +117,12 @@ def register_candidate(
         labels={"mlops.alias": alias, "mlops.version": number},
     )
     return Registration(model_name, number, alias, candidate.run_id)
+
+
+def _provenance(tags: dict[str, str], lineage: Lineage) -> str:
+    if tags.get("trained_outside") == "true":
+        return f"registered from {tags.get('source_uri', 'outside')}"
+    return f"trained on dataset {lineage.dataset_digest[:12]}"
 
 
 @task(retries=2, retry_delay_seconds=2)
