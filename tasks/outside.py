@@ -214,32 +214,34 @@ def _load_mlflow(uri: str, tracking_uri: str | None, trust_pickles: bool) -> Sou
         sha = digest(folder)
         if "onnx" in flavors:
             return Source(uri, "mlflow", sha, graph=_load_onnx(folder / flavors["onnx"]["data"]), flavour="mlflow.onnx")
-        if "sklearn" in flavors:
-            conf = flavors["sklearn"]
-            if conf.get("serialization_format") == "skops":
-                estimator = load_skops(folder / conf["pickled_model"])
-            else:
-                estimator = _trusted(uri, trust_pickles, lambda: _load_pickle(folder / conf["pickled_model"]))
-            return Source(uri, "mlflow", sha, estimator, flavour="mlflow.sklearn")
-        for flavour in ("xgboost", "catboost", "lightgbm"):
-            if flavour not in flavors:
-                continue
-            import importlib
-
-            module = importlib.import_module(f"mlflow.{flavour}")
-            pickled = str(flavors[flavour].get("data", "")).endswith(PICKLE_SUFFIXES)
-            load = partial(module.load_model, str(folder))
-            estimator = _trusted(uri, trust_pickles, load) if pickled else load()
-            if not hasattr(estimator, "get_params"):
-                raise SourceError(
-                    f"{uri} is a bare {type(estimator).__name__}: log the scikit-learn API model "
-                    f"({flavour}'s XGBRegressor/LGBMClassifier/CatBoostClassifier...) instead"
-                )
-            return Source(uri, "mlflow", sha, estimator, flavour=f"mlflow.{flavour}")
+        for flavour in ("sklearn", "xgboost", "catboost", "lightgbm"):
+            if flavour in flavors:
+                estimator = _flavour_model(uri, folder, flavour, flavors[flavour], trust_pickles)
+                return Source(uri, "mlflow", sha, estimator, flavour=f"mlflow.{flavour}")
     raise SourceError(
         f"{uri} is an MLflow model in the flavour(s) {sorted(flavors)}: register a scikit-learn, XGBoost, "
         "LightGBM, CatBoost or ONNX model"
     )
+
+
+def _flavour_model(uri: str, folder: Path, flavour: str, conf: dict[str, Any], trust_pickles: bool) -> Any:
+    """The estimator of one MLflow flavour: skops files through our own allow-list (not the types the MLmodel file
+    says to trust), pickles only when trusted, native formats (XGBoost JSON/UBJ, CatBoost .cbm) by the flavour."""
+    data = folder / str(conf.get("pickled_model") or conf.get("data") or "")
+    if conf.get("serialization_format") == "skops" or data.suffix == ".skops":
+        estimator = load_skops(data)
+    elif conf.get("serialization_format") in ("pickle", "cloudpickle") or data.suffix in PICKLE_SUFFIXES:
+        estimator = _trusted(uri, trust_pickles, partial(_load_pickle, data))
+    else:
+        import importlib
+
+        estimator = importlib.import_module(f"mlflow.{flavour}").load_model(str(folder))
+    if not hasattr(estimator, "get_params"):
+        raise SourceError(
+            f"{uri} is a bare {type(estimator).__name__}: log the scikit-learn API model "
+            f"(XGBRegressor, LGBMClassifier, CatBoostClassifier...) instead"
+        )
+    return estimator
 
 
 def _trusted(uri: str, trust_pickles: bool, load: Any) -> Any:

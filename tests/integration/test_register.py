@@ -246,3 +246,30 @@ def test_a_model_that_is_not_better_is_not_registered_without_force(diabetes: Se
     assert versions(diabetes) == before
     with pytest.raises(ValueError, match="force needs a reason"):
         register(diabetes, tmp_path / "weak.joblib", force=True)
+
+
+def test_mlflow_model_folders_in_boosting_flavours_are_registered_and_a_pickled_one_only_by_mlops_register(
+    diabetes: Settings, tmp_path: Path
+) -> None:
+    import mlflow.lightgbm
+    import mlflow.sklearn
+    import mlflow.xgboost
+    from lightgbm import LGBMRegressor
+    from xgboost import XGBRegressor
+
+    x, y = table()
+    mlflow.xgboost.save_model(XGBRegressor(n_estimators=40, max_depth=3).fit(x, y), str(tmp_path / "xgb"))
+    outcome = register(diabetes, tmp_path / "xgb", force=True, reason="their XGBoost")
+    assert outcome.status == "registered", outcome.message
+    tags = client(diabetes.tracking_uri).get_model_version(diabetes.model_name, outcome.version).tags
+    assert tags["source_flavour"] == "mlflow.xgboost" and tags["model_family"] == "XGBRegressor"
+    assert tags["onnx_parity"] == "passed"
+
+    mlflow.lightgbm.save_model(LGBMRegressor(n_estimators=20, verbose=-1).fit(x, y), str(tmp_path / "lgbm"))
+    outcome = register(diabetes, tmp_path / "lgbm", force=True, reason="their LightGBM")  # skops, our allow-list
+    assert outcome.status == "registered", outcome.message
+
+    forest = RandomForestRegressor(n_estimators=5).fit(x, y)
+    mlflow.sklearn.save_model(forest, str(tmp_path / "pickled"), serialization_format="cloudpickle")
+    with pytest.raises(PickleSource, match="is a pickle, and loading one runs its code"):
+        register(diabetes, tmp_path / "pickled", force=True, reason="their forest")
