@@ -45,7 +45,9 @@ def library_of(estimator: Any) -> str | None:
 
 
 def boosting_estimator(family: str, classification: bool, seed: int) -> Any:
-    """A gradient-boosting family's unfitted estimator.
+    """A gradient-boosting family's unfitted estimator. XGBoost and LightGBM fit on one thread: the grid search
+    fits one model at a time, and on small tables their threads cost more than they give (``bench/training.py
+    --model-threads``); a grid may set ``model__n_jobs`` for large ones.
 
     Raises:
         MissingLibraryError: The library is not installed (the message says how to install it).
@@ -55,11 +57,11 @@ def boosting_estimator(family: str, classification: bool, seed: int) -> Any:
     if family == "xgboost":
         from xgboost import XGBClassifier, XGBRegressor
 
-        return (XGBClassifier if classification else XGBRegressor)(random_state=seed, tree_method="hist")
+        return (XGBClassifier if classification else XGBRegressor)(random_state=seed, tree_method="hist", n_jobs=1)
     if family == "lightgbm":
         from lightgbm import LGBMClassifier, LGBMRegressor
 
-        return (LGBMClassifier if classification else LGBMRegressor)(random_state=seed, verbose=-1)
+        return (LGBMClassifier if classification else LGBMRegressor)(random_state=seed, verbose=-1, n_jobs=1)
     from catboost import CatBoostClassifier, CatBoostRegressor
 
     return (CatBoostClassifier if classification else CatBoostRegressor)(
@@ -149,6 +151,13 @@ def _native_categorical(estimator: Any) -> str | None:
     return None
 
 
+def _bare(model: Any) -> bool:
+    """Nothing in front of the model: it takes the typed columns as they are."""
+    while isinstance(model, Pipeline) and len(model.steps) == 1:
+        model = model.steps[0][1]
+    return not isinstance(model, Pipeline)
+
+
 def refuse_unexportable(model: Any, categorical: list[str]) -> None:
     """Refuse, before any fitting, what the ONNX export cannot reproduce.
 
@@ -171,7 +180,7 @@ def refuse_unexportable(model: Any, categorical: list[str]) -> None:
             "drop the option and let the spec's one-hot encoding (training.preprocess: true) or an encoder "
             "in your pipeline turn categories into numbers"
         )
-    if categorical and not isinstance(model, Pipeline):
+    if categorical and _bare(model):
         raise ValueError(
             f"{name} takes numbers only, and the categorical columns {categorical} would reach it as strings: "
             "set training.preprocess: true (the spec's one-hot encoding in front) or return a pipeline that "

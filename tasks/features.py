@@ -270,7 +270,8 @@ def build_estimator(spec: ModelSpec, family: str | None, factory: Factory | None
     if spec.task.is_classification:
         estimator = encode_labels(estimator)
     if not spec.training.preprocess or takes_typed_columns(estimator):
-        return estimator
+        # a built-in family's grid names its parameters model__...: the step keeps that name without preprocessing
+        return estimator if factory is not None else Pipeline([("model", estimator)])
     scale = not unscaled(final_model(estimator))
     return Pipeline([("prep", preprocessing(spec, scale=scale)), ("model", estimator)])
 

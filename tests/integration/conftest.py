@@ -170,3 +170,17 @@ def monitor_window(started: float) -> Any:
 
     ended = time.time()
     return MonitorParameters(window_minutes=(ended - started) / 60, window_end=datetime.fromtimestamp(ended, UTC))
+
+
+def endpoint_traffic(settings: Settings, records: list[dict[str, Any]], max_seconds: float = 60) -> Any:
+    """One-row ``/invocations`` requests from ``records`` to the model's endpoint, four at a time, in the
+    background while a release runs (a context manager; its ``result`` counts what clients saw)."""
+    from cli.traffic import BackgroundTraffic
+    from tasks.endpoint_admin import endpoint_url
+
+    return BackgroundTraffic(
+        f"{endpoint_url(settings)}/invocations",
+        lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]},
+        max_seconds=max_seconds,
+        concurrency=4,
+    )

@@ -27,7 +27,6 @@ from mlops.settings import Settings
 from mlops.spec import TrainingSpec
 from serving.collector import requests_dir
 from serving.model import open_session
-from tasks.endpoint_admin import endpoint_url
 from tasks.features import typed_features
 from tasks.ingest import accepted_frame
 from tasks.rollout import RolloutConfig
@@ -36,7 +35,7 @@ from tasks.serving_bundle import fetch_bundle
 from tasks.tracking import client
 from tasks.train import TrainingSet
 from tests.conftest import serving_process
-from tests.integration.conftest import model_home, monitor_window, send_with_ids
+from tests.integration.conftest import endpoint_traffic, model_home, monitor_window, send_with_ids
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +159,6 @@ def test_batch_scoring_answers_what_xgboost_answers_and_quarantines_bad_rows(ser
 
 
 def test_a_second_xgboost_version_is_promoted_through_a_canary_under_load(served: Served) -> None:
-    from cli.traffic import BackgroundTraffic
-
     settings = served.settings
     tracker = client(settings.tracking_uri)
     records = client_records(served.rows)
@@ -177,12 +174,7 @@ def test_a_second_xgboost_version_is_promoted_through_a_canary_under_load(served
             model_id=first.source.removeprefix("models:/"),
         )
         tracker.set_registered_model_alias(settings.model_name, "challenger", second.version)
-        with BackgroundTraffic(
-            f"{endpoint_url(settings)}/invocations",
-            lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]},
-            max_seconds=60,
-            concurrency=4,
-        ) as load:
+        with endpoint_traffic(settings, records) as load:
             outcome = release_flow(ReleaseParameters(version="challenger", image="never", rollout=quick))
         assert outcome.rollout == "promoted", outcome.message
         assert [step["canary weight %"] for step in outcome.steps] == [25, 100]

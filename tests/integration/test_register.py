@@ -39,7 +39,7 @@ from tasks.sample_data import client_records, diabetes_frame
 from tasks.serving_bundle import fetch_bundle
 from tasks.tracking import client
 from tasks.train import trusted_types
-from tests.integration.conftest import model_home
+from tests.integration.conftest import endpoint_traffic, model_home
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
 
@@ -143,8 +143,6 @@ def mlp_onnx(path: Path) -> Any:
 def test_an_onnx_file_made_outside_is_registered_and_released_behind_the_endpoint_with_a_canary(
     diabetes: Settings, tmp_path: Path
 ) -> None:
-    from cli.traffic import BackgroundTraffic
-
     mlp = mlp_onnx(tmp_path / "mlp.onnx")
     x, _ = table()
     expected = x.head(20).assign(prediction=mlp.predict(x.head(20).to_numpy().astype(np.float32)))
@@ -162,12 +160,7 @@ def test_an_onnx_file_made_outside_is_registered_and_released_behind_the_endpoin
     try:
         champion = client(settings.tracking_uri).get_model_version_by_alias(settings.model_name, "champion").version
         release_flow(ReleaseParameters(version=champion, image="never", rollout=quick))
-        with BackgroundTraffic(
-            f"{endpoint_url(settings)}/invocations",
-            lambda rng: {"dataframe_records": [records[rng.randrange(len(records))]]},
-            max_seconds=60,
-            concurrency=4,
-        ) as load:
+        with endpoint_traffic(settings, records) as load:
             released = release_flow(
                 ReleaseParameters(version="challenger", image="never", rollout=quick, compare_predictions=False)
             )

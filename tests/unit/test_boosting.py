@@ -190,3 +190,29 @@ def test_a_model_loaded_back_as_mlflow_stores_it_exports_the_same_graph(library:
         answers.append(open_session(converted.model.SerializeToString()).run(None, converted.feeds(x_holdout)))
     assert answers[0][0].tolist() == answers[1][0].tolist()
     assert np.array_equal(answers[0][1], answers[1][1])
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_a_built_in_family_without_preprocessing_searches_its_grid_on_numbers_and_refuses_strings(
+    library: str, tmp_path: Path
+) -> None:
+    """The default grid names ``model__...``: the bare model keeps that step name, so every grid point is the
+    model it names (and CatBoost, which refuses unknown options, trains at all)."""
+    from tasks.train import search_family
+
+    spec, frame = case_spec(tmp_path, "progression", library, "bare", preprocess=False)
+    raw = spec.model_dump(mode="json")
+    raw["training"] = {**raw["training"], "pipeline": None, "families": [library], "grid": None}
+    spec = ModelSpec.model_validate(raw)
+    data = TrainingSet(frame, spec)
+    x_train, y_train, _, _ = data.split()
+    search = search_family(data, library, None, x_train, y_train).search
+    first_key = next(key for key, values in search.param_grid.items() if len(values) > 1)
+    fitted = {params[first_key] for params in search.cv_results_["params"]}
+    assert len(fitted) > 1 and search.best_estimator_.named_steps["model"].get_params()[first_key[7:]] in fitted
+
+    mixed = ModelSpec.model_validate({**raw, "features": table("progression", tmp_path)[0].model_dump()["features"]})
+    data = TrainingSet(frame, mixed)
+    x_train, y_train, _, _ = data.split()
+    with pytest.raises(ExportError, match=r"takes numbers only.*\['sex', 'clinic'\]"):
+        search_family(data, library, None, x_train, y_train)
