@@ -396,8 +396,9 @@ def _csv_matrix(
 def check_names(names: list[str], features: Sequence[str], where: str, extra: ExtraColumns = NO_EXTRA) -> list[str]:
     """Refuse names that are not exactly the features (plus, where ``extra`` says, ids and ignored columns);
     returns those extra columns, in the order sent."""
-    beside = [name for name in names if name in extra.accepted] if extra.accepted else []
-    if beside:
+    beside: list[str] = []
+    if extra.accepted and not extra.accepted.isdisjoint(names):
+        beside = [name for name in names if name in extra.accepted]
         names = [name for name in names if name not in extra.accepted]
     missing = [name for name in features if name not in names]
     unknown = [name for name in names if name not in features]

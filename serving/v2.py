@@ -124,8 +124,12 @@ def _is_datatype(value: Any, datatype: str) -> bool:
 
 def _beside(tensors: list[dict[str, Any]], extra: ExtraColumns, raw: BinaryInputs, max_rows: int) -> _Beside | None:
     """A decoder of the request's id and ignored tensors, or None when it sends none (the common case)."""
-    if extra.accepted and any(_named(tensor) in extra.accepted for tensor in tensors):
-        return _Beside(extra, raw, max_rows)
+    accepted = extra.accepted
+    if accepted:
+        for tensor in tensors:
+            name = tensor.get("name")
+            if type(name) is str and name in accepted:
+                return _Beside(extra, raw, max_rows)
     return None
 
 
