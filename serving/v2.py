@@ -229,7 +229,9 @@ def parse_typed_infer(
 
 def _raw_values(tensor: dict[str, Any], shape: list[int], raw: BinaryInputs) -> list[Any]:
     name, datatype = tensor.get("name"), tensor.get("datatype")
-    if datatype != "BYTES" and datatype != "BOOL" and datatype not in NUMERIC_DATATYPES:
+    if not isinstance(datatype, str) or (
+        datatype != "BYTES" and datatype != "BOOL" and datatype not in NUMERIC_DATATYPES
+    ):
         raise RequestError(400, f"input {name!r} has datatype {datatype!r}; use BYTES for text, BOOL, or a number type")
     expected = math.prod(shape)
     carried = raw.take(tensor, shape, as_list=True)

@@ -422,3 +422,40 @@ def test_a_bundle_written_before_ids_were_recorded_still_serves_and_refuses_them
         whole = test_client.post("/invocations", json={"dataframe_records": client_records(kind.rows)})
         assert whole.status_code == 400 and "unknown feature(s) patient_id, referral_note" in whole.json()["message"]
         assert test_client.get("/v2/models/tumours").json()["parameters"]["ids"] == []
+
+
+@pytest.mark.parametrize("name", ["clinic", "tumours"])
+def test_damaged_whole_rows_get_a_4xx_never_a_500(kinds: dict[str, Kind], name: str) -> None:
+    """Whole-row requests (both protocols) with one part replaced by random JSON: ids, ignored columns and features
+    alike; the server answers 200 or a 4xx with a message, and stays ready."""
+    from tests.unit.test_serving_app import random_json
+
+    kind = kinds[name]
+    rows = kind.rows.head(3)
+    columns = [*kind.spec.ids, *kind.spec.feature_names, *kind.spec.ignore]
+    valid = [
+        *mlflow_bodies(rows).values(),
+        v2_request(Kind(kind.name, kind.bundle, kind.model, kind.spec, rows), columns, False),
+    ]
+    rng = np.random.default_rng(20261208)
+    statuses: dict[int, int] = {}
+    with client_for(kind.bundle) as test_client:
+        for number in range(400):
+            body = json.loads(json.dumps(valid[number % len(valid)]))
+            node = body
+            while isinstance(node, dict | list) and node:
+                key = rng.choice(list(node)) if isinstance(node, dict) else int(rng.integers(0, len(node)))
+                if rng.random() < 0.3 or not isinstance(node[key], dict | list):
+                    node[key] = random_json(rng)
+                    break
+                node = node[key]
+            path = f"/v2/models/{name}/infer" if "inputs" in body and number % len(valid) == 4 else "/invocations"
+            answer = test_client.post(
+                path, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+            )
+            assert answer.status_code in (200, 400, 413), (path, body, answer.text)
+            text = answer.json().get("message") or answer.json().get("error") or ""
+            assert answer.status_code == 200 or (text and "\n" not in text), answer.text
+            statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+        assert test_client.get("/v2/health/ready").status_code == 200
+    assert statuses.get(400, 0) > 100 and statuses.get(200, 0) > 20, statuses
