@@ -6,6 +6,9 @@ with string labels trained by the flow and registered."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ from cli.stack import down
 from flows.release import ReleaseParameters, release_flow
 from flows.train import TrainParameters, train_flow
 from mlflow_server import MlflowServerConfig
-from mlops.settings import Settings
+from mlops.settings import PROJECT_ROOT, Settings
 from mlops.spec import TrainingSpec
 from serving.collector import requests_dir
 from serving.model import open_session
@@ -156,6 +159,18 @@ def test_batch_scoring_answers_what_xgboost_answers_and_quarantines_bad_rows(ser
     assert scores["record_id"].tolist() == source["record_id"].tolist()
     rejected = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / REJECTED).glob("*.parquet"))
     assert rejected["reason"].tolist() == ["bp is not a number"]
+
+    done = subprocess.run(  # a batch row back to its origin, as a user asks
+        [sys.executable, "-m", "cli.main", "trace", "records:3", "--batch-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert (found["source"], found["version"], found["rows"][0]["record_id"]) == ("batch", "1", "R3")
+    assert found["lineage"]["onnx_sha256"] and found["lineage"]["model_family"] == "xgboost"
 
 
 def test_a_second_xgboost_version_is_promoted_through_a_canary_under_load(served: Served) -> None:
