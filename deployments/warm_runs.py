@@ -105,7 +105,7 @@ def warm_up(modules: tuple[str, ...] = WARM_MODULES) -> list[str]:
     for name in modules:
         try:
             importlib.import_module(name)
-        except ImportError:
+        except (ImportError, OSError):  # OSError: a library's native part does not load (e.g. no libgomp)
             missing.append(name)
     gc.collect()
     gc.freeze()  # keep the warm heap out of the children's collections (fewer copied pages)

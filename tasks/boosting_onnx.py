@@ -1,8 +1,8 @@
 """XGBoost, LightGBM and CatBoost models for skl2onnx, converted the way each library computes.
 
 skl2onnx knows none of them: :func:`register` adds onnxmltools' converters (XGBoost, LightGBM) and
-one built on CatBoost's own ONNX export, for whichever of the libraries is installed (they are the
-optional ``boosting`` extra), so they convert bare and inside pipelines and column transformers.
+one built on CatBoost's own ONNX export, for the library a model uses (they are the optional ``boosting``
+extra; a model of scikit-learn alone imports none of them), bare and inside pipelines and column transformers.
 
 Precision, library by library:
 
@@ -27,15 +27,25 @@ from typing import Any
 
 from onnx import TensorProto, helper
 
+from mlops.spec import BOOSTING_FAMILIES
+
 TREE_OPS = ("TreeEnsembleRegressor", "TreeEnsembleClassifier")
 DOUBLE_ATTRIBUTES = ("nodes_values", "target_weights", "class_weights", "base_values")
 
 
+@cache
 def installed(library: str) -> bool:
-    """Whether ``library`` (and, for XGBoost and LightGBM, onnxmltools) can be imported."""
-    if importlib.util.find_spec(library) is None:
+    """Whether ``library`` (and, for XGBoost and LightGBM, onnxmltools) imports: present, and its native parts load
+    (XGBoost and LightGBM need the OpenMP runtime, libgomp, which slim images lack)."""
+    needed = (library,) if library == "catboost" else (library, "onnxmltools")
+    if any(importlib.util.find_spec(name) is None for name in needed):
         return False
-    return library == "catboost" or importlib.util.find_spec("onnxmltools") is not None
+    try:
+        for name in needed:
+            importlib.import_module(name)
+    except (ImportError, OSError):
+        return False
+    return True
 
 
 class _DoubleTrees:
@@ -150,60 +160,44 @@ def input_width(estimator: Any) -> int:
 
 
 @cache
-def register() -> tuple[str, ...]:
-    """Register the converters of every installed library with skl2onnx (once); returns the libraries."""
+def register(library: str) -> bool:
+    """Register ``library``'s converters with skl2onnx (once per process); False where it does not import."""
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import (
         calculate_linear_classifier_output_shapes,
         calculate_linear_regressor_output_shapes,
     )
 
-    classifier_options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-    done = []
-    if installed("xgboost"):
+    if library not in BOOSTING_FAMILIES or not installed(library):
+        return False
+    options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    classifier, regressor = calculate_linear_classifier_output_shapes, calculate_linear_regressor_output_shapes
+    if library == "xgboost":
         from xgboost import XGBClassifier, XGBRegressor
 
         update_registered_converter(
-            XGBClassifier,
-            "XGBoostXGBClassifier",
-            calculate_linear_classifier_output_shapes,
-            _convert_xgboost,
-            options=classifier_options,
+            XGBClassifier, "XGBoostXGBClassifier", classifier, _convert_xgboost, options=options
         )
-        update_registered_converter(
-            XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, _convert_xgboost
-        )
-        done.append("xgboost")
-    if installed("lightgbm"):
+        update_registered_converter(XGBRegressor, "XGBoostXGBRegressor", regressor, _convert_xgboost)
+    elif library == "lightgbm":
         from lightgbm import LGBMClassifier, LGBMRegressor
 
         update_registered_converter(
-            LGBMClassifier,
-            "LightGbmLGBMClassifier",
-            _float_outputs(calculate_linear_classifier_output_shapes),
-            _convert_lightgbm,
-            options=classifier_options,
+            LGBMClassifier, "LightGbmLGBMClassifier", _float_outputs(classifier), _convert_lightgbm, options=options
         )
         update_registered_converter(
-            LGBMRegressor,
-            "LightGbmLGBMRegressor",
-            _float_outputs(calculate_linear_regressor_output_shapes),
-            _convert_lightgbm,
+            LGBMRegressor, "LightGbmLGBMRegressor", _float_outputs(regressor), _convert_lightgbm
         )
-        done.append("lightgbm")
-    if installed("catboost"):
+    else:
         from catboost import CatBoostClassifier, CatBoostRegressor
 
         update_registered_converter(
             CatBoostClassifier,
             "CatBoostCatBoostClassifier",
-            calculate_linear_classifier_output_shapes,
+            classifier,
             _convert_catboost,
             parser=_parse_catboost_classifier,
-            options=classifier_options,
+            options=options,
         )
-        update_registered_converter(
-            CatBoostRegressor, "CatBoostCatBoostRegressor", calculate_linear_regressor_output_shapes, _convert_catboost
-        )
-        done.append("catboost")
-    return tuple(done)
+        update_registered_converter(CatBoostRegressor, "CatBoostCatBoostRegressor", regressor, _convert_catboost)
+    return True

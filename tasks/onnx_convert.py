@@ -135,13 +135,14 @@ def _convert_imputer(scope: Any, operator: Any, container: Any) -> None:
     )
 
 
-def register_converters() -> None:
-    """Our double-precision imputer in place of skl2onnx's, and the gradient-boosting libraries' converters
+def register_converters(library: str | None = None) -> None:
+    """Our double-precision imputer in place of skl2onnx's, and a gradient-boosting library's converters
     (idempotent; called before every conversion)."""
     update_registered_converter(
         SimpleImputer, "SklearnSimpleImputer", calculate_sklearn_imputer_output_shapes, _convert_imputer
     )
-    register_boosting()
+    if library is not None:
+        register_boosting(library)
 
 
 def float32_trees(estimator: Any) -> bool:
@@ -204,7 +205,6 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
     Raises:
         ExportError: skl2onnx has no converter for a step, or conversion failed (the full output in ``detail``).
     """
-    register_converters()
     inputs = [InputColumn(column, graph_name(column), kind) for column, kind in columns]
     names = [c.name for c in inputs]
     duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -219,6 +219,7 @@ def to_onnx(model: Any, columns: list[tuple[str, str]]) -> Converted:
     if folded is not steps:  # the graph scores the same model without its scaling nodes (or label encoder)
         steps, model = folded, Pipeline(folded) if len(folded) > 1 else folded[0][1]
     estimator = steps[-1][1]
+    register_converters(library_of(estimator))
     classifier = estimator if _is_classifier(estimator) else None
     label = type(estimator).__name__
     matrix = all(c.type == "double" for c in inputs)

@@ -183,26 +183,51 @@ def _load_onnx(path: Path) -> onnx.ModelProto:
     return graph
 
 
+def _artifact_location(uri: str, tracking_uri: str | None) -> str:
+    """Where an MLflow model URI's files are. MLflow 3 keeps a logged model apart from its run's artifacts and
+    resolves ``runs:/`` and ``models:/`` through its global client; here they are resolved on ``tracking_uri``
+    (this server or another) without touching that client."""
+    from mlflow import MlflowClient
+
+    tracker = MlflowClient(tracking_uri)
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri.removeprefix("runs:/").partition("/")
+        outputs = tracker.get_run(run_id).outputs
+        for output in outputs.model_outputs if outputs else []:
+            model = tracker.get_logged_model(output.model_id)
+            if model.name == path.strip("/"):
+                return str(model.artifact_location)
+        return uri  # a folder of the run's own artifacts
+    if uri.startswith("models:/"):
+        reference = uri.removeprefix("models:/")
+        if not reference.startswith("m-"):
+            name, _, rest = reference.partition("/")
+            name, _, alias = name.partition("@")
+            version = (
+                tracker.get_model_version_by_alias(name, alias) if alias else tracker.get_model_version(name, rest)
+            )
+            if not str(version.source).startswith("models:/m-"):
+                return str(version.source)
+            reference = str(version.source).removeprefix("models:/")
+        return str(tracker.get_logged_model(reference).artifact_location)
+    return uri
+
+
 def _download(uri: str, tracking_uri: str | None, dest: Path) -> Path:
-    """The MLflow model folder of ``uri`` (``runs:/`` and ``models:/`` resolved on ``tracking_uri``, whose
-    registry and logged models MLflow looks up through its global client: set for the download only)."""
+    """The MLflow model folder of ``uri`` (``runs:/`` and ``models:/`` resolved on ``tracking_uri``)."""
     if Path(uri).is_dir():
         return Path(uri)
-    import mlflow
     import mlflow.artifacts
 
     where = f" on {tracking_uri}" if tracking_uri else ""
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    try:
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    try:  # the URIs are passed, never set globally: the flow's own registry stays where it is
+        location = _artifact_location(uri, tracking_uri)
+        found = mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=str(dest), tracking_uri=tracking_uri, registry_uri=tracking_uri
+        )
     except Exception as error:  # MlflowException, OSError, botocore errors
         raise SourceError(f"MLflow model {uri}{where} cannot be downloaded: {first_line(error)}") from error
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+    return Path(found)
 
 
 def _load_mlflow(uri: str, tracking_uri: str | None, trust_pickles: bool) -> Source:

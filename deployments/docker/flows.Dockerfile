@@ -26,7 +26,11 @@ RUN set -eu; \
  && /opt/uv/bin/pip install --no-cache-dir --disable-pip-version-check --cert /tmp/ca-bundle.crt \
         --index-url "$PIP_INDEX_URL" uv==0.13.9
 # The gradient-boosting libraries train in flow runs too; --build-arg UV_EXTRAS= leaves them out.
+# XGBoost and LightGBM load the OpenMP runtime (libgomp), which slim Debian bases leave out.
 ARG UV_EXTRAS="--extra boosting"
+RUN if [ -n "$UV_EXTRAS" ]; then apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgomp1 \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*; fi
 COPY pyproject.toml uv.lock README.md ./
 RUN SSL_CERT_FILE=/tmp/ca-bundle.crt /opt/uv/bin/uv sync --locked --no-dev --group team $UV_EXTRAS --no-install-project --no-cache
 COPY flows flows
