@@ -202,6 +202,8 @@ class PromotionSpec(_Strict):
     )
 
 
+# The columns collected requests and batch output already carry: an id column of the same name would be lost.
+RESERVED_COLUMNS = ("request_id", "row", "time", "model_version", "prediction")
 CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#-]+$")
 
 
@@ -264,6 +266,12 @@ class ModelSpec(_Strict):
                 if column in seen and seen[column] != role:
                     raise ValueError(f"column {column!r} is both in {seen[column]} and in {role}")
                 seen[column] = role
+        clashing = [c for c in self.ids if c in RESERVED_COLUMNS or c.startswith("probability.")]
+        if clashing:
+            raise ValueError(
+                f"ids {clashing} clash with columns collected requests and batch output carry "
+                f"({', '.join(RESERVED_COLUMNS)}, probability.<class>): rename them in the data"
+            )
         allowed = CLASSIFICATION_FAMILIES if self.task.is_classification else REGRESSION_FAMILIES
         unknown = [family for family in self.training.families if family not in allowed]
         if unknown:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,10 @@ def test_a_classifiers_shadow_phase_is_there_by_default_only_when_its_labels_are
     assert (compared.shadow_for(classifier=True), compared.shadow_for(classifier=False)) == (7, 0)
     assert reported.shadow_for(classifier=True) == 0  # label agreement would only be reported: nothing to wait for
     assert reported.model_copy(update={"shadow_seconds": 3.0}).shadow_for(classifier=True) == 3  # asked for: kept
+
+
+@pytest.mark.parametrize("name", ["request_id", "prediction", "probability.benign"])
+def test_an_id_named_like_a_collected_column_is_refused(tmp_path: Path, name: str) -> None:
+    path = write_spec(tmp_path, "clash", base="tumours", ids=[name])
+    with pytest.raises(SpecError, match=rf"ids \['{re.escape(name)}'\] clash with columns collected requests"):
+        parse_spec(path)
