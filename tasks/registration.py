@@ -211,24 +211,11 @@ def check_source(
             _expected_error(scorer, expected, spec, config) if expected else (0.0, tolerance, 1.0, None)
         )
         parity = Parity(difference, allowed, spread, len(sample), agreement if classes else None)
-        example = _graph_example(scorer, sample, tolerance, bool(classes))
+        example = known_answer(scorer, sample, tolerance, classifier=bool(classes))  # the graph's own answers
         summary = f"ONNX file run on {len(sample)} rows of {rows.origin}" + (
             f", answers within {difference:.3g} of {expected}" if expected else ""
         )
     return Checked(scorer, converted, converted.model.SerializeToString(), parity, example, classes, summary)
-
-
-def _graph_example(scorer: BundleScorer, rows: pd.DataFrame, tolerance: float, classifier: bool) -> Example:
-    """The graph's own answers to a few rows: what every deployment of it must answer."""
-    sample = rows.head(8)
-    values = sample.astype(object).where(sample.notna(), None).to_numpy().tolist()
-    inputs = tuple(tuple(v if v is None or isinstance(v, str) else float(v) for v in row) for row in values)
-    answered = scorer.predict(sample).tolist()
-    if not classifier:
-        return Example(inputs, tuple(float(p) for p in answered), tolerance)
-    labels = tuple(p if isinstance(p, str) else float(p) for p in answered)
-    probabilities = tuple(tuple(row) for row in scorer.predict_proba(sample).tolist())
-    return Example(inputs, labels, tolerance, probabilities)
 
 
 @task(cache_policy=NONE)  # its inputs hold models and sessions, which Prefect cannot hash
